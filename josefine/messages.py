@@ -1,0 +1,258 @@
+"""Every typed message of the system: the vocabulary (PROTOCOL.md A.4).
+
+Peer messages travel between nodes (encoded by `josefine.transport.codec`, each with a
+stable numeric tag there). Client messages travel between a `Client` and a node. Local
+inputs never leave a process: they are how time, client requests and storage completions
+reach the pure core.
+
+Every peer message carries `src`, `dst` and `term`. Sequences are tuples; payloads bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Union
+
+from josefine.chain.block import Block, Command
+from josefine.types import BlockId
+
+_dc = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# --------------------------------------------------------------------------- peer messages
+
+
+@_dc
+class PreVoteReq:
+    """Would you vote for me? Changes no state anywhere (thesis §9.6). term = sender's + 1."""
+
+    src: int
+    dst: int
+    term: int
+    head: BlockId
+
+
+@_dc
+class PreVoteResp:
+    """Pre-vote answer; a grant carries the request's term, a refusal the voter's."""
+
+    src: int
+    dst: int
+    term: int
+    granted: bool
+
+
+@_dc
+class VoteReq:
+    """Candidate asks for a vote (Raft §5.2, §5.4.1); head decides up-to-dateness."""
+
+    src: int
+    dst: int
+    term: int
+    head: BlockId
+    transfer: bool = False
+    """Set only after TimeoutNow: bypasses the follower lease (thesis §3.10)."""
+
+
+@_dc
+class VoteResp:
+    src: int
+    dst: int
+    term: int
+    granted: bool
+
+
+@_dc
+class AppendBlocks:
+    """Replicate a contiguous run of blocks whose first parent is `prev` (may be empty)."""
+
+    src: int
+    dst: int
+    term: int
+    prev: BlockId
+    blocks: tuple[Block, ...]
+    commit: BlockId
+    """Leader's commit capped at the tail of this message (A.8)."""
+    seq: int
+
+
+@_dc
+class AppendResp:
+    """Follower's answer to AppendBlocks; a success is sent only after the blocks are synced."""
+
+    src: int
+    dst: int
+    term: int
+    success: bool
+    seq: int = 0
+    match: BlockId | None = None
+    rejected_prev: BlockId | None = None
+    hint: tuple[tuple[int, int], ...] = ()
+    """(term, max height of that term) above the follower's commit, newest first."""
+    commit: BlockId | None = None
+
+
+@_dc
+class Heartbeat:
+    src: int
+    dst: int
+    term: int
+    commit: BlockId | None
+    seq: int
+
+
+@_dc
+class HeartbeatResp:
+    src: int
+    dst: int
+    term: int
+    seq: int
+
+
+@_dc
+class TimeoutNow:
+    """Leader tells an up-to-date target to campaign at once (leadership transfer)."""
+
+    src: int
+    dst: int
+    term: int
+
+
+PeerMessage = Union[PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks, AppendResp,
+                    Heartbeat, HeartbeatResp, TimeoutNow]
+PEER_MESSAGE_TYPES: tuple[type, ...] = (PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks,
+                                        AppendResp, Heartbeat, HeartbeatResp, TimeoutNow)
+LEADER_MESSAGES: tuple[type, ...] = (AppendBlocks, Heartbeat, TimeoutNow)
+
+
+# ------------------------------------------------------------------------- client messages
+
+
+class Status(IntEnum):
+    """Outcome of a proposal or read (A.8)."""
+
+    OK = 0
+    NOT_LEADER = 1
+    """Never appended; safe to retry elsewhere (leader_hint may say where)."""
+    BUSY = 2
+    """Over the uncommitted backlog limit; back off and retry."""
+    UNKNOWN = 3
+    """The leader stepped down before the outcome was known; retry with the same seq."""
+    ABORTED = 4
+    """The committed path holds a different block at the proposal's height: definitely not applied."""
+    REJECTED = 5
+    """Malformed or unacceptable request (bad command, unknown target)."""
+
+
+@_dc
+class ClientPropose:
+    """A client's write; (client_id, seq) make retries apply once."""
+
+    client_id: str
+    seq: int
+    command: bytes
+
+
+@_dc
+class ClientProposeResp:
+    client_id: str
+    seq: int
+    status: Status
+    result: Any = None
+    leader_hint: int | None = None
+
+
+@_dc
+class ClientRead:
+    """A linearizable read, served through ReadIndex (A.10)."""
+
+    client_id: str
+    read_id: int
+    query: bytes
+
+
+@_dc
+class ClientReadResp:
+    client_id: str
+    read_id: int
+    status: Status
+    result: Any = None
+    leader_hint: int | None = None
+
+
+@_dc
+class ClientStatus:
+    """Ask a node for its status dictionary."""
+
+    client_id: str
+    read_id: int = 0
+
+
+@_dc
+class ClientStatusResp:
+    client_id: str
+    read_id: int
+    status: dict = field(default_factory=dict)
+
+
+@_dc
+class ClientTransfer:
+    client_id: str
+    read_id: int
+    target: int
+
+
+@_dc
+class ClientAdmin:
+    """Admin request, e.g. fault-injection rules; accepted only when enabled at start."""
+
+    client_id: str
+    read_id: int
+    op: str
+    args: dict = field(default_factory=dict)
+
+
+@_dc
+class ClientAdminResp:
+    client_id: str
+    read_id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
+# --------------------------------------------------------------------------- local inputs
+
+
+@_dc
+class Tick:
+    """One unit of logical time (A.1); the timer actor turns wall time into ticks."""
+
+
+@_dc
+class Propose:
+    """A batch of client commands to pack into one block (the role actor batches)."""
+
+    commands: tuple[Command, ...]
+
+
+@_dc
+class ReadIndex:
+    """Ask the core for a linearizable read point; read_id is opaque to the core."""
+
+    read_id: Any
+
+
+@_dc
+class Persisted:
+    """Storage completion: everything up to this head is durable (leader self-ack, A.3)."""
+
+    head: BlockId
+
+
+@_dc
+class TransferLeadership:
+    target: int
+
+
+CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLeadership]
