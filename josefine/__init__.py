@@ -1,0 +1,1 @@
+"""Josefine: Chained Raft consensus as an actor system."""

@@ -1,0 +1,689 @@
+"""The pure Chained Raft core (PROTOCOL.md §A).
+
+House rules: every protocol decision lives in `josefine.raft`; nothing here does I/O, reads
+a clock, starts a thread or draws from `random`. `RaftCore.step(input)` mutates the core and
+returns a `Ready` (ready.py) that says what the runtime must persist, send, apply and answer,
+in which order. Time arrives only as `Tick`; the election timeout comes from a seeded
+xorshift generator that is part of the core's state, so a simulation replays exactly.
+
+The module-level `step(state, input) -> (state, ready)` is the functional form of the same
+thing for callers that prefer it; the state object is the core itself.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from josefine.chain.block import Block, BlockKind, Command, encode_commands, make_block, \
+    verify_digest
+from josefine.messages import (AppendBlocks, AppendResp, Heartbeat, HeartbeatResp, Persisted,
+                               PreVoteReq, PreVoteResp, Propose, ReadIndex, Status, Tick,
+                               TimeoutNow, TransferLeadership, VoteReq, VoteResp, LEADER_MESSAGES)
+from josefine.raft.progress import Progress, ProgressState
+from josefine.raft.ready import HardState, Outcome, Ready
+from josefine.raft.tree import BlockTree
+from josefine.types import GENESIS_ID, BlockId, SafetyViolation
+
+log = logging.getLogger(__name__)
+
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    PRECANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Static parameters of one node's core. Times are in ticks."""
+
+    node_id: int
+    voters: frozenset[int]
+    heartbeat_ticks: int = 1
+    election_ticks: int = 10
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_batch_blocks: int = 64
+    max_inflight: int = 64
+    max_uncommitted_bytes: int = 64 << 20
+    max_block_bytes: int = 1 << 20
+    seed: int = 1
+
+
+@dataclass
+class _Read:
+    read_id: Any
+    index: BlockId
+    seq: int
+    confirmed: bool = False
+
+
+class RaftCore:
+    """One node's protocol state; see the module docstring for the contract."""
+
+    def __init__(self, cfg: CoreConfig, genesis: Block, *, term: int = 0,
+                 voted_for: int | None = None, blocks: dict[BlockId, Block] | None = None,
+                 head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.voters = cfg.voters
+        self.peers = sorted((cfg.voters) - {cfg.node_id})
+        self.quorum = len(cfg.voters) // 2 + 1
+        self.tree = BlockTree(genesis)
+        for b in sorted((blocks or {}).values(), key=lambda b: b.id.height):
+            if b.id != GENESIS_ID:
+                if not self.tree.has(b.parent):  # type: ignore[arg-type]
+                    raise SafetyViolation(f"stored block {b.id} has no stored parent")
+                self.tree.add(b)
+        if not self.tree.has(head):
+            raise SafetyViolation(f"stored head {head} is not a stored block")
+        self.tree.set_head(head)
+        if not self.tree.on_path(commit):
+            raise SafetyViolation(f"stored commit {commit} is not below head {head}")
+        self.term = term
+        self.voted_for = voted_for
+        self.role = Role.FOLLOWER
+        self.leader: int | None = None
+        self.commit = commit
+        self.applied = GENESIS_ID
+        self.durable_head = head
+        self.elapsed = 0
+        self.hb_elapsed = 0
+        self._rng = (cfg.seed * 0x9E3779B97F4A7C15 + cfg.node_id) & 0xFFFFFFFFFFFFFFFF or 1
+        self.rand_et = cfg.election_ticks
+        self.votes: dict[int, bool] = {}
+        self.prog: dict[int, Progress] = {}
+        self.hb_seq = 0
+        self.pending: dict[BlockId, tuple[Command, ...]] = {}
+        self.orphaned: dict[BlockId, tuple[Command, ...]] = {}
+        self.reads: list[_Read] = []
+        self.deferred_reads: list[Any] = []
+        self.transfer: int | None = None
+        self.transfer_elapsed = 0
+        self.uncommitted_bytes = 0
+        self._r = Ready()
+        self._reset_timer()
+
+    # ================================================================== entry points
+    def start(self) -> Ready:
+        """First Ready after construction: replay the committed path into the state machine."""
+        self._r = r = Ready()
+        self._apply_committed()
+        return r
+
+    def step(self, m: Any) -> Ready:
+        """Feed one input; returns what the runtime must do (ready.py)."""
+        self._r = r = Ready()
+        t = type(m)
+        if t is Tick:
+            self._tick()
+        elif t is Propose:
+            self._propose(m.commands)
+        elif t is Persisted:
+            self._on_persisted(m.head)
+        elif t is ReadIndex:
+            self._read_index(m.read_id)
+        elif t is TransferLeadership:
+            self._transfer(m.target)
+        else:
+            self._receive(m)
+        return r
+
+    @property
+    def head(self) -> BlockId:
+        return self.tree.head
+
+    # ================================================================== intake (A.5)
+    def _in_lease(self) -> bool:
+        return self.cfg.check_quorum and self.leader is not None \
+            and self.elapsed < self.cfg.election_ticks
+
+    def _receive(self, m: Any) -> None:
+        t = type(m)
+        if m.term > self.term:
+            if (t is VoteReq or t is PreVoteReq) and not getattr(m, "transfer", False) \
+                    and self._in_lease():
+                return
+            if t is PreVoteReq or (t is PreVoteResp and m.granted):
+                pass
+            else:
+                self._become_follower(m.term, m.src if t in LEADER_MESSAGES else None)
+        elif m.term < self.term:
+            if t in LEADER_MESSAGES:
+                self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=False))
+            elif t is PreVoteReq:
+                self._send(PreVoteResp(src=self.id, dst=m.src, term=self.term, granted=False))
+            return
+        if t is AppendBlocks:
+            self._on_append(m)
+        elif t is AppendResp:
+            if self.role == Role.LEADER:
+                self._on_append_resp(m)
+        elif t is Heartbeat:
+            self._on_heartbeat(m)
+        elif t is HeartbeatResp:
+            if self.role == Role.LEADER:
+                self._on_heartbeat_resp(m)
+        elif t is VoteReq:
+            self._on_vote_req(m)
+        elif t is PreVoteReq:
+            self._on_prevote_req(m)
+        elif t is VoteResp:
+            if self.role == Role.CANDIDATE:
+                self._on_vote_resp(m)
+        elif t is PreVoteResp:
+            if self.role == Role.PRECANDIDATE:
+                self._on_vote_resp(m)
+        elif t is TimeoutNow:
+            self._on_timeout_now(m)
+        else:
+            raise TypeError(f"unknown core input {t.__name__}")
+
+    def _send(self, msg: Any) -> None:
+        self._r.messages.append(msg)
+
+    def _persist_hard_state(self) -> None:
+        self._r.hard_state = HardState(self.term, self.voted_for)
+
+    def _reset_timer(self) -> None:
+        self.elapsed = 0
+        x = self._rng
+        x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 7
+        x ^= (x << 17) & 0xFFFFFFFFFFFFFFFF
+        self._rng = x
+        et = self.cfg.election_ticks
+        self.rand_et = et + x % et
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        if term > self.term:
+            self.term, self.voted_for = term, None
+            self._persist_hard_state()
+        if self.role == Role.LEADER:
+            self._step_down()
+        self.role, self.leader = Role.FOLLOWER, leader
+        self._reset_timer()
+
+    def _step_down(self) -> None:
+        """Leaving leadership: unanswered proposals become UNKNOWN, reads NOT_LEADER."""
+        out = self._r.outcomes
+        for bid, cmds in self.pending.items():
+            for c in cmds:
+                out.append(Outcome("propose", (c.client_id, c.seq), Status.UNKNOWN, None, bid))
+        self.orphaned.update(self.pending)
+        while len(self.orphaned) > 10000:
+            self.orphaned.pop(next(iter(self.orphaned)))
+        self.pending = {}
+        for rd in self.reads:
+            out.append(Outcome("read", rd.read_id, Status.NOT_LEADER))
+        for rid in self.deferred_reads:
+            out.append(Outcome("read", rid, Status.NOT_LEADER))
+        self.reads, self.deferred_reads = [], []
+        if self.transfer is not None:
+            out.append(Outcome("transfer", self.transfer, Status.OK))
+        self.transfer = None
+        self.prog = {}
+
+    # ================================================================== elections (A.6)
+    def _tick(self) -> None:
+        self.elapsed += 1
+        cfg = self.cfg
+        if self.role == Role.LEADER:
+            self.hb_elapsed += 1
+            if self.hb_elapsed >= cfg.heartbeat_ticks:
+                self.hb_elapsed = 0
+                self._broadcast_heartbeat()
+            if self.transfer is not None:
+                self.transfer_elapsed += 1
+                if self.transfer_elapsed >= cfg.election_ticks:
+                    self._r.outcomes.append(Outcome("transfer", self.transfer, Status.ABORTED))
+                    self.transfer = None
+            if self.elapsed >= cfg.election_ticks:
+                self.elapsed = 0
+                if cfg.check_quorum:
+                    self._check_quorum()
+        elif self.elapsed >= self.rand_et and self.id in self.voters:
+            if cfg.pre_vote:
+                self._start_prevote()
+            else:
+                self._start_election()
+
+    def _start_prevote(self) -> None:
+        self.role, self.leader, self.votes = Role.PRECANDIDATE, None, {self.id: True}
+        self._reset_timer()
+        for p in self.peers:
+            self._send(PreVoteReq(src=self.id, dst=p, term=self.term + 1, head=self.head))
+        if self._tally() > 0:
+            self._start_election()
+
+    def _start_election(self, transfer: bool = False) -> None:
+        if self.role == Role.LEADER:
+            self._step_down()
+        self.term += 1
+        self.voted_for = self.id
+        self._persist_hard_state()
+        self.role, self.leader, self.votes = Role.CANDIDATE, None, {self.id: True}
+        self._reset_timer()
+        self._r.events.append(("campaign", self.term))
+        for p in self.peers:
+            self._send(VoteReq(src=self.id, dst=p, term=self.term, head=self.head,
+                               transfer=transfer))
+        if self._tally() > 0:
+            self._become_leader()
+
+    def _tally(self) -> int:
+        """+1 won, -1 lost, 0 undecided, counting only this round's answers from voters."""
+        yes = sum(1 for v, g in self.votes.items() if g and v in self.voters)
+        no = sum(1 for v, g in self.votes.items() if not g and v in self.voters)
+        if yes >= self.quorum:
+            return 1
+        if no >= self.quorum:
+            return -1
+        return 0
+
+    def _can_vote_for(self, cand: int) -> bool:
+        return self.voted_for == cand or (self.voted_for is None and self.leader is None)
+
+    def _is_up_to_date(self, cand_head: BlockId) -> bool:
+        """THE voting rule (Raft §5.4.1 on chains): (term, height) of heads, lexicographic."""
+        return cand_head >= self.head
+
+    def _on_vote_req(self, m: VoteReq) -> None:
+        ok = self._can_vote_for(m.src) and self._is_up_to_date(m.head)
+        if ok:
+            if self.voted_for != m.src:
+                self.voted_for = m.src
+                self._persist_hard_state()
+            self._r.events.append(("voted", self.term, m.src))
+            self._reset_timer()
+        self._send(VoteResp(src=self.id, dst=m.src, term=self.term, granted=ok))
+
+    def _on_prevote_req(self, m: PreVoteReq) -> None:
+        can = m.term > self.term or self._can_vote_for(m.src)
+        ok = can and self._is_up_to_date(m.head)
+        self._send(PreVoteResp(src=self.id, dst=m.src, term=m.term if ok else self.term,
+                               granted=ok))
+
+    def _on_vote_resp(self, m: Any) -> None:
+        if self.role == Role.PRECANDIDATE and m.granted and m.term != self.term + 1:
+            return
+        self.votes[m.src] = m.granted
+        res = self._tally()
+        if res > 0:
+            if self.role == Role.CANDIDATE:
+                self._become_leader()
+            else:
+                self._start_election()
+        elif res < 0:
+            self._become_follower(self.term, None)
+
+    def _become_leader(self) -> None:
+        self.role, self.leader = Role.LEADER, self.id
+        self.transfer = None
+        self.reads, self.deferred_reads = [], []
+        self.elapsed = self.hb_elapsed = 0
+        self.durable_head = self.head
+        nxt = self.head.height + 1
+        self.prog = {p: Progress(nxt) for p in self.peers}
+        for p in self.prog.values():
+            p.active = True  # a fresh leader gets one full check-quorum period
+        self.uncommitted_bytes = sum(len(self.tree.get(self.tree.at(h)).payload)
+                                     for h in range(self.commit.height + 1, nxt))
+        self._r.events.append(("became_leader", self.term))
+        log.info("node %d: became leader at term %d, head %s", self.id, self.term, self.head)
+        self._append_local(BlockKind.NOOP, b"")
+        for f in self.peers:
+            self._send_append(f)
+        self._leader_advance_commit()
+
+    def _on_timeout_now(self, m: TimeoutNow) -> None:
+        if m.src == self.leader and self.id in self.voters and self.role == Role.FOLLOWER:
+            self._start_election(transfer=True)
+
+    # ================================================================== replication (A.7)
+    def _append_local(self, kind: BlockKind, payload: bytes) -> Block:
+        tree = self.tree
+        b = make_block(tree.get(tree.head), self.term, kind, payload)
+        tree.append_head(b)
+        r = self._r
+        r.blocks.append(b)
+        r.head = b.id
+        self.uncommitted_bytes += len(payload)
+        return b
+
+    def _send_append(self, f: int, force: bool = False) -> None:
+        p = self.prog[f]
+        if not force and p.paused(self.cfg.max_inflight):
+            return
+        tree = self.tree
+        head_h = tree.head.height
+        if p.next > head_h + 1:
+            p.next = head_h + 1
+        if p.state == ProgressState.REPLICATE and p.next > head_h:
+            return  # nothing new; heartbeats keep the follower alive
+        prev = tree.at(p.next - 1)
+        hi = min(head_h, p.next + self.cfg.max_batch_blocks - 1)
+        blocks = tuple(tree.get(tree.at(h)) for h in range(p.next, hi + 1))
+        tail_h = hi if blocks else prev.height
+        commit = self.commit if self.commit.height <= tail_h else tree.at(tail_h)
+        self._r.eager.append(AppendBlocks(src=self.id, dst=f, term=self.term, prev=prev,
+                                          blocks=blocks, commit=commit, seq=p.next_seq()))
+        if p.state == ProgressState.REPLICATE:
+            p.next = tail_h + 1
+            p.inflight.append((tail_h, self.hb_seq))
+        else:
+            p.probe_sent = True
+
+    def _well_formed(self, m: AppendBlocks, parent: Block) -> bool:
+        prev = parent
+        for b in m.blocks:
+            if b.parent != prev.id or b.id.height != prev.id.height + 1 \
+                    or b.id.term < prev.id.term or b.id.term > m.term \
+                    or not verify_digest(b, prev.digest):
+                return False
+            prev = b
+        return True
+
+    def _on_append(self, m: AppendBlocks) -> None:
+        if self.role == Role.LEADER:
+            log.error("node %d: AppendBlocks from %d in my own term %d", self.id, m.src, self.term)
+            return
+        self.role, self.leader = Role.FOLLOWER, m.src
+        self._reset_timer()
+        tree = self.tree
+        parent = tree.blocks.get(m.prev)
+        if parent is None or not self._well_formed(m, parent):
+            self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=False,
+                                  seq=m.seq, rejected_prev=m.prev,
+                                  hint=tree.term_summary(self.commit.height), commit=self.commit))
+            return
+        r = self._r
+        for b in m.blocks:
+            if tree.add(b):
+                r.blocks.append(b)
+        tail = m.blocks[-1].id if m.blocks else m.prev
+        if not tree.on_path(tail):
+            tree.set_head(tail)
+            r.head = tail
+        self._advance_commit_to(m.commit)
+        r.events.append(("acked", self.term, tail))
+        self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
+                              match=tail))
+
+    def _on_append_resp(self, m: AppendResp) -> None:
+        p = self.prog.get(m.src)
+        if p is None:
+            return
+        p.active = True
+        if m.success:
+            if m.match is None or not self.tree.on_path(m.match):
+                return
+            if p.match is None or m.match.height > p.match.height:
+                p.match = m.match
+            p.ack(p.match.height)
+            if p.next <= p.match.height:
+                p.next = p.match.height + 1
+            if p.state == ProgressState.PROBE:
+                p.become_replicate()
+            self._leader_advance_commit()
+            if self.role != Role.LEADER:
+                return
+            if self.transfer == m.src and p.match == self.head:
+                self._eager(TimeoutNow(src=self.id, dst=m.src, term=self.term))
+            else:
+                self._catch_up(m.src)
+        else:
+            if m.rejected_prev is None:
+                return
+            if p.match is not None and m.rejected_prev.height <= p.match.height:
+                return  # outdated
+            if p.state == ProgressState.PROBE and p.probe_sent \
+                    and m.rejected_prev.height != p.next - 1:
+                return  # answer to an older probe
+            floor = p.match.height + 1 if p.match else 1
+            fork = self._fork_point(m.hint, m.commit)
+            p.state = ProgressState.PROBE
+            p.inflight.clear()
+            p.probe_sent = False
+            p.next = max(min(fork + 1, self.head.height + 1), floor)
+            self._send_append(m.src)
+
+    def _catch_up(self, f: int) -> None:
+        p = self.prog[f]
+        head_h = self.head.height
+        while p.next <= head_h and not p.paused(self.cfg.max_inflight):
+            self._send_append(f)
+
+    def _fork_point(self, hint: tuple, fcommit: BlockId | None) -> int:
+        tr = self.tree.term_range
+        for t, h in hint:
+            r = tr.get(t)
+            if r is not None:
+                return min(h, r[1])
+        return fcommit.height if fcommit is not None else 0
+
+    def _eager(self, msg: Any) -> None:
+        self._r.eager.append(msg)
+
+    # ================================================================== commit (A.8)
+    def _on_persisted(self, head: BlockId) -> None:
+        if self.tree.on_path(head) and head.height > self.durable_head.height:
+            self.durable_head = head
+            if self.role == Role.LEADER:
+                self._leader_advance_commit()
+
+    def _leader_advance_commit(self) -> None:
+        hs = [self.durable_head.height if self.tree.on_path(self.durable_head) else -1] \
+            if self.id in self.voters else []
+        for v in self.peers:
+            m = self.prog[v].match
+            hs.append(m.height if m is not None else -1)
+        hs.sort(reverse=True)
+        h = hs[self.quorum - 1]
+        if h > self.commit.height:
+            c = self.tree.at(h)
+            if c.term == self.term:  # Figure 8: count replicas only for own-term blocks
+                self._set_commit(c)
+                self._release_deferred_reads()
+
+    def _advance_commit_to(self, c: BlockId | None) -> None:
+        if c is not None and c.height > self.commit.height and self.tree.on_path(c):
+            self._set_commit(c)
+
+    def _set_commit(self, c: BlockId) -> None:
+        old = self.commit
+        self.commit = c
+        r = self._r
+        r.commit = c
+        r.events.append(("commit", int(self.role), self.term, c))
+        self._gc(old, c)
+        self._apply_committed()
+
+    def _apply_committed(self) -> None:
+        tree = self.tree
+        r = self._r
+        leader = self.role == Role.LEADER
+        for h in range(self.applied.height + 1, self.commit.height + 1):
+            b = tree.get(tree.at(h))
+            r.apply.append(b)
+            if leader:
+                self.uncommitted_bytes -= len(b.payload)
+                self.pending.pop(b.id, None)
+            elif self.orphaned:
+                self.orphaned.pop(b.id, None)
+        self.applied = self.commit
+        if self.reads:
+            self._answer_ready_reads()
+
+    def _gc(self, old: BlockId, new: BlockId) -> None:
+        """Siblings of newly committed blocks can never commit: delete them (A.14)."""
+        tree = self.tree
+        r = self._r
+        for h in range(old.height + 1, new.height + 1):
+            x = tree.at(h)
+            sibs = tree.children.get(tree.get(x).parent)  # type: ignore[arg-type]
+            if sibs is None or len(sibs) == 1:
+                continue
+            for y in [s for s in sibs if s != x]:
+                for d in tree.delete_subtree(y):
+                    r.delete.append(d)
+                    cmds = self.orphaned.pop(d, None)
+                    for c in cmds or ():
+                        r.outcomes.append(Outcome("propose", (c.client_id, c.seq),
+                                                  Status.ABORTED, self.leader, d))
+
+    # ================================================================== proposals
+    def _propose(self, commands: tuple[Command, ...]) -> None:
+        if self.role != Role.LEADER or self.transfer is not None:
+            hint = self.transfer if self.transfer is not None else self.leader
+            for c in commands:
+                self._r.outcomes.append(Outcome("propose", (c.client_id, c.seq),
+                                                Status.NOT_LEADER, hint))
+            return
+        batch: list[Command] = []
+        size = 0
+        for c in commands:
+            n = len(c.data) + len(c.client_id) + 14
+            if self.uncommitted_bytes + size + n > self.cfg.max_uncommitted_bytes:
+                self._r.outcomes.append(Outcome("propose", (c.client_id, c.seq), Status.BUSY,
+                                                self.id))
+                continue
+            if batch and size + n > self.cfg.max_block_bytes:
+                self._append_batch(batch)
+                batch, size = [], 0
+            batch.append(c)
+            size += n
+        if batch:
+            self._append_batch(batch)
+        for f in self.peers:
+            self._catch_up(f)
+        if not self.peers:
+            self._leader_advance_commit()
+
+    def _append_batch(self, batch: list[Command]) -> None:
+        b = self._append_local(BlockKind.NORMAL, encode_commands(batch))
+        self.pending[b.id] = tuple(batch)
+
+    # ================================================================== heartbeats (A.9)
+    def _broadcast_heartbeat(self) -> None:
+        self.hb_seq += 1
+        tree = self.tree
+        for f, p in self.prog.items():
+            c = None
+            if p.match is not None:
+                c = self.commit if self.commit.height <= p.match.height else tree.at(p.match.height)
+            self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=self.hb_seq))
+
+    def _on_heartbeat(self, m: Heartbeat) -> None:
+        if self.role == Role.LEADER:
+            return
+        self.role, self.leader = Role.FOLLOWER, m.src
+        self._reset_timer()
+        self._advance_commit_to(m.commit)
+        self._send(HeartbeatResp(src=self.id, dst=m.src, term=self.term, seq=m.seq))
+
+    def _on_heartbeat_resp(self, m: HeartbeatResp) -> None:
+        p = self.prog.get(m.src)
+        if p is None:
+            return
+        p.active = True
+        if m.seq > p.acked_seq:
+            p.acked_seq = m.seq
+        if self.reads:
+            self._confirm_reads()
+        if p.match is None or p.match.height < self.head.height:
+            if p.state == ProgressState.PROBE:
+                p.probe_sent = False
+                self._send_append(m.src)
+            elif p.inflight and p.inflight[0][1] < m.seq:
+                p.become_probe()  # an append older than this heartbeat was lost
+                self._send_append(m.src)
+            else:
+                self._catch_up(m.src)
+
+    def _check_quorum(self) -> None:
+        alive = 1 if self.id in self.voters else 0
+        for f, p in self.prog.items():
+            if p.active and f in self.voters:
+                alive += 1
+            p.active = False
+        if alive < self.quorum:
+            log.info("node %d: lost quorum at term %d, stepping down", self.id, self.term)
+            self._become_follower(self.term, None)
+
+    # ================================================================== reads (A.10)
+    def _read_index(self, read_id: Any) -> None:
+        if self.role != Role.LEADER:
+            self._r.outcomes.append(Outcome("read", read_id, Status.NOT_LEADER, self.leader))
+            return
+        if self.commit.term != self.term:
+            self.deferred_reads.append(read_id)
+            return
+        rd = _Read(read_id, self.commit, self.hb_seq + 1)
+        self.reads.append(rd)
+        if self.quorum == 1:
+            rd.confirmed = True
+            self.hb_seq += 1
+            self._answer_ready_reads()
+        else:
+            self._broadcast_heartbeat()
+
+    def _release_deferred_reads(self) -> None:
+        if self.deferred_reads and self.commit.term == self.term:
+            ids, self.deferred_reads = self.deferred_reads, []
+            for rid in ids:
+                self._read_index(rid)
+
+    def _confirm_reads(self) -> None:
+        for rd in self.reads:
+            if not rd.confirmed:
+                n = 1 + sum(1 for v in self.peers if self.prog[v].acked_seq >= rd.seq)
+                rd.confirmed = n >= self.quorum
+        self._answer_ready_reads()
+
+    def _answer_ready_reads(self) -> None:
+        keep = []
+        for rd in self.reads:
+            if rd.confirmed and self.applied.height >= rd.index.height:
+                self._r.reads.append((rd.read_id, rd.index))
+            else:
+                keep.append(rd)
+        self.reads = keep
+
+    # ================================================================== transfer (A.11)
+    def _transfer(self, target: int) -> None:
+        out = self._r.outcomes
+        if self.role != Role.LEADER:
+            out.append(Outcome("transfer", target, Status.NOT_LEADER, self.leader))
+            return
+        if target == self.id:
+            out.append(Outcome("transfer", target, Status.OK, self.id))
+            return
+        if target not in self.prog or target not in self.voters:
+            out.append(Outcome("transfer", target, Status.REJECTED, self.id))
+            return
+        if self.transfer == target:
+            return
+        if self.transfer is not None:
+            out.append(Outcome("transfer", self.transfer, Status.ABORTED, self.id))
+        self.transfer, self.transfer_elapsed = target, 0
+        p = self.prog[target]
+        if p.match == self.head:
+            self._eager(TimeoutNow(src=self.id, dst=target, term=self.term))
+        else:
+            self._catch_up(target)
+
+    # ================================================================== introspection
+    def status(self) -> dict:
+        return {"id": self.id, "role": self.role.name.lower(), "term": self.term,
+                "voted_for": self.voted_for, "leader": self.leader, "head": list(self.head),
+                "commit": list(self.commit), "applied": list(self.applied),
+                "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values()))}
+
+
+def step(state: RaftCore, inp: Any) -> tuple[RaftCore, Ready]:
+    """Functional form of `RaftCore.step` (the state is updated in place and returned)."""
+    return state, state.step(inp)

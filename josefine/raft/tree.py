@@ -1,0 +1,120 @@
+"""The core's volatile view of the chain: every known block, and the path to the head.
+
+This is the `ChainView` of the design: the core reads blocks only through it and every
+durable write leaves the core as an effect. A restarted node rebuilds it from the store.
+
+`path[h]` is the id at height h on the path genesis..head; `term_range[t] = [lo, hi]` are
+the heights of term-t blocks on that path (terms never decrease along a path, F1), which
+makes the fork search of A.7 a dictionary lookup.
+"""
+from __future__ import annotations
+
+from josefine.chain.block import Block
+from josefine.types import BlockId, SafetyViolation
+
+
+class BlockTree:
+    """Blocks by id, parent -> children, and the head path."""
+
+    __slots__ = ("blocks", "children", "path", "term_range")
+
+    def __init__(self, genesis: Block) -> None:
+        self.blocks: dict[BlockId, Block] = {genesis.id: genesis}
+        self.children: dict[BlockId, list[BlockId]] = {}
+        self.path: list[BlockId] = [genesis.id]
+        self.term_range: dict[int, list[int]] = {genesis.id.term: [0, 0]}
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def head(self) -> BlockId:
+        return self.path[-1]
+
+    def has(self, bid: BlockId) -> bool:
+        return bid in self.blocks
+
+    def get(self, bid: BlockId) -> Block:
+        return self.blocks[bid]
+
+    def on_path(self, bid: BlockId) -> bool:
+        h = bid.height
+        return h < len(self.path) and self.path[h] == bid
+
+    def at(self, height: int) -> BlockId:
+        return self.path[height]
+
+    def is_ancestor(self, a: BlockId, b: BlockId) -> bool:
+        """a ⪯ b: walk b's parents down to a's height (both must be stored)."""
+        if a.height > b.height:
+            return False
+        x: BlockId | None = b
+        while x is not None and x.height > a.height:
+            x = self.blocks[x].parent
+        return x == a
+
+    # ------------------------------------------------------------------ writing
+    def add(self, block: Block) -> bool:
+        """Store a block whose parent is known; False if it was already there.
+
+        NB: a known id with a different digest is a broken safety assumption (A.2)."""
+        old = self.blocks.get(block.id)
+        if old is not None:
+            if old.digest != block.digest:
+                raise SafetyViolation(f"block {block.id} arrived with a different digest")
+            return False
+        self.blocks[block.id] = block
+        self.children.setdefault(block.parent, []).append(block.id)  # type: ignore[arg-type]
+        return True
+
+    def append_head(self, block: Block) -> None:
+        """Leader fast path: `block` is a new child of the head."""
+        self.add(block)
+        self._push(block.id)
+
+    def set_head(self, x: BlockId) -> None:
+        """Re-point the path at x (which may lie on another branch, lower or higher)."""
+        missing = []
+        y: BlockId | None = x
+        while y is not None and not self.on_path(y):
+            missing.append(y)
+            y = self.blocks[y].parent
+        assert y is not None, "genesis is always on the path"
+        self._truncate(y.height)
+        for bid in reversed(missing):
+            self._push(bid)
+
+    def _truncate(self, height: int) -> None:
+        del self.path[height + 1:]
+        top = self.path[height].term
+        for t in [t for t, (lo, _) in self.term_range.items() if lo > height]:
+            del self.term_range[t]
+        self.term_range[top][1] = height
+
+    def _push(self, bid: BlockId) -> None:
+        self.path.append(bid)
+        r = self.term_range.get(bid.term)
+        if r is None:
+            self.term_range[bid.term] = [bid.height, bid.height]
+        else:
+            r[1] = bid.height
+
+    def delete_subtree(self, root: BlockId) -> list[BlockId]:
+        """Remove root and all its descendants (GC of a dead branch); returns the ids."""
+        out = []
+        stack = [root]
+        while stack:
+            b = stack.pop()
+            blk = self.blocks.pop(b, None)
+            if blk is None:
+                continue
+            out.append(b)
+            stack.extend(self.children.pop(b, ()))
+            sib = self.children.get(blk.parent)  # type: ignore[arg-type]
+            if sib is not None and b in sib:
+                sib.remove(b)
+        return out
+
+    def term_summary(self, above: int, limit: int = 16) -> tuple[tuple[int, int], ...]:
+        """(term, highest height of that term) for terms on the path above `above`."""
+        out = [(t, hi) for t, (lo, hi) in self.term_range.items() if hi > above]
+        out.sort(reverse=True)
+        return tuple(out[:limit])

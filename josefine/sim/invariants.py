@@ -1,0 +1,186 @@
+"""Safety invariants of PROTOCOL.md §B, checked incrementally after every simulation step.
+
+The checker sees what a god's-eye harness sees: every Ready as it is produced and executed,
+every block ever created (the registry), every node's durable store and volatile core. Each
+check costs time proportional to what the step changed, so thousands of steps per second
+stay possible. A violation raises `InvariantViolation` naming the invariant.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from josefine.chain.block import Block, verify_digest
+from josefine.messages import AppendResp, PreVoteReq, PreVoteResp, VoteResp
+from josefine.raft.core import RaftCore, Role
+from josefine.types import GENESIS_ID, BlockId
+
+
+class InvariantViolation(AssertionError):
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {detail}")
+
+
+class Invariants:
+    def __init__(self, genesis: Block, voters: frozenset[int]) -> None:
+        self.registry: dict[BlockId, Block] = {genesis.id: genesis}
+        self.term_top: dict[int, BlockId] = {}          # B7: highest block of each term
+        self.leaders: dict[int, int] = {}               # B1: term -> node
+        self.votes: dict[tuple[int, int], int] = {}     # B2: (node, term) -> candidate
+        self.last_term: dict[int, int] = {}             # B3
+        self.wire_term: dict[int, int] = {}             # B4: highest term put on the wire
+        self.acked: dict[int, tuple[int, BlockId]] = {}  # B19: node -> (term, highest acked)
+        self.acked_all: dict[int, set[BlockId]] = {}    # B4: every block acked by node
+        self.committed: list[BlockId] = [GENESIS_ID]    # B11: the global committed path C
+        self.c_at_election: dict[tuple[int, int], int] = {}  # B14: (node, term) -> len(C)
+        self.applied: dict[int, tuple[BlockId, bytes]] = {}  # B15: height -> (id, sm digest)
+        self.effective: dict[tuple[str, int], int] = {}  # B16: (client, seq) -> height
+        self.voters = voters
+        self.quorum = len(voters) // 2 + 1
+
+    # ------------------------------------------------------------------ helpers
+    def _is_anc(self, a: BlockId, b: BlockId) -> bool:
+        reg = self.registry
+        if a.height > b.height:
+            return False
+        x: BlockId | None = b
+        while x is not None and x.height > a.height:
+            x = reg[x].parent
+        return x == a
+
+    # ------------------------------------------------------------------ per Ready (at step)
+    def on_new_blocks(self, node: int, core: RaftCore, blocks: list[Block]) -> None:
+        reg = self.registry
+        for b in blocks:
+            old = reg.get(b.id)
+            if old is not None:
+                if old.digest != b.digest or old.parent != b.parent or old.kind != b.kind:
+                    raise InvariantViolation("B6", f"id {b.id} has two contents (node {node})")
+                continue
+            parent = reg.get(b.parent)  # type: ignore[arg-type]
+            if parent is None or b.id.height != parent.id.height + 1 \
+                    or parent.id.term > b.id.term or b.id.term > core.term \
+                    or not verify_digest(b, parent.digest):
+                raise InvariantViolation("B5", f"malformed block {b.id} at node {node}")
+            reg[b.id] = b
+            top = self.term_top.get(b.id.term)
+            if top is None or b.id.height > top.height:
+                if top is not None and not self._is_anc(top, b.id):
+                    raise InvariantViolation("B7", f"term {b.id.term} forks: {top} vs {b.id}")
+                self.term_top[b.id.term] = b.id
+            elif not self._is_anc(b.id, top):
+                raise InvariantViolation("B7", f"term {b.id.term} forks: {b.id} vs {top}")
+
+    def on_events(self, node: int, core: RaftCore, events: list[tuple]) -> None:
+        for ev in events:
+            kind = ev[0]
+            if kind == "became_leader":
+                t = ev[1]
+                other = self.leaders.setdefault(t, node)
+                if other != node:
+                    raise InvariantViolation("B1", f"nodes {other} and {node} both led term {t}")
+                self.c_at_election[(node, t)] = len(self.committed)
+            elif kind == "commit" and ev[1] == int(Role.LEADER):
+                if ev[3].term != ev[2]:
+                    raise InvariantViolation("B12", f"leader {node} of term {ev[2]} committed "
+                                                    f"{ev[3]}")
+
+    def on_sent(self, node: int, msgs: list[Any]) -> None:
+        for m in msgs:
+            if type(m) is AppendResp and m.success:
+                self.on_acked(node, m.term, m.match)
+            if type(m) is not PreVoteReq and type(m) is not PreVoteResp:
+                if m.term > self.wire_term.get(node, 0):
+                    self.wire_term[node] = m.term
+            if type(m) is VoteResp and m.granted:
+                key = (node, m.term)
+                prev = self.votes.setdefault(key, m.dst)
+                if prev != m.dst:
+                    raise InvariantViolation("B2", f"node {node} voted for {prev} and {m.dst} "
+                                                   f"in term {m.term}")
+
+    def on_acked(self, node: int, term: int, match: BlockId) -> None:
+        cur = self.acked.get(node)
+        if cur is None or cur[0] != term or match.height > cur[1].height:
+            self.acked[node] = (term, match)
+        self.acked_all.setdefault(node, set()).add(match)
+
+    # ------------------------------------------------------------------ per step (state)
+    def check_node(self, node: int, core: RaftCore, before: dict) -> None:
+        tree = core.tree
+        if core.term < before["term"]:
+            raise InvariantViolation("B3", f"node {node} term {before['term']} -> {core.term}")
+        if before["term"] == core.term and before["voted_for"] is not None \
+                and core.voted_for != before["voted_for"]:
+            raise InvariantViolation("B2", f"node {node} changed its vote in term {core.term}")
+        if not (tree.on_path(core.commit) and core.applied.height <= core.commit.height
+                and tree.on_path(core.applied)):
+            raise InvariantViolation("B8", f"node {node} pointers applied={core.applied} "
+                                           f"commit={core.commit} head={core.head}")
+        old_c = before["commit"]
+        if old_c != core.commit:
+            if not tree.is_ancestor(old_c, core.commit) if tree.has(old_c) else \
+                    not self._is_anc(old_c, core.commit):
+                raise InvariantViolation("B10", f"node {node} commit {old_c} -> {core.commit}")
+            self._extend_committed(node, core, old_c)
+        if core.role == Role.LEADER and before["role"] == Role.LEADER \
+                and before["term"] == core.term and before["head"] != core.head:
+            if not self._is_anc(before["head"], core.head):
+                raise InvariantViolation("B9", f"leader {node} head {before['head']} -> "
+                                               f"{core.head}")
+        if core.role == Role.LEADER:
+            n = self.c_at_election.get((node, core.term))
+            if n is not None and not tree.on_path(self.committed[n - 1]):
+                raise InvariantViolation("B14", f"leader {node} of term {core.term} lacks "
+                                                f"committed {self.committed[n - 1]}")
+        ack = self.acked.get(node)
+        if ack is not None and ack[0] == core.term and not tree.on_path(ack[1]):
+            raise InvariantViolation("B19", f"node {node} acked {ack[1]} in term {ack[0]} but "
+                                            f"its head is {core.head}")
+
+    def _extend_committed(self, node: int, core: RaftCore, old: BlockId) -> None:
+        C = self.committed
+        tree = core.tree
+        for h in range(old.height + 1, core.commit.height + 1):
+            bid = tree.at(h)
+            if h < len(C):
+                if C[h] != bid:
+                    raise InvariantViolation("B11", f"node {node} committed {bid} but {C[h]} "
+                                                    f"is committed at height {h}")
+            else:
+                C.append(bid)
+
+    def check_commit_justified(self, stores: dict[int, Any], old_len: int) -> None:
+        """B13: each block that just entered C is durably stored by a quorum."""
+        for h in range(old_len, len(self.committed)):
+            c = self.committed[h]
+            n = sum(1 for v in self.voters if c in stores[v])
+            if n < self.quorum:
+                raise InvariantViolation("B13", f"{c} committed but durable on only {n} nodes")
+
+    def on_restart(self, node: int, core: RaftCore, store: Any) -> None:
+        if core.term < self.wire_term.get(node, 0):
+            raise InvariantViolation("B4", f"node {node} restarted at term {core.term} after "
+                                           f"sending term {self.wire_term[node]}")
+        v = self.votes.get((node, core.term))
+        if v is not None and core.voted_for != v:
+            raise InvariantViolation("B4", f"node {node} forgot its vote for {v} in term "
+                                           f"{core.term}")
+        for b in self.acked_all.get(node, ()):
+            if b not in store:
+                raise InvariantViolation("B4", f"node {node} lost acked block {b}")
+
+    def on_applied(self, node: int, block: Block, sm_digest: bytes,
+                   effective: list[tuple[str, int]]) -> None:
+        h = block.id.height
+        prev = self.applied.get(h)
+        if prev is None:
+            self.applied[h] = (block.id, sm_digest)
+            for key in effective:
+                other = self.effective.setdefault(key, h)
+                if other != h:
+                    raise InvariantViolation("B16", f"command {key} took effect at heights "
+                                                    f"{other} and {h}")
+        elif prev != (block.id, sm_digest):
+            raise InvariantViolation("B15", f"node {node} applied {block.id} at height {h}, "
+                                            f"others applied {prev[0]} (or a different state)")

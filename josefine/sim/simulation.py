@@ -1,0 +1,427 @@
+"""A seeded, deterministic simulation of a Josefine cluster (PROTOCOL.md C.64).
+
+One `Simulation` runs N pure cores over a simulated network that drops, duplicates,
+delays and reorders messages, partitions nodes (symmetric, one-way, leader isolation) and
+crashes/restarts them. The "disk" is a `MemoryStore` per node, written only when the
+simulation completes that node's oldest pending sync, so a crash loses exactly what a real
+crash would: every Ready not yet synced. Eager messages (a leader's appends) leave before
+the sync; acks and votes only after it, as ready.py prescribes.
+
+Clients run a key-value workload throughout (writes with unique values, cas, ReadIndex
+reads), retrying a write with the same (client id, seq) until it is answered. After every
+step the invariants of §B are checked (invariants.py); at the end the client history must be
+linearizable and, once faults stop, every pending operation must be answered.
+
+Everything random comes from one `random.Random(seed)`; a failure reprints the seed and the
+last steps of the trace so it replays with `Simulation(seed=...).run()`.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from josefine.chain.block import Command, genesis
+from josefine.chain.memory import MemoryStore
+from josefine.fsm.applier import Applier
+from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
+from josefine.messages import Persisted, Propose, ReadIndex, Status, Tick
+from josefine.raft.core import CoreConfig, RaftCore, Role
+from josefine.raft.ready import Ready
+from josefine.sim.invariants import Invariants, InvariantViolation
+
+CLUSTER = "sim"
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 3
+    steps: int = 1000
+    clients: int = 3
+    keys: int = 2
+    drop: float = 0.05
+    dup: float = 0.03
+    max_delay: int = 6
+    crash_rate: float = 0.004
+    partition_rate: float = 0.004
+    transfer_rate: float = 0.001
+    fault_fraction: float = 0.7
+    """Faults happen only in the first fraction of steps; the rest is for healing."""
+    liveness_steps: int = 4000
+    """After faults stop and everything heals: steps within which every op must finish."""
+    pre_vote: bool = True
+    check_quorum: bool = True
+    election_ticks: int = 10
+    max_batch_blocks: int = 4
+    max_inflight: int = 4
+    client_timeout: int = 120
+    trace_len: int = 40
+
+
+@dataclass
+class _Op:
+    client: int
+    kind: str          # write | cas | read
+    key: str
+    value: Any
+    seq: int
+    invoked: int
+    node: int = 0
+    sent_at: int = 0
+    read_id: int | None = None
+    attempts: int = 0
+    hinted: bool = False
+
+
+@dataclass
+class _Node:
+    id: int
+    store: MemoryStore
+    core: RaftCore | None = None
+    applier: Applier | None = None
+    pending: deque = field(default_factory=deque)
+    alive: bool = True
+
+
+class SimulationFailure(AssertionError):
+    pass
+
+
+class Simulation:
+    def __init__(self, seed: int, config: SimConfig | None = None) -> None:
+        self.seed = seed
+        self.cfg = cfg = config or SimConfig()
+        self.rng = random.Random(seed)
+        self.genesis = genesis(CLUSTER)
+        self.voters = frozenset(range(1, cfg.nodes + 1))
+        self.nodes = {i: _Node(i, MemoryStore(CLUSTER)) for i in self.voters}
+        self.inv = Invariants(self.genesis, self.voters)
+        self.net: list[tuple[int, int, Any]] = []   # (deliver_at, uid, msg)
+        self.uid = 0
+        self.now = 0
+        self.blocked: set[tuple[int, int]] = set()  # (src, dst) links cut
+        self.trace: deque[str] = deque(maxlen=cfg.trace_len)
+        self.history: list[dict] = []
+        self.ops: dict[int, _Op | None] = {c: None for c in range(cfg.clients)}
+        self.seqs = {c: 0 for c in range(cfg.clients)}
+        self.read_ids = 0
+        self.reads: dict[int, _Op] = {}
+        self.value_counter = 0
+        self.faults = 0
+        self.completed = 0
+        for n in self.nodes.values():
+            self._boot(n)
+
+    # ------------------------------------------------------------------ node lifecycle
+    def _core_config(self, nid: int) -> CoreConfig:
+        c = self.cfg
+        return CoreConfig(node_id=nid, voters=self.voters, heartbeat_ticks=1,
+                          election_ticks=c.election_ticks, pre_vote=c.pre_vote,
+                          check_quorum=c.check_quorum, max_batch_blocks=c.max_batch_blocks,
+                          max_inflight=c.max_inflight, seed=self.seed * 1000 + self.now)
+
+    def _boot(self, n: _Node) -> None:
+        st = n.store.load()
+        n.core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
+                          voted_for=st.hard_state.voted_for, blocks=st.blocks, head=st.head,
+                          commit=st.commit)
+        n.applier = Applier(KVStateMachine())
+        n.pending.clear()
+        n.alive = True
+        self._execute(n, n.core.start())
+
+    def _crash(self, n: _Node) -> None:
+        n.alive = False
+        n.pending.clear()
+        n.core = None
+        n.applier = None
+        self.trace.append(f"{self.now}: crash n{n.id}")
+
+    def _restart(self, n: _Node) -> None:
+        self._boot(n)
+        self.inv.on_restart(n.id, n.core, n.store)
+        self.trace.append(f"{self.now}: restart n{n.id} term={n.core.term} "
+                          f"vote={n.core.voted_for} head={n.core.head} commit={n.core.commit}")
+
+    # ------------------------------------------------------------------ executing Readys
+    def _step_node(self, n: _Node, inp: Any) -> None:
+        core = n.core
+        before = {"term": core.term, "voted_for": core.voted_for, "commit": core.commit,
+                  "role": core.role, "head": core.head}
+        r = core.step(inp)
+        self.trace.append(f"{self.now}: n{n.id} <- {_short(inp)} => {core.role.name[0]} "
+                          f"t{core.term} h{core.head} c{core.commit}")
+        self._execute(n, r)
+        self.inv.check_node(n.id, core, before)
+
+    def _execute(self, n: _Node, r: Ready) -> None:
+        inv = self.inv
+        if r.blocks:
+            inv.on_new_blocks(n.id, n.core, r.blocks)
+        if r.events:
+            inv.on_events(n.id, n.core, r.events)
+        if r.eager:
+            inv.on_sent(n.id, r.eager)
+            for m in r.eager:
+                self._net_send(m)
+        if r.needs_sync or r.messages or r.apply or r.reads or r.outcomes or r.commit:
+            n.pending.append(r)
+
+    def _complete_sync(self, n: _Node) -> None:
+        r: Ready = n.pending.popleft()
+        if r.needs_sync or r.commit:
+            c_len = len(self.inv.committed)
+            n.store.write(hard_state=r.hard_state, blocks=r.blocks, head=r.head,
+                          commit=r.commit, delete=r.delete)
+            self.inv.check_commit_justified({i: x.store for i, x in self.nodes.items()}, c_len)
+        if r.messages:
+            self.inv.on_sent(n.id, r.messages)
+            for m in r.messages:
+                self._net_send(m)
+        for b in r.apply:
+            results = n.applier.apply_block(b)
+            eff = [(c.client_id, c.seq) for c, _ in results
+                   if n.applier.sessions.get(c.client_id).height == b.id.height
+                   and n.applier.sessions.get(c.client_id).last_seq == c.seq]
+            self.inv.on_applied(n.id, b, n.applier.sm_digest(), eff)
+            if n.core.role == Role.LEADER:
+                for c, res in results:
+                    self._client_reply(c.client_id, c.seq, Status.OK, res, n.id)
+        for read_id, _index in r.reads:
+            op = self.reads.pop(read_id, None)
+            if op is not None:
+                res = n.applier.query(kv_get(op.key))
+                self._finish(op, "ok", res.get("value") if isinstance(res, dict) else None)
+        for o in r.outcomes:
+            if o.kind == "propose":
+                self._client_reply(o.key[0], o.key[1], o.status, None, o.leader_hint)
+            elif o.kind == "read":
+                op = self.reads.pop(o.key, None)
+                if op is not None:
+                    op.read_id = None  # retry with a fresh read id
+                    self._redirect(op, o.leader_hint)
+        if r.head is not None and n.core is not None:
+            self._step_node(n, Persisted(head=r.head))
+
+    # ------------------------------------------------------------------ network
+    def _net_send(self, m: Any) -> None:
+        rng = self.rng
+        if (m.src, m.dst) in self.blocked or rng.random() < self.cfg.drop:
+            return
+        copies = 2 if rng.random() < self.cfg.dup else 1
+        for _ in range(copies):
+            self.uid += 1
+            self.net.append((self.now + rng.randint(0, self.cfg.max_delay), self.uid, m))
+
+    def _deliver_one(self) -> bool:
+        due = [i for i, (t, _, _) in enumerate(self.net) if t <= self.now]
+        if not due:
+            return False
+        i = self.rng.choice(due[:4])  # mostly in order, some reordering
+        _, _, m = self.net.pop(i)
+        n = self.nodes[m.dst]
+        if n.alive and (m.src, m.dst) not in self.blocked:
+            self._step_node(n, m)
+        return True
+
+    # ------------------------------------------------------------------ clients
+    def _client_step(self) -> None:
+        rng = self.rng
+        c = rng.randrange(self.cfg.clients)
+        op = self.ops[c]
+        if op is None:
+            kind = rng.choice(("write", "write", "cas", "read", "read"))
+            key = f"k{rng.randrange(self.cfg.keys)}"
+            if kind == "write":
+                self.value_counter += 1
+                value: Any = f"v{self.value_counter}"
+            elif kind == "cas":
+                self.value_counter += 1
+                value = [f"v{rng.randint(max(1, self.value_counter - 4), self.value_counter)}",
+                         f"v{self.value_counter}"]
+            else:
+                value = None
+            seq = 0
+            if kind != "read":
+                self.seqs[c] += 1
+                seq = self.seqs[c]
+            op = _Op(c, kind, key, value, seq, self.now, node=rng.choice(sorted(self.voters)))
+            self.ops[c] = op
+            self.history.append({"process": c, "type": "invoke", "f": kind, "key": key,
+                                 "value": value, "time": len(self.history)})
+            self._send_op(op)
+        elif self.now - op.sent_at > self.cfg.client_timeout:
+            if not op.hinted:
+                op.node = rng.choice(sorted(self.voters))   # no answer: try someone else
+            op.hinted = False
+            self._send_op(op)
+
+    def _send_op(self, op: _Op) -> None:
+        op.sent_at = self.now
+        op.attempts += 1
+        n = self.nodes[op.node]
+        if not n.alive:
+            return
+        if op.kind == "read":
+            if op.read_id is not None:
+                self.reads.pop(op.read_id, None)
+            self.read_ids += 1
+            op.read_id = self.read_ids
+            self.reads[op.read_id] = op
+            self._step_node(n, ReadIndex(read_id=op.read_id))
+        else:
+            data = kv_put(op.key, op.value) if op.kind == "write" else \
+                kv_cas(op.key, op.value[0], op.value[1])
+            self._step_node(n, Propose(commands=(Command(f"c{op.client}", op.seq, data),)))
+
+    def _client_reply(self, client_id: str, seq: int, status: Status, result: Any,
+                      hint: int | None) -> None:
+        c = int(client_id[1:])
+        op = self.ops.get(c)
+        if op is None or op.kind == "read" or op.seq != seq:
+            return
+        if status == Status.OK:
+            if op.kind == "cas" and not (isinstance(result, dict) and result.get("ok")):
+                self._finish(op, "fail", op.value)
+            else:
+                self._finish(op, "ok", op.value)
+        elif status in (Status.NOT_LEADER, Status.BUSY, Status.UNKNOWN, Status.ABORTED):
+            # retry the same (client, seq): sessions make it apply at most once
+            self._redirect(op, hint)
+
+    def _redirect(self, op: _Op, hint: int | None) -> None:
+        """Retry soon, at the hinted leader if there is one."""
+        if hint in self.nodes:
+            op.node, op.hinted = hint, True
+        else:
+            op.node = self.rng.choice(sorted(self.voters))
+        op.sent_at = self.now - self.cfg.client_timeout + 3
+
+    def _finish(self, op: _Op, typ: str, value: Any) -> None:
+        self.history.append({"process": op.client, "type": typ, "f": op.kind, "key": op.key,
+                             "value": value, "time": len(self.history)})
+        self.ops[op.client] = None
+        self.completed += 1
+
+    # ------------------------------------------------------------------ faults
+    def _fault(self) -> None:
+        rng = self.rng
+        kind = rng.random()
+        alive = [n for n in self.nodes.values() if n.alive]
+        dead = [n for n in self.nodes.values() if not n.alive]
+        self.faults += 1
+        if kind < 0.45:
+            if dead and rng.random() < 0.6:
+                self._restart(rng.choice(dead))
+            elif len(dead) < (len(self.nodes) - 1) // 2 + 1 and alive:
+                leaders = [n for n in alive if n.core.role == Role.LEADER]
+                victim = rng.choice(leaders) if leaders and rng.random() < 0.5 else \
+                    rng.choice(alive)
+                self._crash(victim)
+        else:
+            self.blocked.clear()
+            ids = sorted(self.nodes)
+            r = rng.random()
+            if r < 0.25:
+                self.trace.append(f"{self.now}: heal")
+                return
+            if r < 0.5:  # isolate the leader (or anyone)
+                leaders = [n.id for n in alive if n.core.role == Role.LEADER]
+                x = leaders[0] if leaders else rng.choice(ids)
+                self.blocked |= {(x, y) for y in ids if y != x} | {(y, x) for y in ids if y != x}
+                desc = f"isolate n{x}"
+            elif r < 0.75:  # random majority/minority split
+                rng.shuffle(ids)
+                k = rng.randint(1, len(ids) // 2)
+                a, b = ids[:k], ids[k:]
+                self.blocked |= {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
+                desc = f"split {sorted(a)}|{sorted(b)}"
+            else:  # one-way loss
+                x, y = rng.sample(ids, 2)
+                self.blocked.add((x, y))
+                desc = f"one-way n{x}->n{y}"
+            self.trace.append(f"{self.now}: partition {desc}")
+
+    def _heal_all(self) -> None:
+        self.blocked.clear()
+        for n in self.nodes.values():
+            if not n.alive:
+                self._restart(n)
+
+    # ------------------------------------------------------------------ main loop
+    def _one_step(self, faults: bool) -> None:
+        rng = self.rng
+        self.now += 1
+        x = rng.random()
+        if x < 0.45 and self._deliver_one():
+            return
+        syncing = [n for n in self.nodes.values() if n.pending]
+        if x < 0.7 and syncing:
+            self._complete_sync(rng.choice(syncing))
+            return
+        y = rng.random()
+        cfg = self.cfg
+        if faults and y < cfg.crash_rate + cfg.partition_rate:
+            self._fault()
+        elif faults and y < cfg.crash_rate + cfg.partition_rate + cfg.transfer_rate:
+            leaders = [n for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
+            if leaders:
+                from josefine.messages import TransferLeadership
+                self._step_node(leaders[0], TransferLeadership(
+                    target=rng.choice([i for i in self.nodes if i != leaders[0].id])))
+        elif y < 0.55:
+            alive = [n for n in self.nodes.values() if n.alive]
+            if alive:
+                self._step_node(rng.choice(alive), Tick())
+        else:
+            self._client_step()
+
+    def run(self) -> "Simulation":
+        cfg = self.cfg
+        fault_steps = int(cfg.steps * cfg.fault_fraction)
+        try:
+            for i in range(cfg.steps):
+                self._one_step(i < fault_steps)
+                if i == fault_steps:
+                    self._heal_all()
+            self._heal_all()
+            self._check_liveness()
+        except InvariantViolation as exc:
+            raise SimulationFailure(self._report(str(exc))) from exc
+        return self
+
+    def _check_liveness(self) -> None:
+        """Faults have stopped: a leader appears and every op in flight gets an answer."""
+        for _ in range(self.cfg.liveness_steps):
+            if self._quiet() :
+                return
+            self._one_step(False)
+        leaders = [n.id for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
+        raise InvariantViolation("LIVENESS", f"after {self.cfg.liveness_steps} fault-free "
+                                             f"steps: leaders={leaders}, open ops="
+                                             f"{[o for o in self.ops.values() if o]}")
+
+    def _quiet(self) -> bool:
+        if any(o is not None for o in self.ops.values()):
+            # finish open ops by driving only those clients
+            return False
+        return any(n.alive and n.core.role == Role.LEADER for n in self.nodes.values())
+
+    def _report(self, why: str) -> str:
+        lines = [f"simulation seed={self.seed} failed at step {self.now}: {why}",
+                 f"replay: Simulation({self.seed}, {self.cfg!r}).run()",
+                 "last steps:"] + [f"  {t}" for t in self.trace]
+        return "\n".join(lines)
+
+
+def _short(m: Any) -> str:
+    name = type(m).__name__
+    if name in ("Tick",):
+        return "Tick"
+    d = {k: getattr(m, k) for k in getattr(m, "__slots__", ()) if k not in ("blocks",)}
+    if hasattr(m, "blocks"):
+        d["blocks"] = [str(b.id) for b in m.blocks]
+    if name == "Propose":
+        d = {"n": len(m.commands)}
+    return f"{name}{d}"
