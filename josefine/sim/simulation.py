@@ -17,6 +17,7 @@ last steps of the trace so it replays with `Simulation(seed=...).run()`.
 """
 from __future__ import annotations
 
+import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -110,6 +111,9 @@ class Simulation:
         self.value_counter = 0
         self.faults = 0
         self.completed = 0
+        self.draining = False
+        self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "elections": 0,
+                      "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0}
         for n in self.nodes.values():
             self._boot(n)
 
@@ -136,10 +140,12 @@ class Simulation:
         n.pending.clear()
         n.core = None
         n.applier = None
+        self.stats["crashes"] += 1
         self.trace.append(f"{self.now}: crash n{n.id}")
 
     def _restart(self, n: _Node) -> None:
         self._boot(n)
+        self.stats["restarts"] += 1
         self.inv.on_restart(n.id, n.core, n.store)
         self.trace.append(f"{self.now}: restart n{n.id} term={n.core.term} "
                           f"vote={n.core.voted_for} head={n.core.head} commit={n.core.commit}")
@@ -161,6 +167,7 @@ class Simulation:
             inv.on_new_blocks(n.id, n.core, r.blocks)
         if r.events:
             inv.on_events(n.id, n.core, r.events)
+            self.stats["elections"] += sum(1 for e in r.events if e[0] == "became_leader")
         if r.eager:
             inv.on_sent(n.id, r.eager)
             for m in r.eager:
@@ -208,20 +215,21 @@ class Simulation:
     def _net_send(self, m: Any) -> None:
         rng = self.rng
         if (m.src, m.dst) in self.blocked or rng.random() < self.cfg.drop:
+            self.stats["dropped"] += 1
             return
         copies = 2 if rng.random() < self.cfg.dup else 1
+        self.stats["duplicated"] += copies - 1
         for _ in range(copies):
             self.uid += 1
-            self.net.append((self.now + rng.randint(0, self.cfg.max_delay), self.uid, m))
+            heapq.heappush(self.net, (self.now + rng.randint(0, self.cfg.max_delay), self.uid, m))
 
     def _deliver_one(self) -> bool:
-        due = [i for i, (t, _, _) in enumerate(self.net) if t <= self.now]
-        if not due:
+        if not self.net or self.net[0][0] > self.now:
             return False
-        i = self.rng.choice(due[:4])  # mostly in order, some reordering
-        _, _, m = self.net.pop(i)
+        _, _, m = heapq.heappop(self.net)  # random delays reorder messages
         n = self.nodes[m.dst]
         if n.alive and (m.src, m.dst) not in self.blocked:
+            self.stats["delivered"] += 1
             self._step_node(n, m)
         return True
 
@@ -231,6 +239,8 @@ class Simulation:
         c = rng.randrange(self.cfg.clients)
         op = self.ops[c]
         if op is None:
+            if self.draining:
+                return
             kind = rng.choice(("write", "write", "cas", "read", "read"))
             key = f"k{rng.randrange(self.cfg.keys)}"
             if kind == "write":
@@ -260,6 +270,8 @@ class Simulation:
     def _send_op(self, op: _Op) -> None:
         op.sent_at = self.now
         op.attempts += 1
+        if op.attempts > 1:
+            self.stats["retries"] += 1
         n = self.nodes[op.node]
         if not n.alive:
             return
@@ -341,6 +353,7 @@ class Simulation:
                 x, y = rng.sample(ids, 2)
                 self.blocked.add((x, y))
                 desc = f"one-way n{x}->n{y}"
+            self.stats["partitions"] += 1
             self.trace.append(f"{self.now}: partition {desc}")
 
     def _heal_all(self) -> None:
@@ -354,7 +367,7 @@ class Simulation:
         rng = self.rng
         self.now += 1
         x = rng.random()
-        if x < 0.45 and self._deliver_one():
+        if (x < 0.45 or len(self.net) > 4 * len(self.nodes)) and self._deliver_one():
             return
         syncing = [n for n in self.nodes.values() if n.pending]
         if x < 0.7 and syncing:
@@ -393,8 +406,9 @@ class Simulation:
 
     def _check_liveness(self) -> None:
         """Faults have stopped: a leader appears and every op in flight gets an answer."""
+        self.draining = True
         for _ in range(self.cfg.liveness_steps):
-            if self._quiet() :
+            if self._quiet():
                 return
             self._one_step(False)
         leaders = [n.id for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
@@ -404,7 +418,6 @@ class Simulation:
 
     def _quiet(self) -> bool:
         if any(o is not None for o in self.ops.values()):
-            # finish open ops by driving only those clients
             return False
         return any(n.alive and n.core.role == Role.LEADER for n in self.nodes.values())
 

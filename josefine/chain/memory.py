@@ -1,0 +1,145 @@
+"""In-memory chain store: the deterministic simulation's durable "disk".
+
+Every `write()` is durable the moment it returns (the simulation models a crash as losing
+the node object, never the store), so `sync` is only counted. `load()` returns a fresh
+`StoredState` whose containers are new objects; blocks and hard states are immutable, so a
+restarted node can never share mutable state with the crashed one.
+
+Kept deliberately cheap: a write that adds blocks to the tip costs a few dict operations.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from josefine.chain.block import Block, genesis
+from josefine.chain.store import (
+    INITIAL_HARD_STATE,
+    HardState,
+    StoredState,
+    check_batch,
+    check_hard_state,
+    check_marker,
+)
+from josefine.types import GENESIS_ID, BlockId
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A `ChainStore` held in a dict. Single writer; not thread-safe."""
+
+    __slots__ = ("cluster_id", "_blocks", "_hard", "_head", "_commit", "writes", "syncs")
+
+    def __init__(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        g = genesis(cluster_id)
+        self._blocks: dict[BlockId, Block] = {g.id: g}
+        self._hard: HardState = INITIAL_HARD_STATE
+        self._head: BlockId = GENESIS_ID
+        self._commit: BlockId = GENESIS_ID
+        self.writes = 0
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ ChainStore
+
+    def load(self) -> StoredState:
+        return StoredState(self._hard, dict(self._blocks), self._head, self._commit)
+
+    def write(
+        self,
+        *,
+        hard_state: HardState | None = None,
+        blocks: Sequence[Block] = (),
+        head: BlockId | None = None,
+        commit: BlockId | None = None,
+        delete: Sequence[BlockId] = (),
+        sync: bool = True,
+    ) -> None:
+        stored = self._blocks
+        if type(blocks) is not list and type(blocks) is not tuple:
+            blocks = list(blocks)
+        # ---- validate everything first: a failing batch must leave no trace
+        if hard_state is not None:
+            if type(hard_state) is not HardState:  # e.g. the core's own HardState record
+                hard_state = HardState(hard_state.term, hard_state.voted_for)
+            if hard_state != self._hard:
+                check_hard_state(self._hard, hard_state)
+        if delete or len(blocks) > 1:
+            new, dels = check_batch(_digest_getter(stored), blocks, delete)
+        else:
+            dels = ()
+            new = []
+            for b in blocks:  # the hot path: zero or one block, nothing deleted
+                old = stored.get(b.id)
+                if old is None:
+                    new.append(b)
+                elif old.digest != b.digest:
+                    check_batch(_digest_getter(stored), blocks, ())  # raises SafetyViolation
+        if head is not None or commit is not None:
+            new_ids = {b.id for b in new} if new else ()
+
+            def present(bid: BlockId) -> bool:
+                return (bid in stored or bid in new_ids) and bid not in dels
+
+            if head is not None:
+                check_marker("head", head, present)
+            if commit is not None:
+                check_marker("commit", commit, present)
+        if dels:
+            keep_head = head if head is not None else self._head
+            keep_commit = commit if commit is not None else self._commit
+            if keep_head in dels or keep_commit in dels:
+                raise ValueError("batch deletes the block that head or commit names")
+        # ---- apply
+        for bid in dels:
+            stored.pop(bid, None)
+        for b in new:
+            stored[b.id] = b
+        if hard_state is not None:
+            self._hard = hard_state
+        if head is not None:
+            self._head = head
+        if commit is not None:
+            self._commit = commit
+        self.writes += 1
+        if sync:
+            self.syncs += 1
+
+    def get_block(self, bid: BlockId) -> Block | None:
+        return self._blocks.get(bid)
+
+    def iter_blocks(self) -> Iterator[Block]:
+        """Stored blocks in (term, height) order."""
+        for bid in sorted(self._blocks):
+            yield self._blocks[bid]
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __contains__(self, bid: object) -> bool:
+        return bid in self._blocks
+
+    def stats(self) -> dict:
+        return {
+            "blocks": len(self._blocks),
+            "term": self._hard.term,
+            "voted_for": self._hard.voted_for,
+            "head": self._head,
+            "commit": self._commit,
+            "writes": self.writes,
+            "syncs": self.syncs,
+        }
+
+    def close(self) -> None:
+        """Nothing to release; the contents survive so a simulated restart can `load()`."""
+
+    def __repr__(self) -> str:
+        return (f"MemoryStore({self.cluster_id!r}, blocks={len(self._blocks)}, "
+                f"head={self._head}, commit={self._commit}, term={self._hard.term})")
+
+
+def _digest_getter(stored: dict[BlockId, Block]):
+    def get(bid: BlockId) -> bytes | None:
+        b = stored.get(bid)
+        return None if b is None else b.digest
+    return get
