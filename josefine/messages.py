@@ -256,3 +256,34 @@ class TransferLeadership:
 
 
 CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLeadership]
+
+
+# ------------------------------------------------------- actor messages (never on the wire)
+
+
+@_dc
+class Outbound:
+    """Role/Chain -> Transport: peer messages to send, in order."""
+
+    msgs: tuple
+
+
+@_dc
+class Nudge:
+    """Something is waiting in the receiver's side queue (proposals, persist work)."""
+
+
+@_dc
+class ApplyWork:
+    """Chain -> Fsm: committed blocks to apply, then reads to serve, then outcomes."""
+
+    blocks: tuple
+    reads: tuple
+    outcomes: tuple
+
+
+@_dc
+class StatusQuery:
+    """Ask the role actor for a status snapshot; `reply` is called with the dict."""
+
+    reply: Any

@@ -5,7 +5,8 @@ that comparison *is* the Chained Raft voting rule (PROTOCOL.md A.2, A.6).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, NewType
+from dataclasses import dataclass
+from typing import NamedTuple
 
 NodeId = int
 """Cluster-unique node number, 1..N in a launched cluster."""
@@ -26,6 +27,14 @@ class BlockId(NamedTuple):
 
 
 GENESIS_ID = BlockId(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The one record a vote or a term change must reach disk in before anyone hears of it."""
+
+    term: int
+    voted_for: int | None
 
 
 class SafetyViolation(Exception):

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from josefine.chain.block import Block, BlockKind
 from josefine.transport.codec import packb, unpackb
-from josefine.types import GENESIS_ID, BlockId, SafetyViolation
+from josefine.types import GENESIS_ID, BlockId, HardState, SafetyViolation
 
 __all__ = [
     "HardState",
@@ -43,14 +43,6 @@ __all__ = [
     "check_marker",
     "INITIAL_HARD_STATE",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    """The one record a vote or a term change must reach disk in before anyone hears of it."""
-
-    term: int
-    voted_for: int | None
 
 
 INITIAL_HARD_STATE = HardState(0, None)

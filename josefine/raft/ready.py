@@ -20,13 +20,7 @@ from typing import Any
 
 from josefine.chain.block import Block
 from josefine.messages import Status
-from josefine.types import BlockId
-
-
-@dataclass(frozen=True, slots=True)
-class HardState:
-    term: int
-    voted_for: int | None
+from josefine.types import BlockId, HardState
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,79 @@
+"""Pieces every actor of a node shares: failure policy, wiring and side queues."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Callable
+
+import pykka
+
+from josefine.messages import Nudge
+
+log = logging.getLogger(__name__)
+
+
+class Links:
+    """The refs of one node's actors, filled in as they start (start order in node.py)."""
+
+    def __init__(self) -> None:
+        self.role: pykka.ActorRef | None = None
+        self.chain: pykka.ActorRef | None = None
+        self.fsm: pykka.ActorRef | None = None
+        self.transport: pykka.ActorRef | None = None
+        self.timer: pykka.ActorRef | None = None
+
+
+class SideQueue:
+    """A batch inbox next to an actor's mailbox: many puts, at most one pending Nudge.
+
+    The consumer drains everything waiting at once, which is how a burst of proposals
+    becomes one block and a burst of Readys one synchronous write (group commit)."""
+
+    def __init__(self) -> None:
+        self.items: deque = deque()
+        self._lock = threading.Lock()
+        self._nudged = False
+        self.target: pykka.ActorRef | None = None
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        with self._lock:
+            if self._nudged:
+                return
+            self._nudged = True
+        self.target.tell(Nudge())  # type: ignore[union-attr]
+
+    def drain(self) -> list:
+        with self._lock:
+            self._nudged = False
+        q = self.items
+        out = []
+        while q:
+            out.append(q.popleft())
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class NodeActor(pykka.ThreadingActor):
+    """An unexpected exception in any actor stops the whole node (no half-alive nodes)."""
+
+    def __init__(self, node_id: int, links: Links, fatal: Callable[[str, BaseException], None]):
+        super().__init__()
+        self.node_id = node_id
+        self.links = links
+        self._fatal = fatal
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:  # noqa: ANN001
+        self._fatal(type(self).__name__, exception_value)
+
+    def tell(self, ref: pykka.ActorRef | None, msg: Any) -> None:
+        """Tell, ignoring an actor already stopped (only happens during shutdown)."""
+        if ref is None:
+            return
+        try:
+            ref.tell(msg)
+        except pykka.ActorDeadError:
+            log.debug("node %d: dropped %s to a stopped actor", self.node_id, type(msg).__name__)

@@ -1,0 +1,329 @@
+"""One node: its five actors wired together, and the embedding API.
+
+Start order: Chain (opens LevelDB, loads the chain) -> FSM driver -> Transport (binds; any
+inbound message before the role exists is dropped, Raft retries) -> Role (builds the core
+from what the store loaded and replays the committed path into the state machine) ->
+Timer. Stop order is the reverse. An unexpected exception in any actor, or on the
+transport's I/O thread, stops the whole node and reports it through `on_fatal`.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable
+
+import pykka
+
+from josefine.actors.base import Links, SideQueue
+from josefine.actors.chain import ChainActor
+from josefine.actors.fsm import FsmActor
+from josefine.actors.role import RoleActor
+from josefine.actors.timer import TickGate, TimerActor
+from josefine.actors.transport import TransportActor
+from josefine.actors.waiters import Waiters
+from josefine.chain.block import Command, genesis
+from josefine.chain.leveldb import LevelDBStore
+from josefine.config import NodeConfig
+from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderError,
+                             RejectedError, UnavailableError, UnknownOutcomeError)
+from josefine.fsm.api import StateMachine
+from josefine.fsm.applier import Applier
+from josefine.fsm.kv import KVStateMachine
+from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose, ClientProposeResp,
+                               ClientRead, ClientReadResp, ClientStatus, ClientStatusResp,
+                               ClientTransfer, ReadIndex, Status, StatusQuery,
+                               TransferLeadership)
+from josefine.raft.core import CoreConfig, RaftCore
+from josefine.transport.faults import FaultRules
+from josefine.transport.zmq_transport import ZmqTransport
+
+log = logging.getLogger(__name__)
+
+
+def status_error(status: Status, hint: int | None, what: str = "request") -> JosefineError:
+    """Map a non-OK status to the public exception (josefine.errors)."""
+    if status == Status.NOT_LEADER:
+        return NotLeaderError(f"{what}: not the leader (hint: {hint})", leader_hint=hint)
+    if status == Status.BUSY:
+        return BusyError(f"{what}: leader is over its uncommitted backlog limit")
+    if status == Status.UNKNOWN:
+        return UnknownOutcomeError(f"{what}: leader stepped down before the outcome was known")
+    if status == Status.ABORTED:
+        return AbortedError(f"{what}: its block lost to another branch; not applied")
+    if status == Status.REJECTED:
+        return RejectedError(f"{what}: rejected")
+    return UnavailableError(f"{what}: failed with status {status!r}")
+
+
+class Node:
+    """A running node inside this process. Create with `Node.start(config)`."""
+
+    def __init__(self, config: NodeConfig, state_machine: StateMachine | None,
+                 on_fatal: Callable[[str, BaseException], None] | None) -> None:
+        self.config = config
+        self.id = config.node_id
+        self._on_fatal = on_fatal
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.fatal_error: BaseException | None = None
+        self.links = Links()
+        self.proposals = Waiters()
+        self.reads = Waiters()
+        self.transfers = Waiters()
+        self._read_ids = itertools.count(1)
+        self._client_id = f"node{self.id}-{uuid.uuid4().hex[:12]}"
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self.state_machine = state_machine if state_machine is not None else KVStateMachine()
+        self._refs: list[pykka.ActorRef] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(cls, config: NodeConfig, state_machine: StateMachine | None = None, *,
+              on_fatal: Callable[[str, BaseException], None] | None = None) -> "Node":
+        """Open the data dir, start the five actors, join the cluster. Raises on bad setup."""
+        node = cls(config, state_machine, on_fatal)
+        try:
+            node._start()
+        except BaseException:
+            node.stop()
+            raise
+        return node
+
+    def _start(self) -> None:
+        cfg = self.config
+        links = self.links
+        fatal = self._fatal
+        data = Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        store = LevelDBStore(data / "chain", cfg.cluster_id)
+        stored = store.load()
+        voters = frozenset(cfg.nodes)
+        core = RaftCore(
+            CoreConfig(node_id=cfg.node_id, voters=voters, heartbeat_ticks=cfg.heartbeat_ticks,
+                       election_ticks=cfg.election_ticks, pre_vote=cfg.pre_vote,
+                       check_quorum=cfg.check_quorum, max_batch_blocks=cfg.max_batch_blocks,
+                       max_inflight=cfg.max_inflight,
+                       max_uncommitted_bytes=cfg.max_uncommitted_bytes,
+                       seed=cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4),
+                                                                                  "big")),
+            genesis(cfg.cluster_id), term=stored.hard_state.term,
+            voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
+            commit=stored.commit)
+        log.info("node %d: recovered term=%d vote=%s head=%s commit=%s (%d blocks)", self.id,
+                 core.term, core.voted_for, core.head, core.commit, len(stored.blocks))
+        self.applier = Applier(self.state_machine)
+        self.chain_inbox = SideQueue()
+        self.proposal_inbox = SideQueue()
+        self.gate = TickGate()
+        self.faults = FaultRules(seed=cfg.seed)
+        self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.address, cfg.peers,
+                               self._on_peer_message, self._on_client_request,
+                               on_fatal=lambda exc: fatal("transport I/O thread", exc),
+                               max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults)
+        self.store = store
+        links.chain = ChainActor.start(self.id, links, fatal, store, cfg.fsync, self.chain_inbox)
+        self._refs.append(links.chain)
+        self.chain_inbox.target = links.chain
+        links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
+                                   self.reads, self.transfers)
+        self._refs.append(links.fsm)
+        self.zt.start()
+        links.transport = TransportActor.start(self.id, links, fatal, self.zt)
+        self._refs.append(links.transport)
+        self._role_actor_status = None
+        links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
+                                     self.proposal_inbox, self.chain_inbox, self._status_extra)
+        self._refs.append(links.role)
+        self.proposal_inbox.target = links.role
+        links.timer = TimerActor.start(self.id, links, fatal, cfg.tick_ms, self.gate)
+        self._refs.append(links.timer)
+        log.info("node %d: listening on %s", self.id, self.zt.address or cfg.address)
+
+    def stop(self) -> None:
+        """Stop the actors in reverse start order; idempotent, safe from any thread."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        for ref in reversed(self._refs):
+            try:
+                ref.stop(timeout=10)
+            except pykka.ActorDeadError:
+                pass
+            except Exception as exc:  # a failed stop must not leave the others running
+                log.error("node %d: stopping %s failed: %s", self.id, ref, exc)
+        self._refs = []
+        zt = getattr(self, "zt", None)
+        if zt is not None:
+            zt.stop()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+        for w in (self.proposals, self.reads, self.transfers):
+            w.fail_all(UnavailableError("node stopped"))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def _fatal(self, where: str, exc: BaseException) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            log.critical("node %d: fatal error in %s: %s: %s — stopping the node", self.id,
+                         where, type(exc).__name__, exc, exc_info=exc)
+        threading.Thread(target=self._fatal_stop, args=(where, exc), daemon=True).start()
+
+    def _fatal_stop(self, where: str, exc: BaseException) -> None:
+        self.stop()
+        if self._on_fatal is not None:
+            self._on_fatal(where, exc)
+
+    # ------------------------------------------------------------------ inbound
+    def _on_peer_message(self, msg: Any) -> None:
+        role = self.links.role
+        if role is not None:
+            try:
+                role.tell(msg)
+            except pykka.ActorDeadError:
+                pass
+
+    def _on_client_request(self, identity: bytes, msg: Any) -> None:
+        zt = self.zt
+        t = type(msg)
+        if t is ClientPropose:
+            cid, seq = msg.client_id, msg.seq
+
+            def reply(status, result, hint):  # noqa: ANN001
+                zt.reply_client(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
+                                                            result=result, leader_hint=hint))
+            self._submit(Command(cid, seq, msg.command), reply)
+        elif t is ClientRead:
+            cid, rid = msg.client_id, msg.read_id
+
+            def reply_read(status, result, hint):  # noqa: ANN001
+                zt.reply_client(identity, ClientReadResp(client_id=cid, read_id=rid,
+                                                         status=status, result=result,
+                                                         leader_hint=hint))
+            self._read(msg.query, reply_read)
+        elif t is ClientStatus:
+            cid, rid = msg.client_id, msg.read_id
+            self._tell_role(StatusQuery(reply=lambda st: zt.reply_client(
+                identity, ClientStatusResp(client_id=cid, read_id=rid, status=st))))
+        elif t is ClientTransfer:
+            cid, rid = msg.client_id, msg.read_id
+
+            def reply_transfer(status, result, hint):  # noqa: ANN001
+                zt.reply_client(identity, ClientAdminResp(
+                    client_id=cid, read_id=rid, ok=status == Status.OK,
+                    result={"status": int(status), "leader_hint": hint},
+                    error="" if status == Status.OK else Status(status).name))
+            self.transfers.add(msg.target, reply_transfer)
+            self._tell_role(TransferLeadership(target=msg.target))
+        elif t is ClientAdmin:
+            ok, result, error = self._admin(msg.op, msg.args)
+            zt.reply_client(identity, ClientAdminResp(client_id=msg.client_id,
+                                                      read_id=msg.read_id, ok=ok,
+                                                      result=result, error=error))
+
+    def _admin(self, op: str, args: dict) -> tuple[bool, Any, str]:
+        if op in ("faults", "clear_faults", "get_faults"):
+            if not self.config.fault_injection:
+                return False, None, "fault injection is disabled on this node"
+            try:
+                if op == "faults":
+                    self.faults.load(args)
+                elif op == "clear_faults":
+                    self.faults.clear()
+            except ValueError as exc:
+                return False, None, str(exc)
+            return True, self.faults.to_dict(), ""
+        return False, None, f"unknown admin op {op!r}"
+
+    def _tell_role(self, msg: Any) -> None:
+        if self.links.role is None:
+            return
+        try:
+            self.links.role.tell(msg)
+        except pykka.ActorDeadError:
+            pass
+
+    def _submit(self, cmd: Command, waiter: Callable) -> None:
+        if self._stopped.is_set():
+            waiter(Status.NOT_LEADER, None, None)
+            return
+        self.proposals.add((cmd.client_id, cmd.seq), waiter)
+        self.proposal_inbox.put(cmd)
+
+    def _read(self, query: bytes, waiter: Callable) -> None:
+        rid = next(self._read_ids)
+        self.reads.add(rid, waiter, query)
+        self._tell_role(ReadIndex(read_id=rid))
+
+    def _status_extra(self) -> dict:
+        zs = self.zt.stats()
+        return {"address": self.config.address, "pid": os.getpid(),
+                "applied": list(self.applier.applied),
+                "dropped_frames": zs.get("dropped_frames", 0),
+                "transport": zs, "fsync": self.config.fsync,
+                "waiting_proposals": len(self.proposals)}
+
+    # ------------------------------------------------------------------ embedding API
+    def propose(self, data: bytes) -> Future:
+        """Replicate `data` as one command; the Future resolves with the state machine's
+        result once it is committed and applied, or raises a `JosefineError`."""
+        with self._seq_lock:
+            seq = next(self._seq)
+        fut: Future = Future()
+
+        def done(status, result, hint):  # noqa: ANN001
+            if fut.done():
+                return
+            if status == Status.OK:
+                fut.set_result(result)
+            else:
+                fut.set_exception(status_error(status, hint, "propose"))
+        self._submit(Command(self._client_id, seq, bytes(data)), done)
+        return fut
+
+    def read(self, query: bytes) -> Future:
+        """Linearizable read (ReadIndex); resolves with `state_machine.query(query)`."""
+        fut: Future = Future()
+
+        def done(status, result, hint):  # noqa: ANN001
+            if fut.done():
+                return
+            if status == Status.OK:
+                fut.set_result(result)
+            else:
+                fut.set_exception(status_error(status, hint, "read"))
+        self._read(bytes(query), done)
+        return fut
+
+    def transfer_leadership(self, to: int) -> Future:
+        """Ask this (leader) node to hand leadership to node `to`."""
+        fut: Future = Future()
+
+        def done(status, result, hint):  # noqa: ANN001
+            if fut.done():
+                return
+            if status == Status.OK:
+                fut.set_result(to)
+            else:
+                fut.set_exception(status_error(status, hint, "transfer"))
+        self.transfers.add(to, done)
+        self._tell_role(TransferLeadership(target=to))
+        return fut
+
+    def status(self, timeout: float = 5.0) -> dict:
+        """Role, term, leader, head, commit, applied and counters of this node."""
+        if self._stopped.is_set() or self.links.role is None:
+            return {"id": self.id, "role": "stopped"}
+        fut: Future = Future()
+        self._tell_role(StatusQuery(reply=fut.set_result))
+        return fut.result(timeout)

@@ -1,0 +1,276 @@
+"""Remote client: talks to any node, follows leader hints, retries safely.
+
+Exactly-once writes: every write carries (client id, seq), and a retry — after a timeout,
+an UNKNOWN, a leader change — reuses the same pair, so the state machine's session table
+applies it at most once. Each calling thread gets its own client id, its own sequence and
+its own sockets: a session caches only the last result per client id, so one id must
+never have two writes in flight. That also makes one `Client` safe to share between
+threads (and lets them run concurrently).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+import uuid
+from typing import Any, Mapping, Sequence
+
+from josefine.errors import (BusyError, NotLeaderError, RejectedError, UnavailableError,
+                             UnknownOutcomeError)
+from josefine.fsm.kv import kv_cas, kv_delete, kv_get, kv_put
+from josefine.messages import (ClientAdmin, ClientPropose, ClientRead, ClientStatus,
+                               ClientTransfer, Status)
+from josefine.transport.client_conn import ClientConnection
+
+__all__ = ["Client", "query_status", "admin_request"]
+
+
+class _ThreadState:
+    def __init__(self, base: str, n: int) -> None:
+        self.client_id = f"{base}-{n}"
+        self.seq = 0
+        self.read_id = 0
+        self.conns: dict[str, ClientConnection] = {}
+
+
+class Client:
+    """A key-value (and raw command) client for a Josefine cluster.
+
+    Args:
+        addresses: node endpoints, either a list or a {node id: address} map (the map
+            lets leader hints be followed directly).
+        cluster_id: the cluster's id (from cluster.toml); frames of other clusters are refused.
+        timeout: overall deadline of one operation, retries included.
+        request_timeout: how long to wait for one node before trying another.
+    """
+
+    def __init__(self, addresses: Sequence[str] | Mapping[int, str], cluster_id: str, *,
+                 timeout: float = 10.0, request_timeout: float = 1.0) -> None:
+        if isinstance(addresses, Mapping):
+            self._by_id = {int(k): v for k, v in addresses.items()}
+            self.addresses = list(self._by_id.values())
+        else:
+            self.addresses = list(addresses)
+            self._by_id = {}
+        if not self.addresses:
+            raise ValueError("Client needs at least one node address")
+        self.cluster_id = cluster_id
+        self.timeout = timeout
+        self.request_timeout = request_timeout
+        self._base = f"cl-{uuid.uuid4().hex[:12]}"
+        self._threads = itertools.count(1)
+        self._local = threading.local()
+        self._all: list[_ThreadState] = []
+        self._lock = threading.Lock()
+        self._leader: str | None = None
+        self._closed = False
+
+    @classmethod
+    def from_cluster_file(cls, path: str | None = None, **kw: Any) -> "Client":
+        """Build a client from a launcher's cluster.toml (or $JOSEFINE_CLUSTER)."""
+        from josefine.config import load_cluster_config, resolve_cluster_path
+        cc = load_cluster_config(resolve_cluster_path(path))
+        return cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id, **kw)
+
+    # ------------------------------------------------------------------ key-value API
+    def put(self, key: str, value: Any) -> None:
+        self._check(self.propose(kv_put(key, value)))
+
+    def get(self, key: str) -> Any:
+        res = self._check(self.read(kv_get(key)))
+        return res.get("value") if isinstance(res, dict) else res
+
+    def delete(self, key: str) -> bool:
+        res = self._check(self.propose(kv_delete(key)))
+        return bool(res.get("existed")) if isinstance(res, dict) else False
+
+    def cas(self, key: str, expected: Any, new: Any) -> bool:
+        """Set key to `new` iff it holds `expected` (None: absent); True if it was set."""
+        res = self._check(self.propose(kv_cas(key, expected, new)))
+        return bool(res.get("ok")) if isinstance(res, dict) else False
+
+    @staticmethod
+    def _check(res: Any) -> Any:
+        if isinstance(res, dict) and "error" in res:
+            raise RejectedError(str(res["error"]))
+        return res
+
+    # ------------------------------------------------------------------ raw API
+    def propose(self, command: bytes) -> Any:
+        """Replicate one command; returns the state machine's result."""
+        st = self._state()
+        st.seq += 1
+        seq = st.seq
+        deadline = time.monotonic() + self.timeout
+        maybe_applied = False
+        last: Exception | None = None
+        addr = self._leader or self.addresses[0]
+        backoff = 0.005
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                resp = self._conn(st, addr).request(
+                    ClientPropose(client_id=st.client_id, seq=seq, command=command),
+                    min(self.request_timeout, remaining))
+            except TimeoutError as exc:
+                maybe_applied, last = True, exc
+                addr = self._next(addr)
+                continue
+            if resp.status == Status.OK:
+                self._leader = addr
+                return resp.result
+            if resp.status == Status.REJECTED:
+                raise RejectedError(f"command rejected by {addr}")
+            if resp.status == Status.UNKNOWN:
+                maybe_applied = True
+            if resp.status == Status.BUSY:
+                last = BusyError(f"{addr} is busy")
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.2)
+                continue
+            last = NotLeaderError(f"{addr}: {Status(resp.status).name}",
+                                  leader_hint=resp.leader_hint)
+            addr = self._follow(addr, resp.leader_hint)
+            if resp.leader_hint is None:
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.2)
+        if maybe_applied:
+            raise UnknownOutcomeError(f"no answer within {self.timeout} s; the write may or "
+                                      f"may not have applied (last error: {last})")
+        raise UnavailableError(f"no leader accepted the write within {self.timeout} s "
+                               f"(last error: {last})")
+
+    def read(self, query: bytes) -> Any:
+        """Linearizable read through the leader's ReadIndex."""
+        st = self._state()
+        deadline = time.monotonic() + self.timeout
+        addr = self._leader or self.addresses[0]
+        last: Exception | None = None
+        backoff = 0.005
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UnavailableError(f"no linearizable read within {self.timeout} s "
+                                       f"(last error: {last})")
+            st.read_id += 1
+            try:
+                resp = self._conn(st, addr).request(
+                    ClientRead(client_id=st.client_id, read_id=st.read_id, query=query),
+                    min(self.request_timeout, remaining))
+            except TimeoutError as exc:
+                last = exc
+                addr = self._next(addr)
+                continue
+            if resp.status == Status.OK:
+                self._leader = addr
+                return resp.result
+            if resp.status == Status.REJECTED:
+                raise RejectedError(str(resp.result))
+            last = NotLeaderError(f"{addr}: {Status(resp.status).name}",
+                                  leader_hint=resp.leader_hint)
+            addr = self._follow(addr, resp.leader_hint)
+            if resp.leader_hint is None:
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.2)
+
+    def transfer_leadership(self, to: int) -> None:
+        """Ask the current leader to hand over to node `to`."""
+        st = self._state()
+        deadline = time.monotonic() + self.timeout
+        addr = self._leader or self.addresses[0]
+        while time.monotonic() < deadline:
+            st.read_id += 1
+            try:
+                resp = self._conn(st, addr).request(
+                    ClientTransfer(client_id=st.client_id, read_id=st.read_id, target=to),
+                    self.request_timeout * 3)
+            except TimeoutError:
+                addr = self._next(addr)
+                continue
+            if resp.ok:
+                return
+            hint = (resp.result or {}).get("leader_hint")
+            if resp.error == "REJECTED":
+                raise RejectedError(f"cannot transfer to {to}")
+            addr = self._follow(addr, hint)
+            time.sleep(0.05)
+        raise UnavailableError("leadership transfer did not complete")
+
+    # ------------------------------------------------------------------ plumbing
+    def _state(self) -> _ThreadState:
+        if self._closed:
+            raise UnavailableError("client is closed")
+        st = getattr(self._local, "st", None)
+        if st is None:
+            st = _ThreadState(self._base, next(self._threads))
+            self._local.st = st
+            with self._lock:
+                self._all.append(st)
+        return st
+
+    def _conn(self, st: _ThreadState, addr: str) -> ClientConnection:
+        c = st.conns.get(addr)
+        if c is None:
+            c = ClientConnection(addr, self.cluster_id, st.client_id)
+            st.conns[addr] = c
+        return c
+
+    def _next(self, addr: str) -> str:
+        if self._leader == addr:
+            self._leader = None
+        others = [a for a in self.addresses if a != addr] or self.addresses
+        return random.choice(others)
+
+    def _follow(self, addr: str, hint: int | None) -> str:
+        if hint is not None:
+            if not self._by_id:
+                self._learn_ids()
+            a = self._by_id.get(int(hint))
+            if a is not None:
+                return a
+        return self._next(addr)
+
+    def _learn_ids(self) -> None:
+        for a in self.addresses:
+            try:
+                st = query_status(a, self.cluster_id, timeout=0.5)
+            except Exception:
+                continue
+            if "id" in st:
+                self._by_id[int(st["id"])] = a
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            states, self._all = self._all, []
+        for st in states:
+            for c in st.conns.values():
+                c.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def query_status(address: str, cluster_id: str, timeout: float = 2.0) -> dict:
+    """One node's status dict; raises TimeoutError when it does not answer."""
+    cid = f"status-{uuid.uuid4().hex[:8]}"
+    with ClientConnection(address, cluster_id, cid) as conn:
+        return dict(conn.request(ClientStatus(client_id=cid, read_id=1), timeout).status)
+
+
+def admin_request(address: str, cluster_id: str, op: str, args: dict | None = None,
+                  timeout: float = 2.0) -> Any:
+    """Send an admin request (e.g. op="faults" with FaultRules.to_dict() args)."""
+    cid = f"admin-{uuid.uuid4().hex[:8]}"
+    with ClientConnection(address, cluster_id, cid) as conn:
+        resp = conn.request(ClientAdmin(client_id=cid, read_id=1, op=op, args=args or {}),
+                            timeout)
+    if not resp.ok:
+        raise RejectedError(f"{address}: admin {op} refused: {resp.error}")
+    return resp.result

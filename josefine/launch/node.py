@@ -1,0 +1,75 @@
+"""Process entry point: `josefine node --config node.toml` (or `python -m josefine.launch.node`).
+
+Runs one node until SIGTERM/SIGINT (exit 0). A fatal error inside the node — an actor's
+unexpected exception, a safety violation, a dead transport — exits non-zero so that the
+supervisor restarts the process and it recovers from disk.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from josefine.config import ConfigError, load_node_config
+
+EXIT_FATAL = 3
+EXIT_CONFIG = 2
+
+
+def _setup_logging(node_id: int, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="josefine node", description="Run one Josefine node.")
+    ap.add_argument("--config", required=True, help="node TOML file")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_node_config(args.config)
+    except ConfigError as exc:
+        print(f"josefine node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(cfg.node_id, cfg.log_level)
+    log = logging.getLogger("josefine.node")
+    # Short switch interval: a pure-Python apply must not starve heartbeats (DESIGN.md).
+    sys.setswitchinterval(0.0005)
+    from josefine.actors.node import Node
+
+    done = threading.Event()
+    exit_code = [0]
+
+    def on_fatal(where: str, exc: BaseException) -> None:
+        log.critical("node %d: exiting after fatal error in %s", cfg.node_id, where)
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
+
+    try:
+        node = Node.start(cfg, on_fatal=on_fatal)
+    except Exception as exc:
+        log.critical("node %d: failed to start: %s", cfg.node_id, exc, exc_info=True)
+        return EXIT_FATAL
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("node %d: signal %d, stopping", cfg.node_id, signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("node %d: pid %d serving on %s", cfg.node_id, os.getpid(), cfg.address)
+    while not done.wait(0.5):
+        if node.stopped:
+            exit_code[0] = EXIT_FATAL if node.fatal_error else 0
+            break
+    node.stop()
+    log.info("node %d: stopped", cfg.node_id)
+    return exit_code[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
