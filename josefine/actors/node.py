@@ -269,6 +269,7 @@ class Node:
         zs = self.zt.stats()
         return {"address": self.config.address, "pid": os.getpid(),
                 "applied": list(self.applier.applied),
+                "sm_digest": self.applier.sm_digest().hex(),
                 "dropped_frames": zs.get("dropped_frames", 0),
                 "transport": zs, "fsync": self.config.fsync,
                 "waiting_proposals": len(self.proposals)}

@@ -1,0 +1,64 @@
+"""Helpers for tests that run real node processes on loopback."""
+from __future__ import annotations
+
+import random
+import socket
+import time
+from typing import Any, Callable
+
+from josefine.client import query_status
+
+
+def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
+    """A base port such that base..base+n-1 are free on 127.0.0.1 right now."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `pred` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as exc:  # node not up yet, etc.
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
+
+
+def statuses(addresses: dict[int, str], cluster_id: str, timeout: float = 1.0) -> dict[int, dict]:
+    out = {}
+    for i, a in addresses.items():
+        try:
+            out[i] = query_status(a, cluster_id, timeout)
+        except Exception:
+            out[i] = {"role": "unreachable"}
+    return out
+
+
+def leader_of(addresses: dict[int, str], cluster_id: str) -> int | None:
+    st = statuses(addresses, cluster_id)
+    leaders = [i for i, s in st.items() if s.get("role") == "leader"]
+    if len(leaders) == 1:
+        return leaders[0]
+    if leaders:  # two leaders of different terms can coexist briefly: take the newest
+        return max(leaders, key=lambda i: st[i]["term"])
+    return None
