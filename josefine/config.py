@@ -1,0 +1,533 @@
+"""Node and cluster configuration: TOML files, validated once at start.
+
+Two files exist:
+
+* ``node.toml`` — everything one node process needs (`NodeConfig`). A node is
+  started with ``josefine node --config node.toml``.
+* ``cluster.toml`` — written by ``josefine launch``; lists every node's
+  address so clients and ``josefine status`` can find the cluster
+  (`ClusterConfig`).
+
+House rules: a config is checked completely before anything starts, and every
+error names the file, the offending key and why it is wrong, e.g.::
+
+    node.toml: key 'peers.2': expected 'tcp://HOST:PORT', got 'foo'
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+Files are parsed with the standard library's `tomllib`; they are written by
+the small hand-written emitter below, which only needs strings, integers,
+booleans and one level of tables.
+
+Example ``node.toml``::
+
+    node_id = 1
+    cluster_id = "3f9c1a2b7d4e"
+    address = "tcp://127.0.0.1:7001"
+    data_dir = "/var/lib/josefine/node-1"   # relative paths: relative to this file
+    tick_ms = 20
+
+    [peers]
+    "2" = "tcp://127.0.0.1:7002"
+    "3" = "tcp://127.0.0.1:7003"
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from josefine.errors import JosefineError
+
+__all__ = [
+    "CLUSTER_ENV_VAR",
+    "ClusterConfig",
+    "ClusterNode",
+    "ConfigError",
+    "NodeConfig",
+    "load_cluster_config",
+    "load_node_config",
+    "parse_address",
+    "resolve_cluster_path",
+]
+
+CLUSTER_ENV_VAR = "JOSEFINE_CLUSTER"
+"""Environment variable naming the cluster file when ``--cluster`` is absent."""
+
+_MIB = 1024 * 1024
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_CLUSTER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ADDRESS_RE = re.compile(
+    r"tcp://(\[[0-9A-Fa-f:.]+\]|\*|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})"
+)
+
+
+class ConfigError(JosefineError, ValueError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+# ---------------------------------------------------------------------------
+# Small value checks shared by both file kinds
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``tcp://HOST:PORT`` into (host, port).
+
+    Raises:
+        ValueError: the address is not of that form or the port is outside 1..65535.
+    """
+    m = _ADDRESS_RE.fullmatch(address) if isinstance(address, str) else None
+    if m is None:
+        raise ValueError(f"expected 'tcp://HOST:PORT', got {address!r}")
+    port = int(m.group(2))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be in 1..65535, got {port} in {address!r}")
+    return m.group(1), port
+
+
+def _kind(value: Any) -> str:
+    """Name a value's TOML type for error messages."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _fail(source: str, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{source}: key {key!r}: {why}")
+
+
+def _expect_int(source: str, key: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    # NB: bool is a subclass of int, and `true` must not pass for 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(source, key, f"expected an integer, got {value!r} ({_kind(value)})")
+    if lo is not None and value < lo:
+        raise _fail(source, key, f"must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise _fail(source, key, f"must be <= {hi}, got {value}")
+
+
+def _expect_bool(source: str, key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _fail(source, key, f"expected true or false, got {value!r} ({_kind(value)})")
+
+
+def _expect_str(source: str, key: str, value: Any, *, nonempty: bool = True) -> None:
+    if not isinstance(value, str):
+        raise _fail(source, key, f"expected a string, got {value!r} ({_kind(value)})")
+    if nonempty and not value:
+        raise _fail(source, key, "must not be empty")
+
+
+def _expect_address(source: str, key: str, value: Any) -> None:
+    _expect_str(source, key, value)
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise _fail(source, key, str(exc)) from None
+
+
+def _expect_cluster_id(source: str, key: str, value: Any) -> None:
+    _expect_str(source, key, value)
+    if not _CLUSTER_ID_RE.fullmatch(value):
+        raise _fail(
+            source, key,
+            f"expected 1-64 characters from [A-Za-z0-9_.-] starting with a letter or digit, got {value!r}",
+        )
+
+
+def _check_unknown(source: str, data: Mapping[str, Any], known: list[str], prefix: str = "") -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(source, prefix + key, f"unknown key{hint}")
+
+
+def _peer_id(source: str, key: str, raw: Any) -> int:
+    """Turn a TOML table key ("2") into a node id."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        node_id = raw
+    elif isinstance(raw, str) and raw.isdigit():
+        node_id = int(raw)
+    else:
+        raise _fail(source, key, f"node ids must be integers >= 1, got {raw!r}")
+    if node_id < 1:
+        raise _fail(source, key, f"node ids must be integers >= 1, got {node_id}")
+    return node_id
+
+
+def _resolve_path(value: str, base_dir: Path | None) -> str:
+    path = Path(value).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Hand-written TOML emitter (strings, ints, bools, one level of tables)
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_str(value: str) -> str:
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+# ---------------------------------------------------------------------------
+# node.toml
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one node process needs. Immutable; validated on construction.
+
+    Time is counted in ticks of `tick_ms` milliseconds (the Raft core never
+    reads a clock; the timer actor turns ticks into wall time).
+    """
+
+    node_id: int
+    """This node's id, >= 1, unique in the cluster."""
+    cluster_id: str
+    """Shared by all nodes of a cluster; messages carrying another id are dropped."""
+    address: str
+    """Where this node listens: ``tcp://HOST:PORT``."""
+    peers: dict[int, str] = field(hash=False)
+    """The other nodes' addresses by node id (never includes `node_id`)."""
+    data_dir: str
+    """Directory holding this node's LevelDB store."""
+    tick_ms: int = 20
+    """Length of one logical tick in milliseconds."""
+    heartbeat_ticks: int = 2
+    """A leader sends heartbeats every this many ticks."""
+    election_ticks: int = 10
+    """Election timeout base: each timeout is drawn from [election_ticks, 2*election_ticks) ticks."""
+    fsync: bool = True
+    """Sync every write batch to disk. Off only for benchmarks and throwaway clusters."""
+    fault_injection: bool = False
+    """Accept fault-rule changes (drop/delay/partition) over the admin interface."""
+    max_frame_bytes: int = 16 * _MIB
+    """Largest wire frame accepted or sent."""
+    max_batch_blocks: int = 64
+    """Most blocks carried by one AppendBlocks message."""
+    max_inflight: int = 64
+    """Most unacknowledged AppendBlocks messages per follower."""
+    max_uncommitted_bytes: int = 64 * _MIB
+    """Leader answers BUSY once uncommitted payload exceeds this."""
+    log_level: str = "INFO"
+    """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (case-insensitive)."""
+    seed: int | None = None
+    """Seed for the timer's random election timeouts; None: from the OS."""
+    pre_vote: bool = True
+    """Run a pre-vote round before starting an election (thesis §9.6)."""
+    check_quorum: bool = True
+    """A leader steps down when it has not heard from a quorum for an election timeout."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.peers, Mapping):
+            # Own a private copy so the caller's dict cannot change us later.
+            object.__setattr__(self, "peers", dict(self.peers))
+        _check_node(dataclasses.asdict(self) | {"peers": self.peers}, "NodeConfig")
+        object.__setattr__(self, "log_level", self.log_level.upper())
+
+    # -- derived values -----------------------------------------------------
+
+    @property
+    def nodes(self) -> dict[int, str]:
+        """Every node's address by id, this node included."""
+        return dict(sorted({**self.peers, self.node_id: self.address}.items()))
+
+    @property
+    def host(self) -> str:
+        return parse_address(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_address(self.address)[1]
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        return self.heartbeat_ticks * self.tick_ms
+
+    @property
+    def election_timeout_range_ms(self) -> tuple[int, int]:
+        """Half-open range [lo, hi) the election timeout is drawn from."""
+        return self.election_ticks * self.tick_ms, 2 * self.election_ticks * self.tick_ms
+
+    # -- (de)serialisation --------------------------------------------------
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], source: str = "<config>", base_dir: Path | None = None
+    ) -> NodeConfig:
+        """Build a config from parsed TOML, naming `source` in every error.
+
+        A relative `data_dir` is taken relative to `base_dir` when given.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        _check_unknown(source, data, names)
+        for f in dataclasses.fields(cls):
+            if f.default is dataclasses.MISSING and f.name not in data and f.name != "peers":
+                raise _fail(source, f.name, "missing (required)")
+        values = dict(data)
+        peers_raw = values.get("peers", {})
+        if not isinstance(peers_raw, Mapping):
+            raise _fail(source, "peers", f"expected a table of id = address, got {peers_raw!r} ({_kind(peers_raw)})")
+        values["peers"] = {_peer_id(source, f"peers.{k}", k): v for k, v in peers_raw.items()}
+        if isinstance(values.get("data_dir"), str) and values["data_dir"]:
+            values["data_dir"] = _resolve_path(values["data_dir"], base_dir)
+        _check_node(values, source)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, TOML-shaped: peer ids as strings, `seed` left out when None."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "peers":
+                value = {str(k): v for k, v in sorted(value.items())}
+            elif value is None:
+                continue
+            out[f.name] = value
+        return out
+
+    def to_toml(self) -> str:
+        """Render as a ``node.toml`` that `load_node_config` reads back equal."""
+        lines = [f"# josefine node {self.node_id} of cluster {self.cluster_id}"]
+        data = self.to_dict()
+        peers = data.pop("peers")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in data.items()]
+        lines += ["", "[peers]"]
+        lines += [f"{_toml_str(k)} = {_toml_value(v)}" for k, v in peers.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _check_node(v: Mapping[str, Any], source: str) -> None:
+    """Validate every NodeConfig field; raise ConfigError naming the first bad key."""
+    _expect_int(source, "node_id", v["node_id"], lo=1)
+    _expect_cluster_id(source, "cluster_id", v["cluster_id"])
+    _expect_address(source, "address", v["address"])
+    _expect_str(source, "data_dir", v["data_dir"])
+
+    peers = v["peers"]
+    if not isinstance(peers, Mapping):
+        raise _fail(source, "peers", f"expected a table of id = address, got {peers!r} ({_kind(peers)})")
+    seen = {v["address"]: v["node_id"]}
+    for peer_id, addr in peers.items():
+        key = f"peers.{peer_id}"
+        if not isinstance(peer_id, int) or isinstance(peer_id, bool) or peer_id < 1:
+            raise _fail(source, key, f"node ids must be integers >= 1, got {peer_id!r}")
+        if peer_id == v["node_id"]:
+            raise _fail(source, key, f"this node's own id ({peer_id}) must not be listed among its peers")
+        _expect_address(source, key, addr)
+        if addr in seen:
+            raise _fail(source, key, f"address {addr} is already used by node {seen[addr]}")
+        seen[addr] = peer_id
+
+    _expect_int(source, "tick_ms", v.get("tick_ms", 20), lo=1, hi=60_000)
+    _expect_int(source, "heartbeat_ticks", v.get("heartbeat_ticks", 2), lo=1)
+    _expect_int(source, "election_ticks", v.get("election_ticks", 10), lo=2)
+    hb, el = v.get("heartbeat_ticks", 2), v.get("election_ticks", 10)
+    if el <= hb:
+        raise _fail(source, "election_ticks", f"must be greater than heartbeat_ticks ({hb}), got {el}")
+    for key in ("fsync", "fault_injection", "pre_vote", "check_quorum"):
+        if key in v:
+            _expect_bool(source, key, v[key])
+    _expect_int(source, "max_frame_bytes", v.get("max_frame_bytes", 16 * _MIB), lo=1024)
+    _expect_int(source, "max_batch_blocks", v.get("max_batch_blocks", 64), lo=1)
+    _expect_int(source, "max_inflight", v.get("max_inflight", 64), lo=1)
+    _expect_int(source, "max_uncommitted_bytes", v.get("max_uncommitted_bytes", 64 * _MIB), lo=1)
+    level = v.get("log_level", "INFO")
+    _expect_str(source, "log_level", level)
+    if level.upper() not in _LOG_LEVELS:
+        raise _fail(source, "log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    if v.get("seed") is not None:
+        _expect_int(source, "seed", v["seed"])
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a ``node.toml``.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, or an invalid/unknown/missing key.
+    """
+    p = Path(path)
+    return NodeConfig.from_dict(_read_toml(p), source=str(p), base_dir=p.resolve().parent)
+
+
+# ---------------------------------------------------------------------------
+# cluster.toml
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node as listed in ``cluster.toml``."""
+
+    address: str
+    """Where the node listens (``tcp://HOST:PORT``)."""
+    data_dir: str | None = None
+    """The node's data directory, when the file was written by the launcher."""
+    config_path: str | None = None
+    """The node's ``node.toml``, when the file was written by the launcher."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The cluster as clients see it: its id and every node's address.
+
+    Example ``cluster.toml``::
+
+        cluster_id = "3f9c1a2b7d4e"
+
+        [nodes."1"]
+        address = "tcp://127.0.0.1:7001"
+        data_dir = "/tmp/c/node-1/data"
+        config_path = "/tmp/c/node-1/node.toml"
+    """
+
+    cluster_id: str
+    nodes: dict[int, ClusterNode] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", dict(sorted(self.nodes.items())))
+        _expect_cluster_id("ClusterConfig", "cluster_id", self.cluster_id)
+        if not self.nodes:
+            raise _fail("ClusterConfig", "nodes", "at least one node is required")
+        for node_id, node in self.nodes.items():
+            if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 1:
+                raise _fail("ClusterConfig", f"nodes.{node_id}", "node ids must be integers >= 1")
+            _expect_address("ClusterConfig", f"nodes.{node_id}.address", node.address)
+
+    def addresses(self) -> list[str]:
+        """Every node's address, in node id order."""
+        return [n.address for n in self.nodes.values()]
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], source: str = "<cluster>", base_dir: Path | None = None
+    ) -> ClusterConfig:
+        """Build from parsed TOML; relative paths are taken relative to `base_dir`."""
+        _check_unknown(source, data, ["cluster_id", "nodes"])
+        if "cluster_id" not in data:
+            raise _fail(source, "cluster_id", "missing (required)")
+        _expect_cluster_id(source, "cluster_id", data["cluster_id"])
+        raw_nodes = data.get("nodes")
+        if raw_nodes is None:
+            raise _fail(source, "nodes", "missing (required)")
+        if not isinstance(raw_nodes, Mapping) or not raw_nodes:
+            raise _fail(source, "nodes", "expected a non-empty table of node tables")
+        fields = ["address", "data_dir", "config_path"]
+        nodes: dict[int, ClusterNode] = {}
+        seen: dict[str, int] = {}
+        for raw_id, entry in raw_nodes.items():
+            node_id = _peer_id(source, f"nodes.{raw_id}", raw_id)
+            prefix = f"nodes.{raw_id}"
+            if not isinstance(entry, Mapping):
+                raise _fail(source, prefix, f"expected a table with 'address', got {entry!r} ({_kind(entry)})")
+            _check_unknown(source, entry, fields, prefix=prefix + ".")
+            if "address" not in entry:
+                raise _fail(source, prefix + ".address", "missing (required)")
+            _expect_address(source, prefix + ".address", entry["address"])
+            if entry["address"] in seen:
+                raise _fail(source, prefix + ".address", f"address already used by node {seen[entry['address']]}")
+            seen[entry["address"]] = node_id
+            paths: dict[str, str | None] = {}
+            for key in ("data_dir", "config_path"):
+                if key in entry:
+                    _expect_str(source, f"{prefix}.{key}", entry[key])
+                    paths[key] = _resolve_path(entry[key], base_dir)
+            nodes[node_id] = ClusterNode(address=entry["address"], **paths)
+        return cls(cluster_id=data["cluster_id"], nodes=nodes)
+
+    def to_toml(self) -> str:
+        """Render as a ``cluster.toml`` that `load_cluster_config` reads back equal."""
+        lines = ["# josefine cluster file: pass it as --cluster FILE or set JOSEFINE_CLUSTER",
+                 f"cluster_id = {_toml_str(self.cluster_id)}"]
+        for node_id, node in self.nodes.items():
+            lines += ["", f"[nodes.{_toml_str(str(node_id))}]", f"address = {_toml_str(node.address)}"]
+            for key in ("data_dir", "config_path"):
+                value = getattr(node, key)
+                if value is not None:
+                    lines.append(f"{key} = {_toml_str(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def load_cluster_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and validate a ``cluster.toml``.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, or an invalid/unknown/missing key.
+    """
+    p = Path(path)
+    return ClusterConfig.from_dict(_read_toml(p), source=str(p), base_dir=p.resolve().parent)
+
+
+def resolve_cluster_path(arg: str | os.PathLike[str] | None) -> Path:
+    """Pick the cluster file: `arg` if given, else ``$JOSEFINE_CLUSTER``.
+
+    A directory stands for the ``cluster.toml`` inside it (the launcher's
+    ``--data-dir``).
+
+    Raises:
+        ConfigError: neither is set, or the file does not exist.
+    """
+    origin = "--cluster"
+    if arg is None or str(arg) == "":
+        env = os.environ.get(CLUSTER_ENV_VAR, "")
+        if not env:
+            raise ConfigError(
+                f"no cluster file given: pass --cluster FILE or set {CLUSTER_ENV_VAR} "
+                "(`josefine launch` writes DATA_DIR/cluster.toml)"
+            )
+        arg, origin = env, CLUSTER_ENV_VAR
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        path = path / "cluster.toml"
+    if not path.is_file():
+        raise ConfigError(f"cluster file {str(path)!r} (from {origin}) does not exist")
+    return path

@@ -1,0 +1,463 @@
+"""The ``josefine`` command line.
+
+Subcommands::
+
+    josefine node --config node.toml            run one node in this process
+    josefine launch [--nodes 3] [--data-dir DIR] [--base-port 7001] ...
+                                                run and supervise a local cluster
+    josefine put KEY VALUE | get KEY | delete KEY | cas KEY EXPECTED NEW
+                                                use the built-in key-value store
+    josefine status [--json]                    every node's role, term, head, commit
+    josefine check HISTORY ...                  check a recorded history (josefine.check)
+    josefine chaos ... | bench ...              chaos runs and benchmarks, when built in
+
+The client commands and ``status`` find the cluster through ``--cluster FILE``
+or the ``JOSEFINE_CLUSTER`` environment variable (``launch`` writes
+``DATA_DIR/cluster.toml``; a directory stands for the cluster.toml inside it).
+
+Exit status: 0 success; 1 error (one line on stderr); 2 usage error or a
+subcommand not available in this build; 3 a negative answer: ``get`` of a
+missing key, ``delete`` of a missing key, ``cas`` whose expected value did not
+match (message on stderr). ``status`` exits 1 when some node is unreachable.
+
+Modules written elsewhere (``josefine.launch.node``, ``josefine.client``,
+``josefine.check.cli``, ...) are imported lazily, only by the subcommand that
+needs them, so ``josefine --help`` works in any build.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from josefine.config import CLUSTER_ENV_VAR, ClusterConfig, ConfigError, load_cluster_config, resolve_cluster_path
+from josefine.errors import JosefineError, NotLeaderError, UnknownOutcomeError
+
+__all__ = ["main", "build_parser", "STATUS_FIELDS"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NEGATIVE = 0, 1, 2, 3
+
+_DELEGATED = {
+    "check": "josefine.check.cli",
+    "chaos": "josefine.chaos.cli",
+    "bench": "josefine.bench.cli",
+}
+
+STATUS_FIELDS = ("id", "address", "reachable", "pid", "role", "term", "leader",
+                 "head", "commit", "applied", "dropped_frames", "error")
+"""Keys of each node object in ``josefine status --json`` (see `_status`)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``josefine`` command; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _DELEGATED:
+        # Handed over untouched: those commands own their options and --help.
+        return _delegate(args_list[0], args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return _exit_code(exc.code)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("josefine: error: a command is required", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which exited: not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        except OSError:
+            pass
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="josefine",
+        description="Chained Raft: run nodes and local clusters, use the key-value store.",
+        epilog="exit status: 0 ok, 1 error, 2 usage, 3 negative answer (not found / cas mismatch)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("node", help="run one node in this process")
+    p.add_argument("--config", required=True, metavar="FILE", help="the node's node.toml")
+    p.set_defaults(func=_node)
+
+    p = sub.add_parser(
+        "launch", help="start and supervise a local cluster",
+        description="Start N node processes on 127.0.0.1, restart them when they crash, "
+                    "and stop them all on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--nodes", type=_positive_int, default=3, metavar="N", help="number of nodes (default 3)")
+    p.add_argument("--data-dir", type=Path, default=Path("josefine-data"), metavar="DIR",
+                   help="directory for configs, logs and data (default ./josefine-data)")
+    p.add_argument("--base-port", type=_port, default=7001, metavar="PORT",
+                   help="node i listens on PORT+i-1 (default 7001)")
+    p.add_argument("--no-restart", action="store_true", help="do not restart nodes that exit")
+    p.add_argument("--fault-injection", action="store_true", help="let nodes accept fault rules")
+    p.add_argument("--no-fsync", action="store_true", help="do not fsync writes (benchmarks only)")
+    p.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                   help="any other node.toml key for every node, VALUE in TOML syntax (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_launch)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cluster", metavar="FILE",
+                        help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    common.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                        help="give up after this long (default 5)")
+
+    p = sub.add_parser("put", parents=[common], help="set KEY to VALUE")
+    p.add_argument("key")
+    p.add_argument("value")
+    p.set_defaults(func=_kv)
+    p = sub.add_parser("get", parents=[common], help="print the value of KEY (exit 3 if absent)")
+    p.add_argument("key")
+    p.set_defaults(func=_kv)
+    p = sub.add_parser("delete", parents=[common], help="remove KEY (exit 3 if absent)")
+    p.add_argument("key")
+    p.set_defaults(func=_kv)
+    p = sub.add_parser("cas", parents=[common], help="set KEY to NEW if it is EXPECTED (exit 3 if not)")
+    p.add_argument("key")
+    p.add_argument("expected")
+    p.add_argument("new")
+    p.set_defaults(func=_kv)
+
+    status_common = argparse.ArgumentParser(add_help=False)
+    status_common.add_argument("--cluster", metavar="FILE",
+                               help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    status_common.add_argument("--timeout", type=_positive_float, default=1.0, metavar="SECONDS",
+                               help="per-node timeout (default 1)")
+    p = sub.add_parser("status", parents=[status_common], help="show every node's role, term, head and commit")
+    p.add_argument("--json", action="store_true", help="print JSON (format: see josefine.launch.cli._status)")
+    p.set_defaults(func=_status)
+
+    # Listed for --help only; main() hands these to their own modules first.
+    sub.add_parser("check", help="check a recorded history for linearizability", add_help=False)
+    sub.add_parser("chaos", help="run a chaos schedule against a local cluster", add_help=False)
+    sub.add_parser("bench", help="run the benchmarks", add_help=False)
+    return parser
+
+
+# -- argument types ------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 1..65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    return key, value
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _error(command: str, message: str) -> int:
+    print(f"josefine {command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _not_available(command: str) -> int:
+    print(f"josefine {command}: not available in this build", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _import_optional(modname: str) -> ModuleType | None:
+    """Import `modname`, or None if it (or a package above it) does not exist.
+
+    A ModuleNotFoundError for anything else (a missing dependency *inside* the
+    module) is a real error and propagates.
+    """
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == modname or modname.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    module = _import_optional(_DELEGATED[command])
+    if module is None:
+        return _not_available(command)
+    try:
+        return _exit_code(module.main(rest))
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, UnknownOutcomeError):
+        return f"unknown outcome (the command may or may not have been applied): {exc}"
+    if isinstance(exc, NotLeaderError):
+        return f"not leader: {exc}"
+    if isinstance(exc, JosefineError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _load_cluster(command: str, arg: str | None) -> ClusterConfig | int:
+    try:
+        return load_cluster_config(resolve_cluster_path(arg))
+    except ConfigError as exc:
+        return _error(command, str(exc))
+
+
+def _print_value(value: Any) -> None:
+    if isinstance(value, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(value + b"\n")
+        sys.stdout.buffer.flush()
+    elif isinstance(value, str):
+        print(value)
+    else:
+        print(json.dumps(value, default=str))
+
+
+# -- subcommands ---------------------------------------------------------------
+
+
+def _node(args: argparse.Namespace) -> int:
+    module = _import_optional("josefine.launch.node")
+    if module is None:
+        return _not_available("node")
+    try:
+        return _exit_code(module.main(["--config", args.config]))
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from josefine.launch.cluster import LaunchError, Launcher
+
+    settings = dict(args.settings)
+    # --set fsync=... / fault_injection=... are the same as the flags.
+    fsync = settings.pop("fsync", not args.no_fsync)
+    fault_injection = settings.pop("fault_injection", args.fault_injection)
+    try:
+        launcher = Launcher(
+            nodes=args.nodes,
+            data_dir=args.data_dir,
+            base_port=args.base_port,
+            restart=not args.no_restart,
+            fault_injection=fault_injection,
+            fsync=fsync,
+            out=None if args.quiet else sys.stdout,
+            config=settings,
+        )
+        return launcher.run_forever()
+    except (ConfigError, LaunchError) as exc:
+        return _error("launch", str(exc))
+
+
+def _kv(args: argparse.Namespace) -> int:
+    command = args.command
+    cluster = _load_cluster(command, args.cluster)
+    if isinstance(cluster, int):
+        return cluster
+    client_module = _import_optional("josefine.client")
+    if client_module is None:
+        return _not_available(command)
+    client = None
+    try:
+        # A {node id: address} map lets the client follow leader hints directly.
+        addresses = {node_id: node.address for node_id, node in cluster.nodes.items()}
+        client = client_module.Client(addresses, cluster.cluster_id, timeout=args.timeout)
+        if command == "put":
+            client.put(args.key, args.value)
+            print("OK")
+            return EXIT_OK
+        if command == "get":
+            value = client.get(args.key)
+            if value is None:
+                print(f"josefine get: {args.key!r} not found", file=sys.stderr)
+                return EXIT_NEGATIVE
+            _print_value(value)
+            return EXIT_OK
+        if command == "delete":
+            if client.delete(args.key):
+                print("deleted")
+                return EXIT_OK
+            print(f"josefine delete: {args.key!r} not found", file=sys.stderr)
+            return EXIT_NEGATIVE
+        if command == "cas":
+            if client.cas(args.key, args.expected, args.new):
+                print("OK")
+                return EXIT_OK
+            print(f"josefine cas: {args.key!r} is not {args.expected!r}; unchanged", file=sys.stderr)
+            return EXIT_NEGATIVE
+        raise AssertionError(command)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports every failure as one line
+        return _error(command, _describe_error(exc))
+    finally:
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - nothing useful to add
+                pass
+
+
+def _field(status: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in status:
+            return status[name]
+    return None
+
+
+def _block_ref(value: Any) -> Any:
+    """A block id as [term, height]; ints and None pass through."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, dict) and "term" in value and "height" in value:
+        return [value["term"], value["height"]]
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return [value[0], value[1]]
+    term, height = getattr(value, "term", None), getattr(value, "height", None)
+    if term is not None and height is not None:
+        return [term, height]
+    return str(value)
+
+
+def _node_row(node_id: int, address: str, status: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    if status is None:
+        return {"id": node_id, "address": address, "reachable": False, "pid": None, "role": "unreachable",
+                "term": None, "leader": None, "head": None, "commit": None, "applied": None,
+                "dropped_frames": None, "error": error}
+    role = _field(status, "role")
+    if role is not None and not isinstance(role, str):
+        role = getattr(role, "name", str(role)).lower()
+    return {
+        "id": node_id,
+        "address": address,
+        "reachable": True,
+        "pid": _field(status, "pid"),
+        "role": role,
+        "term": _field(status, "term"),
+        "leader": _field(status, "leader", "leader_id"),
+        "head": _block_ref(_field(status, "head")),
+        "commit": _block_ref(_field(status, "commit")),
+        "applied": _block_ref(_field(status, "applied")),
+        "dropped_frames": _field(status, "dropped_frames", "dropped"),
+        "error": None,
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list) and len(value) == 2:
+        return f"({value[0]},{value[1]})"
+    return str(value)
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``josefine status``: query every node of the cluster file.
+
+    JSON form (``--json``), stable::
+
+        {"cluster_id": "3f9c1a2b7d4e",
+         "nodes": [{"id": 1, "address": "tcp://127.0.0.1:7001", "reachable": true,
+                    "pid": 4242, "role": "leader", "term": 3, "leader": 1,
+                    "head": [3, 17], "commit": [3, 16], "applied": [3, 16],
+                    "dropped_frames": 0, "error": null}, ...]}
+
+    `nodes` is in id order. Block references (`head`, `commit`, `applied`) are
+    ``[term, height]`` arrays, or whatever integer height the node reports, or
+    null. For an unreachable node `reachable` is false, `role` is
+    ``"unreachable"``, `error` says why and every other status field is null.
+    Exit status 0 when every node answered, 1 otherwise.
+    """
+    cluster = _load_cluster("status", args.cluster)
+    if isinstance(cluster, int):
+        return cluster
+    client_module = _import_optional("josefine.client")
+    if client_module is None:
+        return _not_available("status")
+    query_status = client_module.query_status
+
+    def ask(node_id: int, address: str) -> dict[str, Any]:
+        try:
+            status = query_status(address, cluster.cluster_id, args.timeout)
+            if not isinstance(status, dict):
+                raise TypeError(f"status is a {type(status).__name__}, not a dict")
+        except Exception as exc:  # noqa: BLE001 - shown as an unreachable node
+            return _node_row(node_id, address, None, _describe_error(exc))
+        return _node_row(node_id, address, status, None)
+
+    nodes = list(cluster.nodes.items())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        rows = list(pool.map(lambda item: ask(item[0], item[1].address), nodes))
+
+    if args.json:
+        print(json.dumps({"cluster_id": cluster.cluster_id, "nodes": rows}, indent=2, default=str))
+    else:
+        columns = [("id", "id"), ("address", "address"), ("pid", "pid"), ("role", "role"), ("term", "term"),
+                   ("leader", "leader"), ("head", "head"), ("commit", "commit"), ("applied", "applied"),
+                   ("dropped", "dropped_frames")]
+        table = [[title for title, _ in columns]] + [[_cell(row[key]) for _, key in columns] for row in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+        print(f"cluster {cluster.cluster_id}")
+        for r in table:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        for row in rows:
+            if not row["reachable"]:
+                print(f"josefine status: node {row['id']} ({row['address']}): {row['error']}", file=sys.stderr)
+    return EXIT_OK if all(row["reachable"] for row in rows) else EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
