@@ -58,7 +58,12 @@ class SideQueue:
 
 
 class NodeActor(pykka.ThreadingActor):
-    """An unexpected exception in any actor stops the whole node (no half-alive nodes)."""
+    """An unexpected exception in any actor stops the whole node (no half-alive nodes).
+
+    Daemon threads: an embedding program that exits without `Node.stop()` must not hang
+    on our threads. Nothing is lost by that: every promise made was synced first."""
+
+    use_daemon_thread = True
 
     def __init__(self, node_id: int, links: Links, fatal: Callable[[str, BaseException], None]):
         super().__init__()

@@ -321,6 +321,19 @@ class Node:
         self._tell_role(TransferLeadership(target=to))
         return fut
 
+    def wait_for_leader(self, timeout: float = 10.0) -> int:
+        """Block until this node knows a leader (itself or a peer); return its id."""
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.fatal_error is not None or self.stopped:
+                raise UnavailableError(f"node {self.id} stopped")
+            leader = self.status().get("leader")
+            if leader is not None:
+                return int(leader)
+            time.sleep(0.02)
+        raise UnavailableError(f"no leader known to node {self.id} within {timeout} s")
+
     def status(self, timeout: float = 5.0) -> dict:
         """Role, term, leader, head, commit, applied and counters of this node."""
         if self._stopped.is_set() or self.links.role is None:

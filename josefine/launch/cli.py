@@ -49,6 +49,7 @@ _DELEGATED = {
     "check": "josefine.check.cli",
     "chaos": "josefine.chaos.cli",
     "bench": "josefine.bench.cli",
+    "demo": "josefine.launch.demo",
 }
 
 STATUS_FIELDS = ("id", "address", "reachable", "pid", "role", "term", "leader",
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="check a recorded history for linearizability", add_help=False)
     sub.add_parser("chaos", help="run a chaos schedule against a local cluster", add_help=False)
     sub.add_parser("bench", help="run the benchmarks", add_help=False)
+    sub.add_parser("demo", help="launch a local 3-node cluster and show it working", add_help=False)
     return parser
 
 

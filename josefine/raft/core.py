@@ -103,6 +103,7 @@ class RaftCore:
         self.deferred_reads: list[Any] = []
         self.transfer: int | None = None
         self.transfer_elapsed = 0
+        self._deposed_by: int | None = None
         self.uncommitted_bytes = 0
         self._r = Ready()
         self._reset_timer()
@@ -150,7 +151,9 @@ class RaftCore:
             if t is PreVoteReq or (t is PreVoteResp and m.granted):
                 pass
             else:
+                self._deposed_by = m.src
                 self._become_follower(m.term, m.src if t in LEADER_MESSAGES else None)
+                self._deposed_by = None
         elif m.term < self.term:
             if t in LEADER_MESSAGES:
                 self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=False))
@@ -223,7 +226,9 @@ class RaftCore:
             out.append(Outcome("read", rid, Status.NOT_LEADER))
         self.reads, self.deferred_reads = [], []
         if self.transfer is not None:
-            out.append(Outcome("transfer", self.transfer, Status.OK))
+            ok = self._deposed_by == self.transfer
+            out.append(Outcome("transfer", self.transfer, Status.OK if ok else Status.ABORTED,
+                               self._deposed_by))
         self.transfer = None
         self.prog = {}
 
@@ -660,6 +665,9 @@ class RaftCore:
             out.append(Outcome("transfer", target, Status.NOT_LEADER, self.leader))
             return
         if target == self.id:
+            if self.transfer is not None:   # transfer back to self cancels (etcd TransferBack)
+                out.append(Outcome("transfer", self.transfer, Status.ABORTED, self.id))
+                self.transfer = None
             out.append(Outcome("transfer", target, Status.OK, self.id))
             return
         if target not in self.prog or target not in self.voters:

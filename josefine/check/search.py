@@ -1,0 +1,291 @@
+"""Wing–Gong / Lowe linearizability search for one register.
+
+The search walks a doubly linked list of call and return entries in time order. At each
+step it tries to linearize a pending operation whose call comes before the first remaining
+return entry (the "just in time" rule); reaching a return entry whose operation is still
+unlinearized means this branch failed and the last choice is undone. Memoizing every
+(linearized set, register value) pair already entered keeps the search from exploring the
+same configuration twice, which is what makes it practical.
+
+Optional operations (unknown outcome: may have taken effect any time after their invoke, or
+never) have no return entry. They are tried only when the required operations are stuck,
+and three reductions keep them from multiplying the search space; each is sound because any
+linearization can be rewritten into one that obeys it:
+
+* an optional op that leaves the register unchanged is never tried (just drop it);
+* an optional op must be followed directly by an op that *needs* it: one that succeeds
+  after it but would fail in the value before it. Any other successor either overwrites it
+  (drop the optional op) or does not care (swap the two: the optional op has no deadline);
+* of several unused, already-invoked optional ops with the same effect only the earliest
+  is tried: they stay interchangeable from then on, as neither has a deadline.
+
+Bitsets are Python ints. Required operations get bits in invoke order, so the linearized
+set is mostly a run of low ones; the memo key stores that run as a count plus the short
+remainder, keeping memory per state small even for keys with many thousands of operations.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from josefine.check.ops import CAS, CAS_FAIL, READ, WRITE, Operation
+
+__all__ = ["ANY", "AnyValue", "SearchOutcome", "search", "OK", "VIOLATION", "UNKNOWN"]
+
+OK, VIOLATION, UNKNOWN = "ok", "violation", "unknown"
+
+
+class AnyValue:
+    """Symbolic initial register value: anything except the values in `excluded`.
+
+    Used when checking a window cut out of the middle of a history, whose starting value is
+    unknown. The first read or successful cas pins the value; a failed comparison only
+    learns what it is not.
+    """
+
+    __slots__ = ("excluded",)
+
+    def __init__(self, excluded: frozenset[Hashable] = frozenset()) -> None:
+        self.excluded = excluded
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is AnyValue and other.excluded == self.excluded
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((AnyValue, self.excluded))
+
+    def __repr__(self) -> str:
+        return f"AnyValue(excluding {set(self.excluded)!r})" if self.excluded else "AnyValue()"
+
+
+ANY = AnyValue()
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Verdict of one search and how many (set, value) configurations it entered."""
+
+    verdict: str
+    states: int
+    elapsed: float
+
+
+def _apply(kind: int, a: Hashable, b: Hashable, state: Hashable) -> tuple[bool, Hashable]:
+    """The register model: may `kind(a, b)` happen in `state`, and the resulting state."""
+    if kind == READ:
+        if state == a:
+            return True, state
+        if type(state) is AnyValue and a not in state.excluded:
+            return True, a
+        return False, state
+    if kind == WRITE:
+        return True, a
+    if kind == CAS:
+        if state == a:
+            return True, b
+        if type(state) is AnyValue and a not in state.excluded:
+            return True, b
+        return False, state
+    # CAS_FAIL: the comparison happened and failed; nothing changes.
+    if type(state) is AnyValue:
+        return True, state if a in state.excluded else AnyValue(state.excluded | {a})
+    return state != a, state
+
+
+def _entry_list(req: list[Operation]) -> tuple[list[int], list[int], list[bool], list[int],
+                                              list[int], list[int]]:
+    """Doubly linked list of call/return entries of `req` in time order.
+
+    Node 0 is the head sentinel, nodes 1..2n the entries, node 2n+1 the tail. Ties (never
+    produced by line positions) put calls first, which only makes operations look more
+    concurrent: it can hide, never invent, a violation.
+    """
+    n = len(req)
+    raw = sorted([(op.inv, 0, i) for i, op in enumerate(req)]
+                 + [(op.ret, 1, i) for i, op in enumerate(req)])
+    m = 2 * n
+    nxt = list(range(1, m + 2)) + [m + 1]
+    prv = [0] + list(range(0, m + 1))
+    is_call = [False] * (m + 2)
+    op_of = [0] * (m + 2)
+    when = [0] * (m + 2)
+    partner = [0] * (m + 2)
+    call_node = [0] * n
+    for node, (t, is_ret, i) in enumerate(raw, start=1):
+        is_call[node] = not is_ret
+        op_of[node] = i
+        when[node] = t
+        if is_ret:
+            partner[call_node[i]] = node
+        else:
+            call_node[i] = node
+    return nxt, prv, is_call, op_of, when, partner
+
+
+_NO_PREV = object()  # marker: the last move was a required op
+
+
+def _needs(kind: int, a: Hashable, b: Hashable, prev: Hashable) -> bool:
+    """May an op of `kind` directly follow an optional op that left value `prev` behind?"""
+    if type(prev) is AnyValue:
+        return kind != WRITE  # swapping is not always valid from a symbolic value
+    return not _apply(kind, a, b, prev)[0]
+
+
+def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
+           initial: Hashable = None, deadline: float | None = None,
+           max_states: int | None = None) -> SearchOutcome:
+    """Is there a linearization of `required` (plus any subset of `optional`) from `initial`?
+
+    `required` ops must have a return position (`ret`); `optional` ops only use `inv`.
+    Gives up with verdict "unknown" when `time.monotonic()` passes `deadline` or more than
+    `max_states` configurations were entered; never guesses.
+    """
+    started = time.monotonic()
+    req = sorted(required, key=lambda op: op.inv)
+    opt = sorted((op for op in optional if op.kind in (WRITE, CAS)), key=lambda op: op.inv)
+    n = len(req)
+    if n == 0:
+        return SearchOutcome(OK, 0, 0.0)
+    if deadline is not None and started > deadline:
+        return SearchOutcome(UNKNOWN, 0, 0.0)
+    limit = max_states if max_states is not None else 1 << 62
+    nxt, prv, is_call, op_of, when, partner = _entry_list(req)
+    tail = 2 * n + 1
+    kind = [op.kind for op in req]
+    arg_a = [op.a for op in req]
+    arg_b = [op.b for op in req]
+    bit = [1 << i for i in range(n)]
+    okind = [op.kind for op in opt]
+    oa = [op.a for op in opt]
+    ob = [op.b for op in opt]
+    oinv = [op.inv for op in opt]
+    nopt = len(opt)
+    # prev_same[j]: the previous optional op with the same effect, or -1.
+    prev_same = [-1] * nopt
+    last_seen: dict[tuple[int, Hashable, Hashable], int] = {}
+    for jj, op in enumerate(opt):
+        sig = (op.kind, op.a, op.b)
+        prev_same[jj] = last_seen.get(sig, -1)
+        last_seen[sig] = jj
+
+    # Memo key: (run of low linearized required ops, rest of that bitset, optional bitset,
+    # value, value before the last move if it was optional).
+    cache: set[tuple[int, int, int, Hashable, Hashable]] = set()
+    stack: list[tuple[int, int, Hashable, int, int, Hashable]] = []
+    state: Hashable = initial
+    lin = 0           # bitset of linearized required ops
+    olin = 0          # bitset of linearized optional ops
+    prev = _NO_PREV   # value before the last move, if that move was an optional op
+    no_prev = _NO_PREV
+    left = n
+    e = nxt[0]
+    j = -1            # -1: scanning required calls; >= 0: trying optional ops at stall node e
+    steps = 0
+    monotonic = time.monotonic
+    any_type = AnyValue
+
+    def done(verdict: str) -> SearchOutcome:
+        return SearchOutcome(verdict, len(cache), monotonic() - started)
+
+    while True:
+        steps += 1
+        if not steps & 1023 and deadline is not None and monotonic() > deadline:
+            return done(UNKNOWN)
+        if j < 0:
+            if is_call[e]:
+                i = op_of[e]
+                k = kind[i]
+                # Inlined fast paths of _apply for concrete values.
+                if k == READ:
+                    if state == arg_a[i]:
+                        ok, new = True, state
+                    elif type(state) is any_type:
+                        ok, new = _apply(k, arg_a[i], None, state)
+                    else:
+                        ok = False
+                elif k == WRITE:
+                    ok, new = True, arg_a[i]
+                elif k == CAS:
+                    if state == arg_a[i]:
+                        ok, new = True, arg_b[i]
+                    elif type(state) is any_type:
+                        ok, new = _apply(k, arg_a[i], arg_b[i], state)
+                    else:
+                        ok = False
+                else:
+                    ok, new = _apply(k, arg_a[i], None, state)
+                if ok and prev is not no_prev:
+                    ok = _needs(k, arg_a[i], arg_b[i], prev)
+                if ok:
+                    nlin = lin | bit[i]
+                    low = (~nlin & (nlin + 1)).bit_length() - 1
+                    key = (low, nlin >> low, olin, new, no_prev)
+                    if key not in cache:
+                        if len(cache) >= limit:
+                            return done(UNKNOWN)
+                        cache.add(key)
+                        stack.append((e, -1, state, lin, olin, prev))
+                        r = partner[e]
+                        nxt[prv[e]] = nxt[e]
+                        prv[nxt[e]] = prv[e]
+                        nxt[prv[r]] = nxt[r]
+                        prv[nxt[r]] = prv[r]
+                        state = new
+                        lin = nlin
+                        prev = no_prev
+                        left -= 1
+                        if not left:
+                            return done(OK)
+                        e = nxt[0]
+                        continue
+                e = nxt[e]
+                continue
+            if e == tail:  # cannot happen while required ops are left; be defensive
+                raise AssertionError("linearizability search ran off the end of the history")
+            j = 0
+        # Stuck at return node e: try optional ops invoked before it, then backtrack.
+        t = when[e]
+        moved = False
+        while j < nopt and oinv[j] < t:
+            p = prev_same[j]
+            if not (olin >> j) & 1 and (p < 0 or (olin >> p) & 1):
+                ok, new = _apply(okind[j], oa[j], ob[j], state)
+                if ok and new != state and (prev is no_prev or _needs(okind[j], oa[j], ob[j], prev)):
+                    nolin = olin | (1 << j)
+                    low = (~lin & (lin + 1)).bit_length() - 1
+                    key = (low, lin >> low, nolin, new, state)
+                    if key not in cache:
+                        if len(cache) >= limit:
+                            return done(UNKNOWN)
+                        cache.add(key)
+                        stack.append((e, j, state, lin, olin, prev))
+                        prev = state
+                        state = new
+                        olin = nolin
+                        e = nxt[0]
+                        j = -1
+                        moved = True
+                        break
+            j += 1
+        if moved:
+            continue
+        if not stack:
+            return done(VIOLATION)
+        e0, j0, state, lin, olin, prev = stack.pop()
+        if j0 < 0:
+            r = partner[e0]
+            nxt[prv[r]] = r
+            prv[nxt[r]] = r
+            nxt[prv[e0]] = e0
+            prv[nxt[e0]] = e0
+            left += 1
+            e = nxt[e0]
+            j = -1
+        else:
+            e = e0
+            j = j0 + 1

@@ -1,0 +1,105 @@
+"""Cutting a non-linearizable key history down to a small window that explains why.
+
+A window is a run of the key's operations (in invoke order) minus some inner ones. The claim
+reported for it is: *these operations cannot be ordered*, even granting every relaxation of
+the rest of the history. So a window is only accepted if it is non-linearizable when
+
+* every write/cas outside it (or removed from it) that overlaps it in time is treated as
+  optional (it may take effect any time after its invoke, or never), and
+* the register starts with an arbitrary value whenever earlier operations were cut off.
+
+Each relaxation can only make a history easier to linearize, so a window that still fails
+proves the whole history fails: the report is never a false explanation. Searches that run
+out of budget count as "not shown to fail", which also keeps the report sound.
+
+Shrinking: binary search for the shortest failing prefix, binary search for the latest
+start that still fails, then (for small windows) try removing single operations.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from josefine.check.ops import Operation
+from josefine.check.search import ANY, VIOLATION, search
+
+__all__ = ["Window", "window_fails", "shrink"]
+
+_GREEDY_LIMIT = 60  # windows up to this size get the single-removal pass
+
+
+@dataclass(frozen=True)
+class Window:
+    """A verified-failing window: operations `ops` (invoke order) of the key.
+
+    `from_start` is False when earlier operations were cut off, i.e. the window fails
+    whatever value the register held when it began.
+    """
+
+    ops: list[Operation]
+    from_start: bool
+
+
+def window_fails(ops: Sequence[Operation], lo: int, hi: int, dropped: frozenset[int] = frozenset(),
+                 *, deadline: float | None = None, max_states: int | None = None) -> bool:
+    """Is ops[lo:hi] minus `dropped` non-linearizable under the relaxations above?"""
+    members = [i for i in range(lo, hi) if i not in dropped]
+    if not members:
+        return False
+    window = [ops[i] for i in members]
+    required = [op for op in window if op.required]
+    if not required:
+        return False
+    first_inv = min(op.inv for op in window)
+    last_ret = max(op.ret for op in required)
+    optional = [op for op in window if not op.required]
+    for i, op in enumerate(ops):
+        if (lo <= i < hi and i not in dropped) or not op.changes_state:
+            continue
+        if i < lo and op.ret is not None and op.ret < first_inv:
+            continue  # finished before the window began: covered by the arbitrary start
+        if op.inv > last_ret:
+            continue  # began after every required window op ended: cannot matter
+        optional.append(op)
+    outcome = search(required, optional, initial=None if lo == 0 else ANY,
+                     deadline=deadline, max_states=max_states)
+    return outcome.verdict == VIOLATION
+
+
+def shrink(ops: Sequence[Operation], *, deadline: float | None = None,
+           max_states: int | None = None) -> Window:
+    """Smallest failing window we can find before `deadline`; falls back to all of `ops`.
+
+    `ops` (invoke order) must be non-linearizable as a whole.
+    """
+    def fails(lo: int, hi: int, dropped: frozenset[int] = frozenset()) -> bool:
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        return window_fails(ops, lo, hi, dropped, deadline=deadline, max_states=max_states)
+
+    n = len(ops)
+    # Shortest failing prefix: invariant fails(0, hi), and prefix `lo` not shown to fail.
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fails(0, mid):
+            hi = mid
+        else:
+            lo = mid
+    end = hi
+    # Latest failing start: invariant fails(start, end), and `stop` not shown to fail.
+    start, stop = 0, end
+    while stop - start > 1:
+        mid = (start + stop) // 2
+        if fails(mid, end):
+            start = mid
+        else:
+            stop = mid
+    dropped: set[int] = set()
+    if end - start <= _GREEDY_LIMIT:
+        for i in range(start, end):
+            if fails(start, end, frozenset(dropped | {i})):
+                dropped.add(i)
+    kept = [ops[i] for i in range(start, end) if i not in dropped]
+    return Window(kept, from_start=start == 0)
