@@ -22,6 +22,23 @@ class Links:
         self.fsm: pykka.ActorRef | None = None
         self.transport: pykka.ActorRef | None = None
         self.timer: pykka.ActorRef | None = None
+        self.send: Callable[[dict[int, list]], None] | None = None
+        """The transport's thread-safe outbound queue (its real mailbox): the hot path
+        hands peer messages straight to it instead of through one more actor hop."""
+
+    def send_msgs(self, msgs: Any) -> None:
+        by_peer: dict[int, list] = {}
+        for m in msgs:
+            lst = by_peer.get(m.dst)
+            if lst is None:
+                by_peer[m.dst] = [m]
+            else:
+                lst.append(m)
+        if self.send is not None:
+            self.send(by_peer)
+        elif self.transport is not None:
+            from josefine.messages import Outbound
+            self.transport.tell(Outbound(msgs=tuple(msgs)))
 
 
 class SideQueue:
@@ -35,8 +52,18 @@ class SideQueue:
         self._lock = threading.Lock()
         self._nudged = False
         self.target: pykka.ActorRef | None = None
+        self.unfinished = 0
+        self.latest_commit: Any = None
+        """Items put but not yet fully handled (the consumer calls `done`); read without
+        a lock by the producer, which only needs to know whether it is zero."""
+
+    def done(self, n: int) -> None:
+        with self._lock:
+            self.unfinished -= n
 
     def put(self, item: Any) -> None:
+        with self._lock:
+            self.unfinished += 1
         self.items.append(item)
         with self._lock:
             if self._nudged:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from josefine.actors.base import NodeActor, SideQueue
-from josefine.messages import ApplyWork, Nudge, Outbound, Persisted
+from josefine.messages import ApplyWork, Nudge, Persisted
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class ChainActor(NodeActor):
         self.inbox = inbox
         self.batches = 0
         self.readys = 0
+        self.persisted_commit = None
 
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
         if type(message) is Nudge:
@@ -60,22 +61,33 @@ class ChainActor(NodeActor):
                 reads.extend(r.reads)
             if r.outcomes:
                 outcomes.extend(r.outcomes)
+        lazy = self.inbox.latest_commit
+        if lazy is not None and (commit is None or lazy.height > commit.height):
+            commit = lazy
+        if commit is not None and self.persisted_commit is not None \
+                and commit.height <= self.persisted_commit.height:
+            commit = None   # never move the durable marker back
         if delete:
             dead = set(delete)
             blocks = [b for b in blocks if b.id not in dead]
-        if hard is not None or blocks or head is not None or commit is not None or delete:
+        durable = hard is not None or bool(blocks) or head is not None or bool(delete)
+        if durable or commit is not None:
+            # The commit marker alone is persisted lazily (A.3): it needs no fsync.
             self.store.write(hard_state=hard, blocks=blocks, head=head, commit=commit,
-                             delete=delete, sync=self.fsync)
+                             delete=delete, sync=self.fsync and durable)
             self.batches += 1
+            if commit is not None:
+                self.persisted_commit = commit
         self.readys += len(readys)
         links = self.links
         if out:
-            self.tell(links.transport, Outbound(msgs=tuple(out)))
+            links.send_msgs(out)
         if apply or reads or outcomes:
             self.tell(links.fsm, ApplyWork(blocks=tuple(apply), reads=tuple(reads),
                                            outcomes=tuple(outcomes)))
         if head is not None:
             self.tell(links.role, Persisted(head=head))
+        self.inbox.done(len(readys))
 
     def on_stop(self) -> None:
         try:

@@ -134,6 +134,7 @@ class Node:
                                    self.reads, self.transfers)
         self._refs.append(links.fsm)
         self.zt.start()
+        links.send = self.zt.send
         links.transport = TransportActor.start(self.id, links, fatal, self.zt)
         self._refs.append(links.transport)
         self._role_actor_status = None

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from josefine.actors.base import NodeActor, SideQueue
 from josefine.actors.timer import TickGate
-from josefine.messages import Nudge, Outbound, Propose, StatusQuery, Tick
+from josefine.messages import ApplyWork, Nudge, Propose, StatusQuery, Tick
 from josefine.raft.core import RaftCore
 from josefine.raft.ready import Ready
 
@@ -47,10 +47,24 @@ class RoleActor(NodeActor):
         self._dispatch(self.core.step(message))
 
     def _dispatch(self, r: Ready) -> None:
+        links = self.links
         if r.eager:
-            self.tell(self.links.transport, Outbound(msgs=tuple(r.eager)))
-        if r.needs_sync or r.commit or r.messages or r.apply or r.reads or r.outcomes:
+            links.send_msgs(r.eager)
+        if r.needs_sync:
             self.chain_inbox.put(r)
+        elif r.messages or r.apply or r.reads or r.outcomes or r.commit:
+            if self.chain_inbox.unfinished:
+                self.chain_inbox.put(r)   # keep Ready order behind pending writes
+            else:
+                # Nothing to sync and nothing ahead of it: skip the chain actor's hop. The
+                # commit marker is lazy (A.3); it rides along with the next durable write.
+                if r.commit is not None:
+                    self.chain_inbox.latest_commit = r.commit
+                if r.messages:
+                    links.send_msgs(r.messages)
+                if r.apply or r.reads or r.outcomes:
+                    self.tell(links.fsm, ApplyWork(blocks=tuple(r.apply), reads=tuple(r.reads),
+                                                   outcomes=tuple(r.outcomes)))
         for ev in r.events:
             if ev[0] == "became_leader":
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])

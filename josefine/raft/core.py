@@ -603,8 +603,11 @@ class RaftCore:
             if p.state == ProgressState.PROBE:
                 p.probe_sent = False
                 self._send_append(m.src)
-            elif p.inflight and p.inflight[0][1] < m.seq:
-                p.become_probe()  # an append older than this heartbeat was lost
+            elif p.inflight and p.inflight[0][1] + 2 < m.seq:
+                # An append sent before two full heartbeat rounds is still unacknowledged:
+                # take it as lost. (Not one round: acks wait for the follower's fsync while
+                # heartbeat responses do not, so a response may overtake an ack.)
+                p.become_probe()
                 self._send_append(m.src)
             else:
                 self._catch_up(m.src)

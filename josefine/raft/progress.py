@@ -2,8 +2,8 @@
 
 PROBE keeps one AppendBlocks outstanding until an answer or a heartbeat response; REPLICATE
 pipelines up to `max_inflight` messages. Each in-flight entry remembers the heartbeat seq at
-send time: when a heartbeat sent *after* it has round-tripped but the entry is still unacked,
-the append was lost and the follower drops back to PROBE.
+send time: when heartbeats sent two rounds *after* it have round-tripped but the entry is
+still unacked, the append was lost and the follower drops back to PROBE.
 """
 from __future__ import annotations
 

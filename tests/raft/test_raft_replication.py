@@ -453,10 +453,15 @@ def test_lagging_follower_heartbeat_response_triggers_resend_of_missing_blocks()
     net.stabilize()
     assert net.nodes[2].head == BlockId(1, 1)
     net.recover()
-    net.tick(1)
-    net.deliver(lambda m: isinstance(m, Heartbeat) and m.dst == 2)
-    net.deliver(lambda m: isinstance(m, HeartbeatResp) and m.src == 2)
-    resend = [m for m in net.queue if isinstance(m, AppendBlocks) and m.dst == 2]
+    # The lost append counts as lost once heartbeats two rounds newer have come back
+    # (acks wait for the follower's fsync; heartbeat responses do not).
+    for _ in range(4):
+        net.tick(1)
+        net.deliver(lambda m: isinstance(m, Heartbeat) and m.dst == 2)
+        net.deliver(lambda m: isinstance(m, HeartbeatResp) and m.src == 2)
+        resend = [m for m in net.queue if isinstance(m, AppendBlocks) and m.dst == 2]
+        if resend:
+            break
     assert len(resend) == 1
     assert resend[0].prev == BlockId(1, 1)
     assert ids(resend[0].blocks) == [BlockId(1, 2), BlockId(1, 3), BlockId(1, 4)]
@@ -479,8 +484,8 @@ def test_proposals_over_the_uncommitted_limit_get_busy_until_commit():
     assert [o.key for o in r.outcomes if o.status == Status.BUSY] == [("c", 5)]
     net.stabilize()
     net.recover()
-    net.heartbeat(1)
-    net.heartbeat(1)
+    for _ in range(4):   # lost appends are resent after two heartbeat rounds
+        net.heartbeat(1)
     assert net.nodes[1].commit == net.nodes[1].head
     r = net.propose(1, data, seq=6)
     assert len(r.blocks) == 1 and r.outcomes == []

@@ -1,0 +1,210 @@
+"""Run one benchmark configuration against a fresh local cluster and summarize it."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from josefine.bench.procstat import cpu_seconds, rss_kib
+
+
+@dataclass
+class BenchResult:
+    system: str
+    mode: str
+    nodes: int
+    clients: int
+    pipeline: int
+    payload: int
+    duration_s: float
+    fsync: bool
+    writes: int = 0
+    writes_per_s: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    cpu_per_node: dict[str, float] = field(default_factory=dict)
+    """CPU seconds per wall second of the measured window, per node process."""
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+    timeline: list[tuple[float, int, float]] = field(default_factory=list)
+    """(seconds since start, writes completed in that 0.5 s bucket, p50 ms of the bucket)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    k = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
+    return sorted_vals[k]
+
+
+def free_base_port(n: int) -> int:
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def summarize(res: BenchResult, done_t: list[float], lat_us: list[float], t0: float) -> None:
+    res.writes = len(lat_us)
+    res.writes_per_s = res.writes / res.duration_s if res.duration_s else 0.0
+    lat = sorted(x / 1000.0 for x in lat_us)
+    res.latency_ms = {"p50": percentile(lat, 0.50), "p90": percentile(lat, 0.90),
+                      "p99": percentile(lat, 0.99), "p99.9": percentile(lat, 0.999),
+                      "max": lat[-1] if lat else float("nan")}
+    buckets: dict[int, list[float]] = {}
+    for t, l in zip(done_t, lat_us):
+        buckets.setdefault(int((t - t0) / 0.5), []).append(l / 1000.0)
+    res.timeline = [(b * 0.5, len(v), percentile(sorted(v), 0.5))
+                    for b, v in sorted(buckets.items())]
+
+
+class ProcSampler:
+    """Samples CPU and RSS of named pids while a run is measured."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
+        self.pids = pids
+        self.cpu0: dict[str, float] = {}
+        self.cpu1: dict[str, float] = {}
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        for name, pid in self.pids().items():
+            c = cpu_seconds(pid) if pid else None
+            if c is not None:
+                self.cpu0[name] = c
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            for name, pid in self.pids().items():
+                if pid:
+                    _, peak = rss_kib(pid)
+                    if peak:
+                        self.peak[name] = max(self.peak.get(name, 0), peak)
+
+    def stop(self, wall: float, res: BenchResult) -> None:
+        self._stop.set()
+        self._t.join()
+        for name, pid in self.pids().items():
+            c = cpu_seconds(pid) if pid else None
+            if c is not None and name in self.cpu0:
+                res.cpu_per_node[name] = round((c - self.cpu0[name]) / wall, 3)
+            _, peak = rss_kib(pid) if pid else (None, None)
+            if peak:
+                self.peak[name] = max(self.peak.get(name, 0), peak)
+        res.peak_rss_mib = {k: round(v / 1024, 1) for k, v in self.peak.items()}
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, payload: int,
+                 fsync: bool, warmup: float, procs: int = 0,
+                 progress: Callable[[float], None] | None = None) -> BenchResult:
+    from josefine.bench.load import josefine_worker
+    from josefine.launch.cluster import Launcher
+    mode = "durable" if fsync else "no-fsync"
+    res = BenchResult("josefine", mode, nodes, clients, pipeline, payload, duration, fsync)
+    with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
+        l = Launcher(nodes, Path(d), free_base_port(nodes), fsync=fsync, out=None)
+        l.start()
+        try:
+            addrs = {i: l.address(i) for i in l.node_ids}
+            _wait_leader(addrs, l.cluster_id)
+            procs = procs or min(clients, 4)
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            t_start = time.monotonic() + warmup + 1.0   # + process start-up
+            t_end = t_start + duration
+            ps = []
+            for w, n in enumerate(_split(clients, procs)):
+                if n:
+                    p = ctx.Process(target=josefine_worker, args=(w, addrs, l.cluster_id,
+                                                                 n * pipeline, payload,
+                                                                 t_start, t_end, q))
+                    p.start()
+                    ps.append(p)
+            sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
+            _sleep_until(t_start, progress, t_start - warmup - 1.0, t_end)
+            sampler.start()
+            _sleep_until(t_end, progress, t_start - warmup - 1.0, t_end)
+            sampler.stop(duration, res)
+            done_t: list[float] = []
+            lat: list[float] = []
+            for _ in ps:
+                r = _get_result(q, ps)
+                a, b = array("d"), array("d")
+                a.frombytes(r["done_t"])
+                b.frombytes(r["lat_us"])
+                done_t.extend(a)
+                lat.extend(b)
+                res.errors += r["errors"]
+            for p in ps:
+                p.join(10)
+            summarize(res, done_t, lat, t_start)
+        finally:
+            l.stop()
+    return res
+
+
+def _get_result(q: Any, ps: list) -> dict:
+    """Next worker result; fails fast if every worker died without reporting."""
+    import queue
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            return q.get(timeout=0.5)
+        except queue.Empty:
+            if all(p.exitcode is not None and p.exitcode != 0 for p in ps):
+                raise RuntimeError("benchmark workers failed: exit codes "
+                                   f"{[p.exitcode for p in ps]}") from None
+    raise RuntimeError("benchmark workers did not report within 60 s")
+
+
+def _wait_leader(addrs: dict[int, str], cluster_id: str, timeout: float = 30) -> int:
+    from josefine.client import query_status
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for i, a in addrs.items():
+            try:
+                if query_status(a, cluster_id, 0.5).get("role") == "leader":
+                    return i
+            except Exception:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError("no leader elected")
+
+
+def _sleep_until(t: float, progress: Callable[[float], None] | None, t0: float,
+                 t_end: float) -> None:
+    while True:
+        now = time.monotonic()
+        if progress is not None:
+            progress(min(1.0, max(0.0, (now - t0) / (t_end - t0))))
+        if now >= t:
+            return
+        time.sleep(min(0.2, t - now))
