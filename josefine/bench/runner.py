@@ -208,3 +208,54 @@ def _sleep_until(t: float, progress: Callable[[float], None] | None, t0: float,
         if now >= t:
             return
         time.sleep(min(0.2, t - now))
+
+
+def run_pysyncobj(nodes: int, clients: int, pipeline: int, duration: float, payload: int,
+                  batch: bool, warmup: float,
+                  progress: Callable[[float], None] | None = None) -> BenchResult:
+    """The same workload on PySyncObj (batching on or off), nodes as separate processes."""
+    import json
+    import subprocess
+    mode = "batch" if batch else "no-batch"
+    res = BenchResult("pysyncobj", mode, nodes, clients, pipeline, payload, duration, False)
+    base = free_base_port(nodes)
+    addrs = [f"127.0.0.1:{base + i}" for i in range(nodes)]
+    with tempfile.TemporaryDirectory(prefix="pso-bench-") as d:
+        out = Path(d) / "load.json"
+        marker = Path(str(out) + ".start")
+        procs = []
+        try:
+            for i, me in enumerate(addrs):
+                cmd = [sys.executable, "-m", "josefine.bench.pso_node", "--self", me,
+                       "--partners", ",".join(a for a in addrs if a != me),
+                       "--batch", str(int(batch)), "--payload", str(payload)]
+                if i == 0:
+                    cmd += ["--load", str(clients * pipeline), "--warmup", str(warmup),
+                            "--duration", str(duration), "--out", str(out)]
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                if time.monotonic() > deadline or procs[0].poll() is not None:
+                    raise RuntimeError("PySyncObj cluster did not elect a leader")
+                time.sleep(0.05)
+            time.sleep(0.05)
+            t0 = float(marker.read_text())
+            m0 = time.monotonic() + (t0 - time.time())
+            m1 = m0 + duration
+            sampler = ProcSampler(lambda: {f"node{i + 1}": p.pid for i, p in enumerate(procs)})
+            _sleep_until(m0, progress, m0 - warmup, m1)
+            sampler.start()
+            _sleep_until(m1, progress, m0 - warmup, m1)
+            sampler.stop(duration, res)
+            procs[0].wait(timeout=60)
+            data = json.loads(out.read_text())
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+    res.errors = data["errors"]
+    # completion times are wall-clock here; summarize wants a common origin only
+    summarize(res, data["done_t"], [x * 1000 for x in data["lat_ms"]], data["t_start"])
+    return res

@@ -1,0 +1,154 @@
+"""`josefine bench`: throughput and latency of a fresh local cluster, optionally beside
+PySyncObj in the same invocation.
+
+    josefine bench --nodes 3 --clients C --duration S --payload BYTES [--pipeline P]
+                   [--no-fsync] [--compare pysyncobj] [--json] [--plot FILE.png]
+                   [--failover [--trials N]]
+
+JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...},
+"failover": {...} | null}; each result has system, mode, nodes, clients, pipeline, payload,
+duration_s, fsync, writes, writes_per_s, latency_ms{p50,p90,p99,p99.9,max},
+cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p50]].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from josefine.bench.runner import BenchResult, run_josefine, run_pysyncobj
+
+
+class _Progress:
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled, self.last = label, enabled and sys.stderr.isatty(), -1
+
+    def __call__(self, frac: float) -> None:
+        if not self.enabled:
+            return
+        n = int(frac * 30)
+        if n != self.last:
+            self.last = n
+            sys.stderr.write(f"\r{self.label:32} [{'#' * n}{'.' * (30 - n)}] {frac * 100:3.0f}%")
+            sys.stderr.flush()
+            if frac >= 1.0:
+                sys.stderr.write("\n")
+
+
+def _fmt(r: BenchResult) -> str:
+    l = r.latency_ms
+    cpu = " ".join(f"{v:.2f}" for v in r.cpu_per_node.values())
+    rss = " ".join(f"{v:.0f}" for v in r.peak_rss_mib.values())
+    return (f"{r.system:9} {r.mode:9} {r.writes_per_s:10.0f} w/s  p50 {l['p50']:7.2f} "
+            f"p90 {l['p90']:7.2f} p99 {l['p99']:7.2f} p99.9 {l['p99.9']:7.2f} ms  "
+            f"cpu/node [{cpu}]  peak RSS MiB [{rss}]  errors {r.errors}")
+
+
+def _ratios(results: list[BenchResult]) -> dict[str, Any]:
+    jose = next((r for r in results if r.system == "josefine"), None)
+    pso = [r for r in results if r.system == "pysyncobj"]
+    if jose is None or not pso:
+        return {}
+    best = max(pso, key=lambda r: r.writes_per_s)
+    nob = next((r for r in pso if r.mode == "no-batch"), None)
+    out = {"throughput_vs_pysyncobj_best": _ratio(jose.writes_per_s, best.writes_per_s),
+           "pysyncobj_best_mode": best.mode}
+    if nob is not None:
+        out["p50_vs_pysyncobj_nobatch"] = _ratio(jose.latency_ms["p50"], nob.latency_ms["p50"])
+    for r in pso:
+        out[f"throughput_vs_pysyncobj_{r.mode}"] = _ratio(jose.writes_per_s, r.writes_per_s)
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b and not math.isnan(a) and not math.isnan(b) else None
+
+
+def _plot(results: list[BenchResult], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("josefine bench: --plot needs matplotlib (pip install 'josefine[bench]')")
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for r in results:
+        ts = [t for t, _, _ in r.timeline]
+        a1.plot(ts, [n / 0.5 for _, n, _ in r.timeline], label=f"{r.system} {r.mode}")
+        a2.plot(ts, [p for _, _, p in r.timeline], label=f"{r.system} {r.mode}")
+    a1.set_ylabel("writes/s")
+    a2.set_ylabel("p50 latency (ms)")
+    a2.set_yscale("log")
+    a2.set_xlabel("seconds into the measured window")
+    a1.legend()
+    a1.set_title("josefine bench")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="josefine bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--pipeline", type=int, default=1,
+                    help="writes each client keeps outstanding (default 1: sequential)")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
+    ap.add_argument("--payload", type=int, default=10, help="value bytes per write")
+    ap.add_argument("--no-fsync", action="store_true", help="Josefine without fsync")
+    ap.add_argument("--compare", choices=["pysyncobj"], default=None)
+    ap.add_argument("--json", action="store_true", help="print JSON on stdout")
+    ap.add_argument("--plot", metavar="FILE.png", default=None)
+    ap.add_argument("--failover", action="store_true",
+                    help="also measure leader-kill to first successor commit")
+    ap.add_argument("--trials", type=int, default=5, help="failover trials")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
+        ap.error("--nodes, --clients, --pipeline must be >= 1, --duration > 0, --payload >= 0")
+    warm = a.warmup if a.warmup is not None else min(2.0, a.duration / 2)
+    show = not a.no_progress
+    results = [run_josefine(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
+                            not a.no_fsync, warm,
+                            progress=_Progress("josefine " + ("no-fsync" if a.no_fsync
+                                                              else "durable"), show))]
+    if a.compare == "pysyncobj":
+        try:
+            import pysyncobj  # noqa: F401
+        except ImportError:
+            print("josefine bench: --compare pysyncobj needs PySyncObj "
+                  "(pip install 'josefine[bench]')", file=sys.stderr)
+            return 2
+        for batch in (True, False):
+            results.append(run_pysyncobj(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
+                                         batch, warm, progress=_Progress(
+                                             f"pysyncobj {'batch' if batch else 'no-batch'}",
+                                             show)))
+    failover = run_failover_cli(a, show) if a.failover else None
+    ratios = _ratios(results)
+    if a.plot:
+        _plot(results, a.plot)
+    if a.json:
+        print(json.dumps({"version": 1, "results": [r.to_dict() for r in results],
+                          "ratios": ratios, "failover": failover}, indent=1))
+    else:
+        for r in results:
+            print(_fmt(r))
+        for k, v in ratios.items():
+            print(f"{k}: {v}")
+        if failover:
+            print(f"failover: median {failover['median_ms']} ms "
+                  f"({failover['median_in_election_timeouts']} election timeouts), "
+                  f"samples {failover['samples_ms']}")
+    return 0
+
+
+def run_failover_cli(a: argparse.Namespace, show: bool) -> dict:
+    from josefine.bench.failover import run_failover
+    return run_failover(a.nodes, a.trials, progress=_Progress("failover", show))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
