@@ -400,6 +400,7 @@ class Simulation:
                     self._heal_all()
             self._heal_all()
             self._check_liveness()
+            self._check_linearizable()
         except InvariantViolation as exc:
             raise SimulationFailure(self._report(str(exc))) from exc
         return self
@@ -415,6 +416,16 @@ class Simulation:
         raise InvariantViolation("LIVENESS", f"after {self.cfg.liveness_steps} fault-free "
                                              f"steps: leaders={leaders}, open ops="
                                              f"{[o for o in self.ops.values() if o]}")
+
+    def _check_linearizable(self) -> None:
+        """B17: the client history is linearizable (a failed cas = comparison failed)."""
+        from josefine.check.checker import check_history, format_result
+        res = check_history(self.history, cas_fail_is_compare_failure=True, time_limit=10)
+        if res.verdict == "violation":
+            raise InvariantViolation("B17", "client history is not linearizable:\n"
+                                     + format_result(res))
+        if res.verdict == "unknown":
+            self.stats["linearizability_unknown"] = 1
 
     def _quiet(self) -> bool:
         if any(o is not None for o in self.ops.values()):
