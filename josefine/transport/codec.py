@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import threading
 from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
@@ -125,9 +126,18 @@ def _unpack(data: Any) -> Any:
         raise CodecError("malformed", f"msgpack: {type(exc).__name__}: {exc}") from None
 
 
+# One Packer per thread: msgpack.packb builds (and allocates a buffer for) a new Packer on
+# every call, which costs more than packing a small message. Packers are not thread-safe.
+_local = threading.local()
+
+
 def _pack(obj: Any) -> bytes:
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(obj)  # NB: on error the Packer discards its partial buffer
     except Exception as exc:
         raise CodecError("malformed", f"cannot encode: {type(exc).__name__}: {exc}") from None
 
@@ -203,11 +213,14 @@ def _block(v: Any) -> Block:
     if not (type(t) is int and type(h) is int and t >= 0 and h >= 0):
         raise _bad("block id", v)
     if pt is None and ph is None:
+        if t or h:
+            raise CodecError("malformed", f"block ({t},{h}) has no parent but is not genesis")
         parent = None
-    elif type(pt) is int and type(ph) is int and pt >= 0 and ph >= 0:
+    elif type(pt) is int and type(ph) is int and 0 <= pt <= t and ph == h - 1:
         parent = BlockId(pt, ph)
     else:
-        raise CodecError("malformed", "block parent must be two non-negative ints or two nils")
+        # A child's height is its parent's + 1, and terms never decrease along a chain.
+        raise CodecError("malformed", f"block ({t},{h}) cannot have parent ({pt},{ph})")
     k = _KINDS.get(kind) if type(kind) is int else None
     if k is None:
         raise _bad("block kind", kind)
@@ -258,21 +271,31 @@ def _block_row(b: Block) -> list:
 # Encoded rows of recently sent blocks, so that one AppendBlocks run sent to several
 # followers (and re-sent on retries) packs each block once. Keyed by id(block); the entry
 # keeps the block alive, so the id cannot be reused while the entry exists. Dict
-# operations are atomic under the GIL, so callers on any thread may share it.
+# operations are atomic under the GIL, so callers on any thread may share it (the byte
+# count may drift under races; it is only a bound, reset with the cache).
 _ROW_CACHE: dict[int, tuple[Block, bytes]] = {}
 _ROW_CACHE_MAX = 4096
+_ROW_CACHE_MAX_BYTES = 16 * 1024 * 1024
+_ROW_CACHE_MAX_ROW = 64 * 1024  # packing a big payload is a memcpy: not worth holding
+_row_cache_bytes = 0
 
 
 def _packed_row(b: Block) -> bytes:
+    global _row_cache_bytes
     hit = _ROW_CACHE.get(id(b))
     if hit is not None and hit[0] is b:
         return hit[1]
     if type(b) is not Block:
         raise CodecError("malformed", f"expected Block, got {type(b).__name__}")
     row = _pack(_block_row(b))
-    if len(_ROW_CACHE) >= _ROW_CACHE_MAX:
+    n = len(row)
+    if n > _ROW_CACHE_MAX_ROW:
+        return row
+    if len(_ROW_CACHE) >= _ROW_CACHE_MAX or _row_cache_bytes + n > _ROW_CACHE_MAX_BYTES:
         _ROW_CACHE.clear()  # crude, but the working set is one replication window
+        _row_cache_bytes = 0
     _ROW_CACHE[id(b)] = (b, row)
+    _row_cache_bytes += n
     return row
 
 

@@ -97,6 +97,8 @@ class ZmqTransport:
         heartbeat_ivl_ms, heartbeat_timeout_ms: ZMTP heartbeats that close hung links.
         reconnect_ivl_ms, reconnect_ivl_max_ms: reconnection back-off to peers.
         context: a ZeroMQ context to share; by default the transport makes and ends its own.
+        max_queued: sends waiting for the I/O thread beyond this many are dropped (counted
+            as "queue_overflow").
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ZmqTransport:
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 2000,
         context: zmq.Context | None = None,
+        max_queued: int = 100_000,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -138,6 +141,8 @@ class ZmqTransport:
 
         # Shared between threads: the work queue (deque ops are atomic) and the wake pipe.
         self._queue: deque[tuple] = deque()
+        self._max_queued = max_queued
+        self._queue_overflow = 0
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._wake_r: int | None = None
@@ -242,7 +247,7 @@ class ZmqTransport:
             CodecError: a message cannot be encoded (a bug in the caller).
         """
         blobs = [encode_message(m) for m in msgs]
-        if blobs and self._state == "running":
+        if blobs and self._accepting(len(blobs)):
             self._queue.append((_PEER_ITEM, dst, blobs))
             self._wake()
 
@@ -258,9 +263,18 @@ class ZmqTransport:
         if type(identity) is not bytes:
             raise TypeError(f"identity must be bytes, got {type(identity).__name__}")
         frame = encode_client_frame(self.cluster_id, [msg])
-        if self._state == "running":
+        if self._accepting(1):
             self._queue.append((_CLIENT_ITEM, identity, frame))
             self._wake()
+
+    def _accepting(self, n: int) -> bool:
+        if self._state != "running" or self._stopping:
+            return False
+        if len(self._queue) < self._max_queued:
+            return True
+        with self._wake_lock:  # rare: the I/O thread is far behind
+            self._queue_overflow += n
+        return False
 
     def peer_links(self) -> dict[int, bool]:
         """Peer id -> whether the outbound link is up (handshake done, not disconnected).
@@ -276,6 +290,7 @@ class ZmqTransport:
         out["dropped_frames"] = sum(by_reason.values())
         out["dropped_by_reason"] = by_reason
         out["queued"] = len(self._queue)
+        out["queue_overflow"] = self._queue_overflow
         out["delayed_pending"] = len(self._delayed)
         return out
 

@@ -1,0 +1,120 @@
+"""Helpers shared by the transport tests (imported by conftest.py and test modules)."""
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from typing import Any, Callable
+
+from josefine.chain.block import BlockKind, genesis, make_block
+from josefine.messages import (
+    AppendBlocks,
+    AppendResp,
+    ClientAdmin,
+    ClientAdminResp,
+    ClientPropose,
+    ClientProposeResp,
+    ClientRead,
+    ClientReadResp,
+    ClientStatus,
+    ClientStatusResp,
+    ClientTransfer,
+    Heartbeat,
+    HeartbeatResp,
+    PreVoteReq,
+    PreVoteResp,
+    Status,
+    TimeoutNow,
+    VoteReq,
+    VoteResp,
+)
+from josefine.transport.zmq_transport import ZmqTransport
+from josefine.types import BlockId
+
+CLUSTER = "test-cluster"
+
+
+def chain_of(n: int, term: int = 3, payload: bytes = b"0123456789"):
+    g = genesis(CLUSTER)
+    blocks, parent = [], g
+    for _ in range(n):
+        parent = make_block(parent, term, BlockKind.NORMAL, payload)
+        blocks.append(parent)
+    return g, tuple(blocks)
+
+
+def sample_messages() -> list[Any]:
+    """At least one instance of every wire message, covering None, hints, blocks, enums."""
+    g, blocks = chain_of(3)
+    noop = make_block(blocks[-1], 4, BlockKind.NOOP, b"")
+    return [
+        PreVoteReq(src=1, dst=2, term=5, head=BlockId(4, 10)),
+        PreVoteResp(src=2, dst=1, term=5, granted=True),
+        PreVoteResp(src=2, dst=1, term=7, granted=False),
+        VoteReq(src=1, dst=3, term=6, head=BlockId(4, 10)),
+        VoteReq(src=1, dst=3, term=6, head=BlockId(0, 0), transfer=True),
+        VoteResp(src=3, dst=1, term=6, granted=False),
+        AppendBlocks(src=1, dst=2, term=3, prev=g.id, blocks=blocks, commit=BlockId(3, 2), seq=9),
+        AppendBlocks(src=1, dst=2, term=4, prev=blocks[-1].id, blocks=(noop,),
+                     commit=BlockId(0, 0), seq=0),
+        AppendBlocks(src=1, dst=3, term=3, prev=BlockId(3, 3), blocks=(), commit=g.id, seq=2**40),
+        AppendBlocks(src=1, dst=3, term=0, prev=BlockId(0, 0), blocks=(g,), commit=g.id, seq=1),
+        AppendResp(src=2, dst=1, term=3, success=True, seq=9, match=BlockId(3, 3)),
+        AppendResp(src=2, dst=1, term=3, success=False, seq=10, rejected_prev=BlockId(3, 7),
+                   hint=((3, 5), (2, 4), (1, 1)), commit=BlockId(1, 1)),
+        AppendResp(src=2, dst=1, term=3, success=False),
+        Heartbeat(src=1, dst=2, term=3, commit=None, seq=4),
+        Heartbeat(src=1, dst=2, term=3, commit=BlockId(3, 2), seq=5),
+        HeartbeatResp(src=2, dst=1, term=3, seq=5),
+        TimeoutNow(src=1, dst=2, term=3),
+        ClientPropose(client_id="c-1", seq=1, command=b"\x00put k v"),
+        ClientProposeResp(client_id="c-1", seq=1, status=Status.OK, result={"v": [1, b"x", None]},
+                          leader_hint=None),
+        ClientProposeResp(client_id="c-1", seq=2, status=Status.NOT_LEADER, leader_hint=3),
+        ClientRead(client_id="c-1", read_id=7, query=b"get k"),
+        ClientReadResp(client_id="c-1", read_id=7, status=Status.BUSY, result=b"v"),
+        ClientReadResp(client_id="c-1", read_id=8, status=Status.REJECTED),
+        ClientStatus(client_id="cli"),
+        ClientStatus(client_id="cli", read_id=3),
+        ClientStatusResp(client_id="cli", read_id=3,
+                         status={"role": "leader", "term": 3, "head": [3, 7], "peers": {2: "ok"}}),
+        ClientTransfer(client_id="cli", read_id=4, target=2),
+        ClientAdmin(client_id="cli", read_id=5, op="faults", args={"blocked_in": [2]}),
+        ClientAdmin(client_id="cli", read_id=6, op="noop"),
+        ClientAdminResp(client_id="cli", read_id=5, ok=True, result={"seed": 1}),
+        ClientAdminResp(client_id="cli", read_id=6, ok=False, error="disabled"),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def drain(q: queue.Queue, n: int, timeout: float = 10.0) -> list:
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        out.append(q.get(timeout=max(0.0, deadline - time.monotonic())))
+    return out
+
+
+class Node:
+    """A started ZmqTransport plus queues of what it received."""
+
+    def __init__(self, transport: ZmqTransport, inbox: queue.Queue, requests: queue.Queue):
+        self.t = transport
+        self.inbox = inbox
+        self.requests = requests
