@@ -8,6 +8,8 @@ least its index.
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Callable
 
 from josefine.actors.base import NodeActor
 from josefine.actors.waiters import Waiters
@@ -17,19 +19,50 @@ from josefine.messages import ApplyWork, Status
 log = logging.getLogger(__name__)
 
 
+class ReplyBatch:
+    """While the FSM actor handles one ApplyWork, remote replies are gathered per client
+    (`pending` is a dict) and flushed together at the end; outside it, `pending` is None.
+    Only the FSM actor's thread opens a batch, so other threads see None and send at once."""
+
+    def __init__(self, flush: Callable[[dict], None] | None = None) -> None:
+        self.pending: dict | None = None
+        self._flush = flush
+        self._owner: int | None = None
+
+    def begin(self) -> None:
+        self._owner = threading.get_ident()
+        self.pending = {}
+
+    def owned_here(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def end(self) -> None:
+        batch, self.pending = self.pending, None
+        if batch and self._flush is not None:
+            self._flush(batch)
+
+
 class FsmActor(NodeActor):
     def __init__(self, node_id, links, fatal, applier: Applier, proposals: Waiters,  # noqa: ANN001
-                 reads: Waiters, transfers: Waiters) -> None:
+                 reads: Waiters, transfers: Waiters, replies: ReplyBatch | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.applier = applier
         self.proposals = proposals
         self.reads = reads
         self.transfers = transfers
+        self.replies = replies or ReplyBatch()
 
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
         if type(message) is not ApplyWork:
             log.warning("node %d: fsm actor ignored %r", self.node_id, message)
             return
+        self.replies.begin()
+        try:
+            self._apply(message)
+        finally:
+            self.replies.end()
+
+    def _apply(self, message: ApplyWork) -> None:
         applier = self.applier
         waiting = self.proposals
         for b in message.blocks:

@@ -21,7 +21,7 @@ import pykka
 
 from josefine.actors.base import Links, SideQueue
 from josefine.actors.chain import ChainActor
-from josefine.actors.fsm import FsmActor
+from josefine.actors.fsm import FsmActor, ReplyBatch
 from josefine.actors.role import RoleActor
 from josefine.actors.timer import TickGate, TimerActor
 from josefine.actors.transport import TransportActor
@@ -81,6 +81,7 @@ class Node:
         self._seq_lock = threading.Lock()
         self.state_machine = state_machine if state_machine is not None else KVStateMachine()
         self._refs: list[pykka.ActorRef] = []
+        self.reply_batch = ReplyBatch(self._flush_replies)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -131,7 +132,7 @@ class Node:
         self._refs.append(links.chain)
         self.chain_inbox.target = links.chain
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
-                                   self.reads, self.transfers)
+                                   self.reads, self.transfers, self.reply_batch)
         self._refs.append(links.fsm)
         self.zt.start()
         links.send = self.zt.send
@@ -201,14 +202,14 @@ class Node:
             cid, seq = msg.client_id, msg.seq
 
             def reply(status, result, hint):  # noqa: ANN001
-                zt.reply_client(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
-                                                            result=result, leader_hint=hint))
+                self._reply(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
+                                                        result=result, leader_hint=hint))
             self._submit(Command(cid, seq, msg.command), reply)
         elif t is ClientRead:
             cid, rid = msg.client_id, msg.read_id
 
             def reply_read(status, result, hint):  # noqa: ANN001
-                zt.reply_client(identity, ClientReadResp(client_id=cid, read_id=rid,
+                self._reply(identity, ClientReadResp(client_id=cid, read_id=rid,
                                                          status=status, result=result,
                                                          leader_hint=hint))
             self._read(msg.query, reply_read)
@@ -231,6 +232,24 @@ class Node:
             zt.reply_client(identity, ClientAdminResp(client_id=msg.client_id,
                                                       read_id=msg.read_id, ok=ok,
                                                       result=result, error=error))
+
+    def _reply(self, identity: bytes, msg: Any) -> None:
+        """Answer a remote client; inside an FSM batch, replies to one client are gathered
+        and leave as one frame when the batch ends (see FsmActor)."""
+        rb = self.reply_batch
+        batch = rb.pending
+        if batch is not None and rb.owned_here():
+            lst = batch.get(identity)
+            if lst is None:
+                batch[identity] = [msg]
+            else:
+                lst.append(msg)
+        else:
+            self.zt.reply_client(identity, msg)
+
+    def _flush_replies(self, batch: dict[bytes, list]) -> None:
+        for identity, msgs in batch.items():
+            self.zt.reply_client_many(identity, msgs)
 
     def _admin(self, op: str, args: dict) -> tuple[bool, Any, str]:
         if op in ("faults", "clear_faults", "get_faults"):

@@ -267,6 +267,23 @@ class ZmqTransport:
             self._queue.append((_CLIENT_ITEM, identity, frame))
             self._wake()
 
+    def reply_client_many(self, identity: bytes, msgs: list[Any]) -> None:
+        """Like `reply_client` for several replies to one client: ONE frame carries them all
+        (a pipelining client gets its answers in as few frames as it sent requests)."""
+        if type(identity) is not bytes:
+            raise TypeError(f"identity must be bytes, got {type(identity).__name__}")
+        if not msgs:
+            return
+        frame = encode_client_frame(self.cluster_id, msgs)
+        if len(frame) > self.max_frame_bytes and len(msgs) > 1:
+            half = len(msgs) // 2
+            self.reply_client_many(identity, msgs[:half])
+            self.reply_client_many(identity, msgs[half:])
+            return
+        if self._accepting(1):
+            self._queue.append((_CLIENT_ITEM, identity, frame))
+            self._wake()
+
     def _accepting(self, n: int) -> bool:
         if self._state != "running" or self._stopping:
             return False
