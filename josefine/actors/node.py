@@ -115,9 +115,10 @@ class Node:
                                                                                   "big")),
             genesis(cfg.cluster_id), term=stored.hard_state.term,
             voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
-            commit=stored.commit)
+            commit=stored.commit, loader=store.get_block)
         log.info("node %d: recovered term=%d vote=%s head=%s commit=%s (%d blocks)", self.id,
                  core.term, core.voted_for, core.head, core.commit, len(stored.blocks))
+        del stored   # the core keeps only recent blocks; older ones are read back on demand
         self.applier = Applier(self.state_machine)
         self.chain_inbox = SideQueue()
         self.proposal_inbox = SideQueue()

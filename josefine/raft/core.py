@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Callable
 
 from josefine.chain.block import Block, BlockKind, Command, encode_commands, make_block, \
     verify_digest
@@ -51,6 +51,8 @@ class CoreConfig:
     max_uncommitted_bytes: int = 64 << 20
     max_block_bytes: int = 1 << 20
     seed: int = 1
+    keep_blocks: int = 4096
+    """Committed blocks kept in memory below the commit (only with a block loader)."""
 
 
 @dataclass
@@ -66,13 +68,14 @@ class RaftCore:
 
     def __init__(self, cfg: CoreConfig, genesis: Block, *, term: int = 0,
                  voted_for: int | None = None, blocks: dict[BlockId, Block] | None = None,
-                 head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID) -> None:
+                 head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID,
+                 loader: Callable[[BlockId], Block | None] | None = None) -> None:
         self.cfg = cfg
         self.id = cfg.node_id
         self.voters = cfg.voters
         self.peers = sorted((cfg.voters) - {cfg.node_id})
         self.quorum = len(cfg.voters) // 2 + 1
-        self.tree = BlockTree(genesis)
+        self.tree = BlockTree(genesis, loader)
         for b in sorted((blocks or {}).values(), key=lambda b: b.id.height):
             if b.id != GENESIS_ID:
                 if not self.tree.has(b.parent):  # type: ignore[arg-type]
@@ -399,7 +402,7 @@ class RaftCore:
         self.role, self.leader = Role.FOLLOWER, m.src
         self._reset_timer()
         tree = self.tree
-        parent = tree.blocks.get(m.prev)
+        parent = tree.lookup(m.prev)
         if parent is None or not self._well_formed(m, parent):
             self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=False,
                                   seq=m.seq, rejected_prev=m.prev,
@@ -522,6 +525,10 @@ class RaftCore:
         self.applied = self.commit
         if self.reads:
             self._answer_ready_reads()
+        keep = self.cfg.keep_blocks
+        if self.tree.loader is not None and \
+                self.applied.height - keep >= self.tree.evicted_below + keep // 4:
+            self.tree.evict_below(self.applied.height - keep)
 
     def _gc(self, old: BlockId, new: BlockId) -> None:
         """Siblings of newly committed blocks can never commit: delete them (A.14)."""

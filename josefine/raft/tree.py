@@ -9,6 +9,8 @@ makes the fork search of A.7 a dictionary lookup.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from josefine.chain.block import Block
 from josefine.types import BlockId, SafetyViolation
 
@@ -16,13 +18,18 @@ from josefine.types import BlockId, SafetyViolation
 class BlockTree:
     """Blocks by id, parent -> children, and the head path."""
 
-    __slots__ = ("blocks", "children", "path", "term_range")
+    __slots__ = ("blocks", "children", "path", "term_range", "loader", "evicted_below")
 
-    def __init__(self, genesis: Block) -> None:
+    def __init__(self, genesis: Block,
+                 loader: Callable[[BlockId], Block | None] | None = None) -> None:
         self.blocks: dict[BlockId, Block] = {genesis.id: genesis}
         self.children: dict[BlockId, list[BlockId]] = {}
         self.path: list[BlockId] = [genesis.id]
         self.term_range: dict[int, list[int]] = {genesis.id.term: [0, 0]}
+        self.loader = loader
+        """Reads a block back from durable storage (the runtime's ChainView); with it, old
+        committed blocks may leave memory (`evict_below`) and are read again on demand."""
+        self.evicted_below = 1
 
     # ------------------------------------------------------------------ reading
     @property
@@ -30,10 +37,36 @@ class BlockTree:
         return self.path[-1]
 
     def has(self, bid: BlockId) -> bool:
-        return bid in self.blocks
+        return bid in self.blocks or (bid.height < self.evicted_below and self.on_path(bid))
 
     def get(self, bid: BlockId) -> Block:
-        return self.blocks[bid]
+        b = self.blocks.get(bid)
+        if b is None:
+            b = self.lookup(bid)
+            if b is None:
+                raise KeyError(bid)
+        return b
+
+    def lookup(self, bid: BlockId) -> Block | None:
+        """The block if known (reading an evicted committed block back), else None."""
+        b = self.blocks.get(bid)
+        if b is None and bid.height < self.evicted_below and self.on_path(bid):
+            b = self.loader(bid) if self.loader is not None else None
+            if b is None:
+                raise SafetyViolation(f"committed block {bid} is missing from the store")
+        return b
+
+    def evict_below(self, height: int) -> None:
+        """Forget the Block objects of path heights [1, height): they are committed and
+        durable, so `lookup` can read them back. Needs a loader."""
+        if self.loader is None or height <= self.evicted_below:
+            return
+        path, blocks, children = self.path, self.blocks, self.children
+        for h in range(self.evicted_below, min(height, len(path))):
+            bid = path[h]
+            blocks.pop(bid, None)
+            children.pop(bid, None)
+        self.evicted_below = height
 
     def on_path(self, bid: BlockId) -> bool:
         h = bid.height
@@ -48,7 +81,7 @@ class BlockTree:
             return False
         x: BlockId | None = b
         while x is not None and x.height > a.height:
-            x = self.blocks[x].parent
+            x = self.get(x).parent
         return x == a
 
     # ------------------------------------------------------------------ writing
@@ -56,7 +89,7 @@ class BlockTree:
         """Store a block whose parent is known; False if it was already there.
 
         NB: a known id with a different digest is a broken safety assumption (A.2)."""
-        old = self.blocks.get(block.id)
+        old = self.lookup(block.id)
         if old is not None:
             if old.digest != block.digest:
                 raise SafetyViolation(f"block {block.id} arrived with a different digest")
@@ -76,7 +109,7 @@ class BlockTree:
         y: BlockId | None = x
         while y is not None and not self.on_path(y):
             missing.append(y)
-            y = self.blocks[y].parent
+            y = self.get(y).parent
         assert y is not None, "genesis is always on the path"
         self._truncate(y.height)
         for bid in reversed(missing):
