@@ -19,13 +19,16 @@ from typing import Any
 from josefine.check.history import load_history
 from josefine.check.ops import Operation, extract_operations
 from josefine.check.search import OK, UNKNOWN, VIOLATION, search
+from josefine.check.shrink import locate
 from josefine.check.shrink import shrink as shrink_window
 
 __all__ = ["CheckResult", "KeyResult", "check_history", "check_file", "format_result",
            "DEFAULT_MAX_STATES"]
 
 DEFAULT_MAX_STATES = 2_000_000
-"""Memo entries per key before giving up; each costs roughly 150-250 bytes."""
+"""Memo entries per key before giving up; each costs roughly 200-300 bytes."""
+
+_QUICK_STATES = 100_000  # budget of the first search of a key; see _check_key
 
 
 @dataclass
@@ -78,6 +81,34 @@ def _key_order(key: Hashable) -> tuple[str, str]:
     return (type(key).__name__, repr(key))
 
 
+def _check_key(ops: list[Operation], deadline: float | None, max_states: int | None,
+               localize: bool) -> tuple[KeyResult, tuple[int, int] | None]:
+    """Verdict for one key's ops, plus a failing window ops[lo:hi] if one was found.
+
+    A violation in a long history can take the full search a long time to prove (it must
+    exhaust every ordering before the bad op), so a first search with a small state budget
+    is followed, if it gives up, by looking for a failing window where it got stuck; only
+    if that finds nothing does the search run again with the whole budget.
+    """
+    required = [op for op in ops if op.required]
+    optional = [op for op in ops if not op.required]
+    quick = _QUICK_STATES if max_states is None else min(max_states, _QUICK_STATES)
+    outcome = search(required, optional, deadline=deadline, max_states=quick)
+    states, elapsed = outcome.states, outcome.elapsed
+    window = None
+    if outcome.verdict == UNKNOWN and quick != max_states and outcome.stuck_at is not None:
+        t0 = time.monotonic()
+        window = locate(ops, outcome.stuck_at, deadline=deadline)
+        elapsed += time.monotonic() - t0
+        if window is None:
+            outcome = search(required, optional, deadline=deadline, max_states=max_states)
+            states, elapsed = states + outcome.states, elapsed + outcome.elapsed
+    if outcome.verdict == VIOLATION and localize and outcome.stuck_at is not None:
+        window = locate(ops, outcome.stuck_at, deadline=deadline)
+    verdict = VIOLATION if window is not None else outcome.verdict
+    return KeyResult(ops[0].key, verdict, len(ops), states, elapsed), window
+
+
 def check_history(history: Iterable[Mapping[str, Any]], *,
                   cas_fail_is_compare_failure: bool = False,
                   time_limit: float | None = None,
@@ -94,29 +125,28 @@ def check_history(history: Iterable[Mapping[str, Any]], *,
     deadline = None if time_limit is None else started + time_limit
     by_key = extract_operations(history, cas_fail_is_compare_failure=cas_fail_is_compare_failure)
     result = CheckResult(OK, cas_fail_is_compare_failure=cas_fail_is_compare_failure)
-    bad: list[Hashable] = []
+    bad: dict[Hashable, tuple[int, int] | None] = {}
     for fkey in sorted(by_key, key=_key_order):
         ops = by_key[fkey]
-        required = [op for op in ops if op.required]
-        optional = [op for op in ops if not op.required]
-        outcome = search(required, optional, deadline=deadline, max_states=max_states)
-        result.per_key[fkey] = KeyResult(ops[0].key, outcome.verdict, len(ops), outcome.states,
-                                         outcome.elapsed)
-        if outcome.verdict == VIOLATION:
-            bad.append(fkey)
-        elif outcome.verdict == UNKNOWN and result.verdict == OK:
+        key_result, window = _check_key(ops, deadline, max_states, localize=shrink)
+        result.per_key[fkey] = key_result
+        if key_result.verdict == VIOLATION:
+            bad[fkey] = window
+        elif key_result.verdict == UNKNOWN and result.verdict == OK:
             result.verdict = UNKNOWN
     if bad:
         result.verdict = VIOLATION
-        ops = by_key[bad[0]]
+        fkey, window = next(iter(bad.items()))
+        ops = by_key[fkey]
         result.key = ops[0].key
-        result.window, result.window_from_start = ops, True
+        lo, hi = window if window is not None else (0, len(ops))
+        result.window, result.window_from_start = ops[lo:hi], lo == 0
         if shrink:
             shrink_deadline = time.monotonic() + shrink_time_limit
             if deadline is not None:
                 shrink_deadline = min(shrink_deadline, max(deadline, time.monotonic()))
-            window = shrink_window(ops, deadline=shrink_deadline, max_states=max_states)
-            result.window, result.window_from_start = window.ops, window.from_start
+            small = shrink_window(ops, lo, hi, deadline=shrink_deadline, max_states=max_states)
+            result.window, result.window_from_start = small.ops, small.from_start
     result.elapsed = time.monotonic() - started
     return result
 

@@ -67,11 +67,17 @@ ANY = AnyValue()
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    """Verdict of one search and how many (set, value) configurations it entered."""
+    """Verdict of one search and how many configurations it entered.
+
+    `stuck_at` is the earliest required op that was never linearized on the deepest path
+    explored (None on success): where to look for the trouble when the search fails or
+    gives up.
+    """
 
     verdict: str
     states: int
     elapsed: float
+    stuck_at: Operation | None = None
 
 
 def _apply(kind: int, a: Hashable, b: Hashable, state: Hashable) -> tuple[bool, Hashable]:
@@ -126,6 +132,110 @@ def _entry_list(req: list[Operation]) -> tuple[list[int], list[int], list[bool],
     return nxt, prv, is_call, op_of, when, partner
 
 
+class _Optionals:
+    """The optional ops of one search, indexed to find the few worth trying at a stall.
+
+    Ops with the same effect form a group; of a group only the first unused op is ever
+    tried (unused optional ops have no deadline, so they are interchangeable once invoked).
+    A group is only worth trying if a chain of optional ops starting with it leads to a
+    pending required op that needs the chain (see the module docstring). Requirements come
+    in two shapes: "the value must become v" (a read or cas expecting v) and "the value must
+    stop being c" (a failed comparison against c while the value is c). Optional cas groups
+    propagate them backwards: one turning u into a wanted value wants u before it.
+    """
+
+    def __init__(self, opt: list[Operation]) -> None:
+        self.n = len(opt)
+        self.kind = [op.kind for op in opt]
+        self.a = [op.a for op in opt]
+        self.b = [op.b for op in opt]
+        self.inv = [op.inv for op in opt]
+        by_sig: dict[tuple[int, Hashable, Hashable], int] = {}
+        self.group_mask: list[int] = []        # bitset of the group's ops
+        self.group_op: list[int] = []          # some op of the group (for its effect)
+        self.writes: dict[Hashable, int] = {}  # value -> write group
+        self.cas_by_exp: dict[Hashable, list[int]] = {}
+        self.cas_by_new: dict[Hashable, list[int]] = {}
+        for j, op in enumerate(opt):
+            sig = (op.kind, op.a, op.b)
+            g = by_sig.get(sig)
+            if g is None:
+                g = by_sig[sig] = len(self.group_mask)
+                self.group_mask.append(0)
+                self.group_op.append(j)
+                if op.kind == WRITE:
+                    self.writes[op.a] = g
+                elif op.a != op.b:  # a cas that cannot change the value is never useful
+                    self.cas_by_exp.setdefault(op.a, []).append(g)
+                    self.cas_by_new.setdefault(op.b, []).append(g)
+            self.group_mask[g] |= 1 << j
+
+    def apply(self, j: int, state: Hashable) -> tuple[bool, Hashable]:
+        return _apply(self.kind[j], self.a[j], self.b[j], state)
+
+    def needs(self, j: int, prev: Hashable) -> bool:
+        return _needs(self.kind[j], self.a[j], self.b[j], prev)
+
+    def _first(self, g: int, olin: int, t: int) -> int:
+        """The group's first unused op if it was invoked before `t`, else -1."""
+        avail = self.group_mask[g] & ~olin
+        if not avail:
+            return -1
+        j = (avail & -avail).bit_length() - 1
+        return j if self.inv[j] < t else -1
+
+    def candidates(self, state: Hashable, kinds: list[int], args: list[Hashable], olin: int,
+                   t: int) -> list[int]:
+        """Indices (ascending) of optional ops worth trying now, given the pending ops."""
+        first = self._first
+        if type(state) is AnyValue:
+            return sorted(j for g in range(len(self.group_mask)) if (j := first(g, olin, t)) >= 0)
+        become: set[Hashable] = set()   # values some pending op needs the register to hold
+        leave: set[Hashable] = set()    # values some pending op needs the register to leave
+        for k, a in zip(kinds, args):
+            if k == READ or k == CAS:
+                become.add(a)
+            elif k == CAS_FAIL:
+                leave.add(a)
+        if state in leave:  # anything that changes the value helps
+            return sorted(j for g in range(len(self.group_mask)) if (j := first(g, olin, t)) >= 0)
+        frontier = list(become) + list(leave)
+        seen: set[int] = set()
+        while frontier:  # close under optional cas groups that could sit in the chain
+            v = frontier.pop()
+            for g in self.cas_by_new.get(v, []) + self.cas_by_exp.get(v, []):
+                if g in seen:
+                    continue
+                j = self.group_op[g]
+                if (self.b[j] in become or self.a[j] in leave) and first(g, olin, t) >= 0:
+                    seen.add(g)
+                    if self.a[j] not in become:
+                        become.add(self.a[j])
+                        frontier.append(self.a[j])
+        out = []
+        for v in become:
+            g = self.writes.get(v)
+            if g is not None and (j := first(g, olin, t)) >= 0:
+                out.append(j)
+        for g in self.cas_by_exp.get(state, ()):
+            j = first(g, olin, t)
+            if j >= 0 and self.b[j] in become:
+                out.append(j)
+        out.sort()
+        return out
+
+
+def _dominated(failures: list[int], olin: int) -> bool:
+    """Did a configuration that had used only some of the optional ops in `olin` fail?
+
+    It had at least our options (unused optional ops have no deadline), so we fail too.
+    """
+    for f in failures:
+        if not f & ~olin:
+            return True
+    return False
+
+
 _NO_PREV = object()  # marker: the last move was a required op
 
 
@@ -160,23 +270,15 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     arg_a = [op.a for op in req]
     arg_b = [op.b for op in req]
     bit = [1 << i for i in range(n)]
-    okind = [op.kind for op in opt]
-    oa = [op.a for op in opt]
-    ob = [op.b for op in opt]
-    oinv = [op.inv for op in opt]
-    nopt = len(opt)
-    # prev_same[j]: the previous optional op with the same effect, or -1.
-    prev_same = [-1] * nopt
-    last_seen: dict[tuple[int, Hashable, Hashable], int] = {}
-    for jj, op in enumerate(opt):
-        sig = (op.kind, op.a, op.b)
-        prev_same[jj] = last_seen.get(sig, -1)
-        last_seen[sig] = jj
+    optionals = _Optionals(opt)
 
-    # Memo key: (run of low linearized required ops, rest of that bitset, optional bitset,
-    # value, value before the last move if it was optional).
-    cache: set[tuple[int, int, int, Hashable, Hashable]] = set()
-    stack: list[tuple[int, int, Hashable, int, int, Hashable]] = []
+    # Memo key: ((run of low linearized required ops, rest of that bitset, value, value
+    # before the last move if it was optional), optional bitset).
+    cache: set[tuple[tuple[int, int, Hashable, Hashable], int]] = set()
+    # Configurations already fully explored without success, by everything but the
+    # optional bitset: one that used a subset of our optional ops dominates us.
+    failed: dict[tuple[int, int, Hashable, Hashable], list[int]] = {}
+    stack: list[tuple[int, int, Hashable, int, int, Hashable, tuple]] = []
     state: Hashable = initial
     lin = 0           # bitset of linearized required ops
     olin = 0          # bitset of linearized optional ops
@@ -186,11 +288,13 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     e = nxt[0]
     j = -1            # -1: scanning required calls; >= 0: trying optional ops at stall node e
     steps = 0
+    deepest = 0       # longest run of low linearized required ops seen
     monotonic = time.monotonic
     any_type = AnyValue
 
     def done(verdict: str) -> SearchOutcome:
-        return SearchOutcome(verdict, len(cache), monotonic() - started)
+        stuck = req[deepest] if verdict != OK and deepest < n else None
+        return SearchOutcome(verdict, len(cache), monotonic() - started, stuck)
 
     while True:
         steps += 1
@@ -224,12 +328,15 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 if ok:
                     nlin = lin | bit[i]
                     low = (~nlin & (nlin + 1)).bit_length() - 1
-                    key = (low, nlin >> low, olin, new, no_prev)
-                    if key not in cache:
+                    base = (low, nlin >> low, new, no_prev)
+                    key = (base, olin)
+                    if key not in cache and not (base in failed and _dominated(failed[base], olin)):
                         if len(cache) >= limit:
                             return done(UNKNOWN)
                         cache.add(key)
-                        stack.append((e, -1, state, lin, olin, prev))
+                        stack.append((e, -1, state, lin, olin, prev, key))
+                        if low > deepest:
+                            deepest = low
                         r = partner[e]
                         nxt[prv[e]] = nxt[e]
                         prv[nxt[e]] = prv[e]
@@ -248,35 +355,46 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
             if e == tail:  # cannot happen while required ops are left; be defensive
                 raise AssertionError("linearizability search ran off the end of the history")
             j = 0
-        # Stuck at return node e: try optional ops invoked before it, then backtrack.
-        t = when[e]
+        # Stuck at return node e: try useful optional ops invoked before it, then backtrack.
         moved = False
-        while j < nopt and oinv[j] < t:
-            p = prev_same[j]
-            if not (olin >> j) & 1 and (p < 0 or (olin >> p) & 1):
-                ok, new = _apply(okind[j], oa[j], ob[j], state)
-                if ok and new != state and (prev is no_prev or _needs(okind[j], oa[j], ob[j], prev)):
-                    nolin = olin | (1 << j)
-                    low = (~lin & (lin + 1)).bit_length() - 1
-                    key = (low, lin >> low, nolin, new, state)
-                    if key not in cache:
-                        if len(cache) >= limit:
-                            return done(UNKNOWN)
-                        cache.add(key)
-                        stack.append((e, j, state, lin, olin, prev))
-                        prev = state
-                        state = new
-                        olin = nolin
-                        e = nxt[0]
-                        j = -1
-                        moved = True
-                        break
-            j += 1
+        if optionals.n:
+            pending = []
+            x = nxt[0]
+            while x != e:
+                pending.append(op_of[x])
+                x = nxt[x]
+            for jc in optionals.candidates(state, [kind[i] for i in pending],
+                                           [arg_a[i] for i in pending], olin, when[e]):
+                if jc < j:
+                    continue
+                ok, new = optionals.apply(jc, state)
+                if not ok or new == state:
+                    continue
+                if prev is not no_prev and not optionals.needs(jc, prev):
+                    continue
+                nolin = olin | (1 << jc)
+                low = (~lin & (lin + 1)).bit_length() - 1
+                base = (low, lin >> low, new, state)
+                key = (base, nolin)
+                if key in cache or (base in failed and _dominated(failed[base], nolin)):
+                    continue
+                if len(cache) >= limit:
+                    return done(UNKNOWN)
+                cache.add(key)
+                stack.append((e, jc, state, lin, olin, prev, key))
+                prev = state
+                state = new
+                olin = nolin
+                e = nxt[0]
+                j = -1
+                moved = True
+                break
         if moved:
             continue
         if not stack:
             return done(VIOLATION)
-        e0, j0, state, lin, olin, prev = stack.pop()
+        e0, j0, state, lin, olin, prev, key = stack.pop()
+        failed.setdefault(key[0], []).append(key[1])
         if j0 < 0:
             r = partner[e0]
             nxt[prv[r]] = r

@@ -12,11 +12,14 @@ Each relaxation can only make a history easier to linearize, so a window that st
 proves the whole history fails: the report is never a false explanation. Searches that run
 out of budget count as "not shown to fail", which also keeps the report sound.
 
-Shrinking: binary search for the shortest failing prefix, binary search for the latest
-start that still fails, then (for small windows) try removing single operations.
+`locate` finds a failing window near where a search got stuck, which proves a violation
+without exhausting every ordering of a long history. `shrink` then binary-searches for the
+shortest failing prefix of a failing window, then for the latest start that still fails,
+then (for small windows) tries removing single operations.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from josefine.check.ops import Operation
 from josefine.check.search import ANY, VIOLATION, search
 
-__all__ = ["Window", "window_fails", "shrink"]
+__all__ = ["Window", "window_fails", "locate", "shrink"]
 
 _GREEDY_LIMIT = 60  # windows up to this size get the single-removal pass
 
@@ -67,29 +70,50 @@ def window_fails(ops: Sequence[Operation], lo: int, hi: int, dropped: frozenset[
     return outcome.verdict == VIOLATION
 
 
-def shrink(ops: Sequence[Operation], *, deadline: float | None = None,
-           max_states: int | None = None) -> Window:
-    """Smallest failing window we can find before `deadline`; falls back to all of `ops`.
+def locate(ops: Sequence[Operation], stuck: Operation, *, deadline: float | None = None,
+           max_states: int = 50_000) -> tuple[int, int] | None:
+    """A failing window around `stuck` (where a search got stuck), or None if none found.
 
-    `ops` (invoke order) must be non-linearizable as a whole.
+    Searching a whole long history to prove a violation can mean exhausting every way to
+    order everything before it; a window around the trouble is usually tiny to refute.
     """
-    def fails(lo: int, hi: int, dropped: frozenset[int] = frozenset()) -> bool:
+    invs = [op.inv for op in ops]
+    c = bisect.bisect_left(invs, stuck.inv)
+    end = bisect.bisect_right(invs, stuck.ret if stuck.ret is not None else stuck.inv)
+    for width in (8, 32, 128, 512, 2048):
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        lo, hi = max(0, c - width), min(len(ops), end + width // 4 + 1)
+        if window_fails(ops, lo, hi, deadline=deadline, max_states=max_states):
+            return lo, hi
+        if lo == 0 and hi == len(ops):
+            break
+    return None
+
+
+def shrink(ops: Sequence[Operation], lo: int = 0, hi: int | None = None, *,
+           deadline: float | None = None, max_states: int | None = None) -> Window:
+    """Smallest failing window we can find before `deadline` inside failing ops[lo:hi].
+
+    Falls back to ops[lo:hi] itself, which the caller must know to fail.
+    """
+    def fails(a: int, b: int, dropped: frozenset[int] = frozenset()) -> bool:
         if deadline is not None and time.monotonic() > deadline:
             return False
-        return window_fails(ops, lo, hi, dropped, deadline=deadline, max_states=max_states)
+        return window_fails(ops, a, b, dropped, deadline=deadline, max_states=max_states)
 
-    n = len(ops)
-    # Shortest failing prefix: invariant fails(0, hi), and prefix `lo` not shown to fail.
-    lo, hi = 0, n
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fails(0, mid):
-            hi = mid
+    if hi is None:
+        hi = len(ops)
+    # Shortest failing prefix of the window: invariant fails(lo, end); `short` not shown to.
+    short, end = lo, hi
+    while end - short > 1:
+        mid = (short + end) // 2
+        if fails(lo, mid):
+            end = mid
         else:
-            lo = mid
-    end = hi
+            short = mid
     # Latest failing start: invariant fails(start, end), and `stop` not shown to fail.
-    start, stop = 0, end
+    start, stop = lo, end
     while stop - start > 1:
         mid = (start + stop) // 2
         if fails(mid, end):

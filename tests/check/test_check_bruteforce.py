@@ -1,0 +1,218 @@
+"""The search against an independent brute-force oracle on many small random histories.
+
+The oracle enumerates every subset of unknown-outcome operations and every permutation of
+the chosen operations that respects real-time order, and runs the register on each. It
+re-implements the history semantics from the spec on its own, so it also cross-checks the
+parsing of invokes/completions.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from josefine.check import check_history
+from josefine.check.ops import CAS, READ, WRITE, Operation
+from josefine.check.search import ANY, search
+from josefine.check.shrink import window_fails
+
+pytestmark = pytest.mark.timeout(120)
+
+INF = float("inf")
+VALUES = [0, 1, 2]
+
+
+def oracle_ops(lines, compare):
+    """[(inv, ret, required, f, a, b)] from records, by the spec's rules (own implementation)."""
+    pending, done = {}, []
+    for idx, rec in enumerate(lines):
+        if rec["process"] == "nemesis":
+            continue
+        p = rec["process"]
+        if rec["type"] == "invoke":
+            if p in pending:
+                done.append((pending.pop(p), None))
+            pending[p] = (idx, rec)
+        else:
+            done.append((pending.pop(p), (idx, rec)))
+    done.extend((inv, None) for inv in pending.values())
+    ops = []
+    for (inv, irec), comp in done:
+        typ = comp[1]["type"] if comp else "info"
+        ret = comp[0] if comp and typ != "info" else INF
+        f, v = irec["f"], irec["value"]
+        if f == "read":
+            if typ == "ok":
+                ops.append((inv, ret, True, "read", comp[1]["value"], None))
+        elif f == "write":
+            if typ != "fail":
+                ops.append((inv, ret, typ == "ok", "write", v, None))
+        elif typ == "fail":
+            if compare:
+                ops.append((inv, ret, True, "cas-fail", v[0], None))
+        else:
+            ops.append((inv, ret, typ == "ok", "cas", v[0], v[1]))
+    return ops
+
+
+def oracle_linearizable(ops, initial_values=(None,)):
+    required = [o for o in ops if o[2]]
+    optional = [o for o in ops if not o[2]]
+    for r in range(len(optional) + 1):
+        for chosen in itertools.combinations(optional, r):
+            group = required + list(chosen)
+            for perm in itertools.permutations(group):
+                # real time: no later op in perm may have completed before an earlier one began
+                if any(perm[j][1] < perm[i][0] for i in range(len(perm))
+                       for j in range(i + 1, len(perm))):
+                    continue
+                for init in initial_values:
+                    state, good = init, True
+                    for _, _, _, f, a, b in perm:
+                        if f == "read":
+                            good = state == a
+                        elif f == "write":
+                            state = a
+                        elif f == "cas":
+                            good = state == a
+                            state = b
+                        else:
+                            good = state != a
+                        if not good:
+                            break
+                    if good:
+                        return True
+    return False
+
+
+def random_history(rng: random.Random, max_ops: int, unknown: float = 0.15):
+    """Simulate clients on a real register with random overlaps, then maybe corrupt it."""
+    nproc = rng.randint(1, 5)
+    nops = rng.randint(1, max_ops)
+    lines, state, started = [], None, 0
+    pend: dict[int, dict] = {}  # process -> {"f", "value", "applied", "result"}
+    idle = list(range(nproc))
+    while started < nops or pend:
+        choices = []
+        if started < nops and idle:
+            choices.append("invoke")
+        if pend:
+            choices += ["apply", "complete"]
+        act = rng.choice(choices)
+        if act == "invoke":
+            p = idle.pop(rng.randrange(len(idle)))
+            f = rng.choice(["read", "write", "cas"])
+            v = None if f == "read" else rng.choice(VALUES) if f == "write" \
+                else [rng.choice(VALUES), rng.choice(VALUES)]
+            pend[p] = {"f": f, "value": v, "applied": False, "result": None}
+            lines.append({"process": p, "type": "invoke", "f": f, "key": "x", "value": v})
+            started += 1
+            continue
+        p = rng.choice(list(pend))
+        op = pend[p]
+        if act == "apply":
+            if not op["applied"]:
+                op["applied"] = True
+                if op["f"] == "read":
+                    op["result"] = state
+                elif op["f"] == "write":
+                    state = op["value"]
+                else:
+                    op["result"] = state == op["value"][0]
+                    if op["result"]:
+                        state = op["value"][1]
+            continue
+        del pend[p]
+        vanish = rng.random() < unknown * 0.7  # the client dies: no completion line at all
+        if not op["applied"]:
+            if rng.random() < 0.3:
+                typ = "fail" if op["f"] != "cas" or rng.random() < 0.5 else "info"
+            elif not vanish:
+                pend[p] = op  # not yet applied: put it back
+                continue
+        elif op["f"] == "cas" and not op["result"]:
+            typ = "fail"
+        else:
+            typ = "info" if op["f"] != "read" and rng.random() < unknown else "ok"
+        if not vanish:
+            value = op["result"] if op["f"] == "read" else op["value"]
+            lines.append({"process": p, "type": typ, "f": op["f"], "key": "x", "value": value})
+        # after an unknown outcome the process id is retired, as in Jepsen
+        idle.append(p if not vanish and typ != "info" else p + 100)
+    targets = [rec for rec in lines if (rec["f"], rec["type"]) in (
+        ("read", "ok"), ("write", "invoke"), ("cas", "ok"), ("cas", "fail"))]
+    if targets and rng.random() < 0.6:
+        for _ in range(rng.randint(1, 3)):
+            rec = rng.choice(targets)
+            if rec["f"] == "read":
+                rec["value"] = rng.choice(VALUES + [None])
+            elif rec["f"] == "write":
+                rec["value"] = rng.choice(VALUES)
+            else:
+                rec["type"] = "fail" if rec["type"] == "ok" else "ok"
+    if rng.random() < 0.2 and lines:
+        lines.insert(rng.randrange(len(lines)), {"process": "nemesis", "type": "info",
+                                                 "f": "kill", "value": None})
+    for i, rec in enumerate(lines):
+        rec["time"] = i
+    return lines
+
+
+@pytest.mark.parametrize("unknown", [0.15, 0.5])
+@pytest.mark.parametrize("compare", [False, True])
+def test_checker_agrees_with_brute_force(compare, unknown):
+    """Few or many unknown outcomes (the latter exercises chains of optional ops)."""
+    rng = random.Random(20240611 + compare + int(unknown * 100))
+    verdicts = {"ok": 0, "violation": 0}
+    for n in range(600):
+        lines = random_history(rng, 7, unknown)
+        want = oracle_linearizable(oracle_ops(lines, compare))
+        result = check_history(lines, cas_fail_is_compare_failure=compare)
+        assert result.verdict == ("ok" if want else "violation"), (n, lines)
+        verdicts[result.verdict] += 1
+        if result.verdict == "violation":
+            assert result.window and all(op.key == "x" for op in result.window)
+    # the generator must exercise both outcomes substantially
+    assert verdicts["ok"] >= 150 and verdicts["violation"] >= 100, verdicts
+
+
+def _op(kind, a, b, inv, ret):
+    f = {READ: "read", WRITE: "write", CAS: "cas"}.get(kind, "cas")
+    return Operation(kind, a, b, inv, ret, process=0, key="x", f=f, outcome="ok", value=a)
+
+
+def test_any_initial_value_agrees_with_brute_force():
+    """search(initial=ANY) == 'fails for every concrete start' (incl. a fresh value)."""
+    rng = random.Random(7)
+    kinds = [READ, WRITE, CAS, 3]
+    for _ in range(400):
+        ops, orc = [], []
+        for _ in range(rng.randint(1, 5)):
+            kind = rng.choice(kinds)
+            a, b = rng.choice(VALUES + [None]), rng.choice(VALUES)
+            inv = rng.randrange(20)
+            required = kind in (READ, 3) or rng.random() < 0.7
+            ret = inv + 1 + rng.randrange(6) if required else None
+            ops.append(_op(kind, a, b if kind == CAS else None, inv * 2, None if ret is None else ret * 2 + 1))
+            f = {READ: "read", WRITE: "write", CAS: "cas", 3: "cas-fail"}[kind]
+            orc.append((inv * 2, INF if ret is None else ret * 2 + 1, required, f, a, b))
+        required = [o for o in ops if o.required]
+        optional = [o for o in ops if not o.required]
+        got = search(required, optional, initial=ANY).verdict
+        want = oracle_linearizable(orc, initial_values=VALUES + [None, "fresh"])
+        assert got == ("ok" if want else "violation"), orc
+
+
+def test_reported_windows_really_fail():
+    """Every shrunk window re-checks as failing, and so does its history under the oracle."""
+    rng = random.Random(99)
+    checked = 0
+    while checked < 60:
+        lines = random_history(rng, 7)
+        result = check_history(lines, cas_fail_is_compare_failure=True)
+        if result.verdict != "violation":
+            continue
+        checked += 1
+        assert not oracle_linearizable(oracle_ops(lines, True))
+        assert 1 <= len(result.window) <= 7
