@@ -60,6 +60,18 @@ def status_error(status: Status, hint: int | None, what: str = "request") -> Jos
     return UnavailableError(f"{what}: failed with status {status!r}")
 
 
+def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
+    """A waiter that completes `fut`: the result on OK (or `ok_value`), else the error."""
+    def done(status, result, hint):  # noqa: ANN001
+        if fut.done():
+            return
+        if status == Status.OK:
+            fut.set_result(result if ok_value is None else ok_value)
+        else:
+            fut.set_exception(status_error(status, hint, what))
+    return done
+
+
 class Node:
     """A running node inside this process. Create with `Node.start(config)`."""
 
@@ -302,43 +314,19 @@ class Node:
         with self._seq_lock:
             seq = next(self._seq)
         fut: Future = Future()
-
-        def done(status, result, hint):  # noqa: ANN001
-            if fut.done():
-                return
-            if status == Status.OK:
-                fut.set_result(result)
-            else:
-                fut.set_exception(status_error(status, hint, "propose"))
-        self._submit(Command(self._client_id, seq, bytes(data)), done)
+        self._submit(Command(self._client_id, seq, bytes(data)), _future_waiter(fut, "propose"))
         return fut
 
     def read(self, query: bytes) -> Future:
         """Linearizable read (ReadIndex); resolves with `state_machine.query(query)`."""
         fut: Future = Future()
-
-        def done(status, result, hint):  # noqa: ANN001
-            if fut.done():
-                return
-            if status == Status.OK:
-                fut.set_result(result)
-            else:
-                fut.set_exception(status_error(status, hint, "read"))
-        self._read(bytes(query), done)
+        self._read(bytes(query), _future_waiter(fut, "read"))
         return fut
 
     def transfer_leadership(self, to: int) -> Future:
-        """Ask this (leader) node to hand leadership to node `to`."""
+        """Ask this (leader) node to hand leadership to node `to`; resolves with `to`."""
         fut: Future = Future()
-
-        def done(status, result, hint):  # noqa: ANN001
-            if fut.done():
-                return
-            if status == Status.OK:
-                fut.set_result(to)
-            else:
-                fut.set_exception(status_error(status, hint, "transfer"))
-        self.transfers.add(to, done)
+        self.transfers.add(to, _future_waiter(fut, "transfer", to))
         self._tell_role(TransferLeadership(target=to))
         return fut
 

@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from josefine.bench.runner import _wait_leader, free_base_port
+from josefine.bench.runner import _wait_leader
+from josefine.launch.ports import free_port_block
 
 
 def run_failover(nodes: int, trials: int, progress=None) -> dict:  # noqa: ANN001
@@ -18,7 +19,7 @@ def run_failover(nodes: int, trials: int, progress=None) -> dict:  # noqa: ANN00
     from josefine.launch.cluster import Launcher
     samples_ms: list[float] = []
     with tempfile.TemporaryDirectory(prefix="josefine-failover-") as d:
-        l = Launcher(nodes, Path(d), free_base_port(nodes), out=None)
+        l = Launcher(nodes, Path(d), free_port_block(nodes), out=None)
         l.start()
         try:
             addrs = {i: l.address(i) for i in l.node_ids}

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import random
-import socket
 import sys
 import tempfile
 import threading
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from josefine.bench.procstat import cpu_seconds, rss_kib
+from josefine.launch.ports import free_port_block
 
 
 @dataclass
@@ -45,24 +44,6 @@ def percentile(sorted_vals: list[float], q: float) -> float:
         return float("nan")
     k = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
     return sorted_vals[k]
-
-
-def free_base_port(n: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def summarize(res: BenchResult, done_t: list[float], lat_us: list[float], t0: float) -> None:
@@ -130,7 +111,7 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
     mode = "durable" if fsync else "no-fsync"
     res = BenchResult("josefine", mode, nodes, clients, pipeline, payload, duration, fsync)
     with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
-        l = Launcher(nodes, Path(d), free_base_port(nodes), fsync=fsync, out=None)
+        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None)
         l.start()
         try:
             addrs = {i: l.address(i) for i in l.node_ids}
@@ -218,7 +199,7 @@ def run_pysyncobj(nodes: int, clients: int, pipeline: int, duration: float, payl
     import subprocess
     mode = "batch" if batch else "no-batch"
     res = BenchResult("pysyncobj", mode, nodes, clients, pipeline, payload, duration, False)
-    base = free_base_port(nodes)
+    base = free_port_block(nodes)
     addrs = [f"127.0.0.1:{base + i}" for i in range(nodes)]
     with tempfile.TemporaryDirectory(prefix="pso-bench-") as d:
         out = Path(d) / "load.json"

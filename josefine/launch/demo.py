@@ -8,10 +8,8 @@ everything. Meant for the README's quick start; exits non-zero if anything is of
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -19,24 +17,7 @@ from pathlib import Path
 
 from josefine.client import Client, query_status
 from josefine.launch.cluster import Launcher
-
-
-def _free_base(n: int) -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
+from josefine.launch.ports import free_port_block
 
 
 def _statuses(l: Launcher) -> dict[int, dict]:
@@ -83,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         tmp = tempfile.mkdtemp(prefix="josefine-demo-")
         data = Path(tmp)
-    l = Launcher(args.nodes, data, _free_base(args.nodes), out=sys.stdout)
+    l = Launcher(args.nodes, data, free_port_block(args.nodes), out=sys.stdout)
     try:
         l.start()
         t0 = time.monotonic()

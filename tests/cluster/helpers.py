@@ -1,32 +1,11 @@
 """Helpers for tests that run real node processes on loopback."""
 from __future__ import annotations
 
-import random
-import socket
 import time
 from typing import Any, Callable
 
 from josefine.client import query_status
-
-
-def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """A base port such that base..base+n-1 are free on 127.0.0.1 right now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(lo, hi - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+from josefine.launch.ports import free_port_block  # noqa: F401 - re-exported for tests
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
