@@ -43,7 +43,9 @@ def _fmt(r: BenchResult) -> str:
     rss = " ".join(f"{v:.0f}" for v in r.peak_rss_mib.values())
     return (f"{r.system:9} {r.mode:9} {r.writes_per_s:10.0f} w/s  p50 {l['p50']:7.2f} "
             f"p90 {l['p90']:7.2f} p99 {l['p99']:7.2f} p99.9 {l['p99.9']:7.2f} ms  "
-            f"cpu/node [{cpu}]  peak RSS MiB [{rss}]  errors {r.errors}")
+            f"cpu/node [{cpu}]  peak RSS MiB [{rss}]  errors {r.errors}"
+            + (f"  first leader {l['first_leader']:.0f} ms after launch"
+               if "first_leader" in l else ""))
 
 
 def _ratios(results: list[BenchResult]) -> dict[str, Any]:
@@ -104,16 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failover", action="store_true",
                     help="also measure leader-kill to first successor commit")
     ap.add_argument("--trials", type=int, default=5, help="failover trials")
+    ap.add_argument("--client-api", action="store_true",
+                    help="drive Josefine through the public Client from --clients threads "
+                         "(one process) instead of pipelined raw workers")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --duration > 0, --payload >= 0")
     warm = a.warmup if a.warmup is not None else min(2.0, a.duration / 2)
     show = not a.no_progress
-    results = [run_josefine(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
-                            not a.no_fsync, warm,
-                            progress=_Progress("josefine " + ("no-fsync" if a.no_fsync
-                                                              else "durable"), show))]
+    label = "josefine " + ("no-fsync" if a.no_fsync else "durable")
+    if a.client_api:
+        from josefine.bench.runner import run_client_api
+        results = [run_client_api(a.nodes, a.clients, a.duration, a.payload, not a.no_fsync,
+                                  warm, progress=_Progress(label + " (Client)", show))]
+    else:
+        results = [run_josefine(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
+                                not a.no_fsync, warm, progress=_Progress(label, show))]
     if a.compare == "pysyncobj":
         try:
             import pysyncobj  # noqa: F401

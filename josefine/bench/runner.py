@@ -240,3 +240,60 @@ def run_pysyncobj(nodes: int, clients: int, pipeline: int, duration: float, payl
     # completion times are wall-clock here; summarize wants a common origin only
     summarize(res, data["done_t"], [x * 1000 for x in data["lat_ms"]], data["t_start"])
     return res
+
+
+def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsync: bool,
+                   warmup: float, progress: Callable[[float], None] | None = None) -> BenchResult:
+    """Writes through the public `Client` from `clients` threads sharing one Client (one
+    process): what an application sees, including the client library's own overhead.
+    Also records the time from launch to the first leader (in `latency_ms["first_leader"]`)."""
+    from josefine.client import Client
+    from josefine.launch.cluster import Launcher
+    res = BenchResult("josefine", "client-api" + ("" if fsync else "-no-fsync"), nodes, clients,
+                      1, payload, duration, fsync)
+    with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
+        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None)
+        t_launch = time.monotonic()
+        l.start()
+        try:
+            addrs = {i: l.address(i) for i in l.node_ids}
+            _wait_leader(addrs, l.cluster_id)
+            first_leader_ms = (time.monotonic() - t_launch) * 1000
+            value = "x" * payload
+            t_start = time.monotonic() + warmup
+            t_end = t_start + duration
+            done_t: list[float] = []
+            lat: list[float] = []
+            lock = threading.Lock()
+            with Client(addrs, l.cluster_id, timeout=30) as c:
+                def worker(w: int) -> None:
+                    n = 0
+                    mine_t, mine_l = [], []
+                    while True:
+                        now = time.monotonic()
+                        if now >= t_end:
+                            break
+                        n += 1
+                        t0 = time.perf_counter()
+                        c.put(f"k{w}-{n % 64}", value)
+                        if now >= t_start:
+                            mine_t.append(time.monotonic())
+                            mine_l.append((time.perf_counter() - t0) * 1e6)
+                    with lock:
+                        done_t.extend(mine_t)
+                        lat.extend(mine_l)
+                ts = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+                for t in ts:
+                    t.start()
+                sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
+                _sleep_until(t_start, progress, t_start - warmup, t_end)
+                sampler.start()
+                _sleep_until(t_end, progress, t_start - warmup, t_end)
+                sampler.stop(duration, res)
+                for t in ts:
+                    t.join(60)
+            summarize(res, done_t, lat, t_start)
+            res.latency_ms["first_leader"] = round(first_leader_ms, 1)
+        finally:
+            l.stop()
+    return res
