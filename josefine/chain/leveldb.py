@@ -143,7 +143,11 @@ class LevelDBStore:
                 f"{self.cluster_id!r}")
 
     def _index(self, state: StoredState) -> None:
-        self._ids: set[BlockId] = set(state.blocks)
+        # No in-memory set of block ids: it would grow with the chain. Existence checks
+        # read LevelDB (a few µs per written block). The first load() is kept for the
+        # caller so a start-up reads and verifies the store once, not twice.
+        self._first_load: StoredState | None = state
+        self._count = len(state.blocks)
         self._hard = state.hard_state
         self._head = state.head
         self._commit = state.commit
@@ -157,6 +161,10 @@ class LevelDBStore:
     def load(self) -> StoredState:
         """Read and verify everything from disk (one consistent LevelDB snapshot)."""
         self._check_open()
+        first = getattr(self, "_first_load", None)
+        if first is not None:
+            self._first_load = None
+            return first
         with self._db.snapshot() as snap:
             blocks: dict[BlockId, Block] = {}
             keys: dict[BlockId, bytes] = {}
@@ -206,7 +214,7 @@ class LevelDBStore:
         new_ids = {b.id for b in new}
 
         def present(bid: BlockId) -> bool:
-            return (bid in self._ids or bid in new_ids) and bid not in dels
+            return bid not in dels and (bid in new_ids or self._db.get(block_key(bid)) is not None)
 
         if head is not None:
             check_marker("head", head, present)
@@ -218,9 +226,12 @@ class LevelDBStore:
                 raise ValueError("batch deletes the block that head or commit names")
         # ---- one batch
         wb = self._db.write_batch(sync=sync)
+        gone = 0
         for bid in dels:
-            if bid in self._ids:
-                wb.delete(block_key(bid))
+            key = block_key(bid)
+            if self._db.get(key) is not None:
+                gone += 1
+                wb.delete(key)
         for b in new:
             wb.put(block_key(b.id), encode_block(b))
         if hard_state is not None:
@@ -231,8 +242,8 @@ class LevelDBStore:
             wb.put(KEY_COMMIT, _encode_id(commit))
         wb.write()
         # ---- mirror it in memory only once it is on disk
-        self._ids.difference_update(dels)
-        self._ids.update(new_ids)
+        self._first_load = None   # the start-up snapshot is stale now
+        self._count += len(new) - gone
         if hard_state is not None:
             self._hard = hard_state
         if head is not None:
@@ -244,12 +255,8 @@ class LevelDBStore:
             self.syncs += 1
 
     def _stored_digest(self, bid: BlockId) -> bytes | None:
-        if bid not in self._ids:
-            return None
         b = self.get_block(bid)
-        if b is None:
-            raise CorruptStoreError(block_key(bid), "indexed but missing on disk")
-        return b.digest
+        return None if b is None else b.digest
 
     def get_block(self, bid: BlockId) -> Block | None:
         self._check_open()
@@ -265,14 +272,14 @@ class LevelDBStore:
                 yield _decode_block_at(key, value)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __contains__(self, bid: object) -> bool:
-        return bid in self._ids
+        return isinstance(bid, BlockId) and self._db.get(block_key(bid)) is not None
 
     def stats(self) -> dict:
         return {
-            "blocks": len(self._ids),
+            "blocks": self._count,
             "term": self._hard.term,
             "voted_for": self._hard.voted_for,
             "head": self._head,
@@ -297,5 +304,5 @@ class LevelDBStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"blocks={len(self._ids)}"
+        state = "closed" if self._closed else f"blocks={self._count}"
         return f"LevelDBStore({str(self.path)!r}, {self.cluster_id!r}, {state})"

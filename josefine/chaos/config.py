@@ -1,0 +1,106 @@
+"""Settings of one chaos run, and a free-port helper.
+
+Every random choice of a run (operations, fault schedule) derives from `ChaosConfig.seed`,
+so a seed names a schedule. Real processes and real time are involved, so a seed replays
+the *schedule*, not the exact interleaving.
+"""
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChaosConfig", "FAULT_KINDS", "find_free_ports"]
+
+FAULT_KINDS = ("kill", "pause", "partition")
+"""Fault families: SIGKILL + restart, SIGSTOP/SIGCONT, network partitions (fault rules)."""
+
+
+@dataclass
+class ChaosConfig:
+    """One chaos run. Times are seconds.
+
+    `node_cmd` and `env` are handed to the `Launcher` (tests inject deliberately broken
+    nodes through them); `node_settings` are extra NodeConfig keys for every node.
+    """
+
+    out: str | Path
+    nodes: int = 5
+    duration: float = 60.0
+    seed: int = 0
+    clients: int = 8
+    keys: int = 8
+    faults: Sequence[str] = FAULT_KINDS
+    base_port: int | None = None
+    op_timeout: float = 2.0
+    request_timeout: float = 0.5
+    read_ratio: float = 0.5
+    cas_ratio: float = 0.25
+    any_node_reads: float = 0.2
+    """Share of reads first sent to a random node rather than the believed leader."""
+    fault_gap: tuple[float, float] = (1.0, 3.0)
+    """Quiet time before each fault (uniform)."""
+    fault_hold: tuple[float, float] = (1.0, 5.0)
+    """How long each fault lasts before it is healed (uniform)."""
+    sample_interval: float = 0.2
+    converge_timeout: float = 60.0
+    startup_timeout: float = 60.0
+    check_time_limit: float | None = 300.0
+    fsync: bool = True
+    node_cmd: Callable[[Path], Sequence[str]] | None = None
+    env: Mapping[str, str] | None = None
+    node_settings: Mapping[str, Any] = field(default_factory=dict)
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.faults = tuple(f.strip() for f in self.faults if f.strip())
+        bad = sorted(set(self.faults) - set(FAULT_KINDS))
+        if bad:
+            raise ValueError(f"unknown fault kind(s) {bad}; choose from {', '.join(FAULT_KINDS)}")
+        for name in ("nodes", "clients", "keys"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if not self.duration > 0:
+            raise ValueError(f"duration must be > 0, got {self.duration!r}")
+        if not 0 <= self.read_ratio + self.cas_ratio <= 1:
+            raise ValueError("read_ratio + cas_ratio must lie in [0, 1]")
+        for name in ("fault_gap", "fault_hold"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be (lo, hi) with 0 <= lo <= hi")
+
+    def describe(self) -> dict[str, Any]:
+        """The plain-data part of the config, for the report."""
+        return {"nodes": self.nodes, "duration": self.duration, "seed": self.seed,
+                "clients": self.clients, "keys": self.keys, "faults": list(self.faults),
+                "op_timeout": self.op_timeout, "request_timeout": self.request_timeout,
+                "read_ratio": self.read_ratio, "cas_ratio": self.cas_ratio,
+                "any_node_reads": self.any_node_reads,
+                "fault_gap": list(self.fault_gap), "fault_hold": list(self.fault_hold),
+                "fsync": self.fsync, "custom_node_cmd": self.node_cmd is not None,
+                "out": str(self.out)}
+
+
+def find_free_ports(count: int, lo: int = 21000, hi: int = 59000) -> int:
+    """A base port p such that p .. p+count-1 can all be bound on 127.0.0.1 right now."""
+    rng = random.Random()
+    for _ in range(300):
+        base = rng.randrange(lo, hi - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise RuntimeError(f"found no block of {count} free ports on 127.0.0.1")

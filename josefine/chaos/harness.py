@@ -1,0 +1,200 @@
+"""`run_chaos`: a local cluster, a recorded client workload, a fault schedule, the checks.
+
+Steps of one run (all files in ``cfg.out``):
+
+1. launch ``cfg.nodes`` node processes with fault injection on (``cluster.toml``,
+   ``node-<i>/node.log``, ``node-<i>/data``), wait for a leader;
+2. start the status sampler (``status.jsonl``), the client workload (``history.jsonl``)
+   and the nemesis; run for ``cfg.duration`` seconds;
+3. stop the workload, heal everything, wait until every node answers with the same
+   applied block and state-machine digest, read every key once more;
+4. stop the cluster, read every node's committed path from its LevelDB, run the checks,
+   write ``report.json`` / ``report.txt``.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from josefine.chaos import checks
+from josefine.chaos.config import ChaosConfig, find_free_ports
+from josefine.chaos.nemesis import Nemesis
+from josefine.chaos.report import ChaosReport, longest_unavailability, operation_counts
+from josefine.chaos.sampler import StatusSampler, poll_status
+from josefine.chaos.workload import ChaosRecorder, Workload
+from josefine.check.history import load_history
+from josefine.launch.cluster import Launcher
+from josefine.types import BlockId
+
+__all__ = ["run_chaos", "wait_converged"]
+
+
+def _say(cfg: ChaosConfig, msg: str) -> None:
+    if cfg.verbose:
+        print(f"chaos: {msg}", flush=True)
+
+
+def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float
+                   ) -> tuple[bool, dict[int, dict[str, Any] | None], float]:
+    """Wait until every node answers, one leader leads, and all applied the same blocks.
+
+    "Same" means equal applied id and state-machine digest, equal to the leader's commit,
+    seen in two consecutive polls. Returns (converged, last statuses, seconds waited).
+    """
+    started = time.monotonic()
+    ctx = zmq.Context()
+    stable = 0
+    st: dict[int, dict[str, Any] | None] = {}
+    try:
+        while time.monotonic() - started < timeout:
+            st = poll_status(ctx, addresses, cluster_id, timeout=1.0)
+            good = None not in st.values()
+            if good:
+                leaders = [s for s in st.values() if s and s.get("role") == "leader"]
+                applied = {tuple(s["applied"]) for s in st.values() if s}
+                digests = {s.get("sm_digest") for s in st.values() if s}
+                good = (len(leaders) == 1 and len(applied) == 1 and len(digests) == 1
+                        and tuple(leaders[0]["commit"]) in applied)
+            stable = stable + 1 if good else 0
+            if stable >= 2:
+                return True, st, time.monotonic() - started
+            time.sleep(0.3)
+        return False, st, time.monotonic() - started
+    finally:
+        ctx.term()
+
+
+def _describe_statuses(st: dict[int, dict[str, Any] | None]) -> list[str]:
+    out = []
+    for i, s in sorted(st.items()):
+        if s is None:
+            out.append(f"node {i}: no answer")
+        else:
+            out.append(f"node {i}: {s.get('role')} term {s.get('term')} commit {s.get('commit')} "
+                       f"applied {s.get('applied')} digest {str(s.get('sm_digest'))[:12]}")
+    return out
+
+
+def run_chaos(cfg: ChaosConfig) -> ChaosReport:
+    """Run one chaos experiment; see the module docstring. Never leaves processes behind."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history_path = out / "history.jsonl"
+    if history_path.exists():
+        raise FileExistsError(f"{history_path} exists: use a fresh --out directory per run")
+    base_port = cfg.base_port or find_free_ports(cfg.nodes)
+    launcher = Launcher(cfg.nodes, out, base_port, restart=True, fault_injection=True,
+                        fsync=cfg.fsync, node_cmd=cfg.node_cmd, env=cfg.env,
+                        out=None, **dict(cfg.node_settings))
+    recorder = ChaosRecorder(history_path)
+    report = ChaosReport(config=cfg.describe(), out_dir=str(out))
+    sampler: StatusSampler | None = None
+    nemesis: Nemesis | None = None
+    workload: Workload | None = None
+    t0 = t_end = time.monotonic_ns()
+    converge: checks.CheckOutcome | None = None
+    applied: dict[int, BlockId] = {}
+    try:
+        launcher.start()
+        addresses = {i: launcher.address(i) for i in launcher.node_ids}
+        _say(cfg, f"cluster {launcher.cluster_id} on ports {base_port}..; waiting for a leader")
+        sampler = StatusSampler(addresses, launcher.cluster_id, out / "status.jsonl",
+                                interval=cfg.sample_interval)
+        sampler.start()
+        deadline = time.monotonic() + cfg.startup_timeout
+        while sampler.leader() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no leader within {cfg.startup_timeout} s of the start")
+            time.sleep(0.1)
+        workload = Workload(recorder, addresses, launcher.cluster_id, cfg)
+        nemesis = Nemesis(launcher, sampler, recorder, cfg)
+        _say(cfg, f"running {cfg.duration} s of workload and faults")
+        t0 = time.monotonic_ns()
+        workload.start()
+        nemesis.start()
+        time.sleep(cfg.duration)
+        workload.stop()
+        t_end = time.monotonic_ns()
+        _say(cfg, "healing and waiting for convergence")
+        nemesis.stop()
+        ok, st, waited = wait_converged(addresses, launcher.cluster_id, cfg.converge_timeout)
+        applied = {i: BlockId(*s["applied"]) for i, s in st.items() if s and s.get("applied")}
+        final: dict[str, Any] = {}
+        if ok:
+            final = workload.final_reads()
+        passed = ok and len(final) == cfg.keys
+        summary = (f"converged {waited:.1f} s after the heal; final reads of {len(final)}/"
+                   f"{cfg.keys} keys succeeded" if ok else
+                   f"no convergence within {cfg.converge_timeout} s of the heal")
+        converge = checks.CheckOutcome("converged", passed, summary,
+                                       [] if passed else _describe_statuses(st))
+    except Exception as exc:  # noqa: BLE001 - reported; cleanup below
+        report.error = f"{type(exc).__name__}: {exc}"
+        report.notes.append(traceback.format_exc(limit=5))
+    finally:
+        if workload is not None:
+            workload.stop()
+        if nemesis is not None:
+            nemesis.stop()
+        if sampler is not None:
+            sampler.stop()
+            # A block may still commit after the convergence poll (a late election's
+            # no-op): the applied path must reach the last commit any sample shows.
+            for smp in sampler.samples:
+                a = smp.get("applied")
+                if a and (smp["node"] not in applied or a[1] > applied[smp["node"]].height):
+                    applied[smp["node"]] = BlockId(*a)
+        restart_events = launcher.restart_events
+        launcher.stop()
+        recorder.close()
+    if t_end == t0:
+        t_end = time.monotonic_ns()
+    try:
+        _analyse(cfg, launcher, report, converge, sampler, nemesis, workload, restart_events,
+                 applied, t0, t_end)
+    except Exception as exc:  # noqa: BLE001 - a broken analysis must still produce a report
+        report.error = report.error or f"analysis failed: {type(exc).__name__}: {exc}"
+        report.notes.append(traceback.format_exc(limit=8))
+    report.write(out)
+    return report
+
+
+def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
+             converge: checks.CheckOutcome | None, sampler: StatusSampler | None,
+             nemesis: Nemesis | None, workload: Workload | None, restart_events: list,
+             applied: dict[int, BlockId], t0: int, t_end: int) -> None:
+    history = load_history(Path(cfg.out) / "history.jsonl")
+    report.workload_seconds = (t_end - t0) / 1e9
+    report.operations = operation_counts(history)
+    faults = []
+    for f in (nemesis.faults if nemesis is not None else []):
+        g = dict(f)
+        g["start"] = round(f["start"] - t0 / 1e9, 3)
+        g["end"] = None if f["end"] is None else round(f["end"] - t0 / 1e9, 3)
+        faults.append(g)
+    report.faults = faults
+    report.unavailability = longest_unavailability(history, t0, t_end, faults)
+    if converge is not None:
+        report.checks.append(converge)
+    _say(cfg, "checking")
+    lin, _ = checks.check_linearizable(history, cfg.check_time_limit)
+    report.checker_seconds = lin.elapsed
+    report.checks.append(lin)
+    data_dirs = {i: Path(launcher.node_config(i).data_dir) for i in launcher.node_ids}
+    paths, errors = checks.load_committed_paths(data_dirs, launcher.cluster_id, applied)
+    report.checks.append(checks.check_same_sequence(paths, errors))
+    samples = sampler.samples if sampler is not None else []
+    report.checks.append(checks.check_commits(samples, paths))
+    logs = {i: launcher.log_path(i) for i in launcher.node_ids}
+    report.checks.append(checks.check_leaders(samples, logs))
+    report.checks.append(checks.check_writes(history, paths))
+    kills = sum(len(f["nodes"]) for f in faults if f["kind"] == "kill")
+    report.checks.append(checks.check_crashes(restart_events, logs, kills))
+    if workload is not None:
+        report.notes.extend(workload.errors)
+    if nemesis is not None:
+        report.notes.extend(f"nemesis: {e}" for e in nemesis.errors[:20])
