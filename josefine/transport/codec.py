@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import msgpack
 

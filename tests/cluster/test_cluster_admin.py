@@ -47,7 +47,7 @@ def test_isolating_the_leader_through_fault_rules_elects_another_and_heals(launc
     admin_request(addrs[old], l.cluster_id, "faults", {"blocked_out": others, "blocked_in": others})
     for i in others:
         admin_request(addrs[i], l.cluster_id, "faults", {"blocked_out": [old], "blocked_in": [old]})
-    new = wait_for(lambda: (lambda x: x if x in others else None)(
+    wait_for(lambda: (lambda x: x if x in others else None)(
         leader_of({i: addrs[i] for i in others}, l.cluster_id)), 30, "a leader among the rest")
     with Client({i: addrs[i] for i in others}, l.cluster_id, timeout=20) as c:
         c.put("during", "partition")

@@ -8,7 +8,7 @@ import pytest
 
 from josefine.chain.block import Command, genesis
 from josefine.chain.memory import MemoryStore
-from josefine.messages import AppendBlocks, Persisted, Propose, Tick, VoteResp
+from josefine.messages import Persisted, Propose, Tick, VoteResp
 from josefine.raft.core import CoreConfig, RaftCore, Role
 
 pytestmark = pytest.mark.timeout(60)

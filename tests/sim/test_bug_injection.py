@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from josefine.messages import AppendResp, VoteResp
+from josefine.messages import AppendResp
 from josefine.raft.core import RaftCore
 from josefine.sim.simulation import SimConfig, Simulation, SimulationFailure
 
