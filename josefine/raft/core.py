@@ -51,8 +51,11 @@ class CoreConfig:
     max_uncommitted_bytes: int = 64 << 20
     max_block_bytes: int = 1 << 20
     seed: int = 1
-    keep_blocks: int = 4096
-    """Committed blocks kept in memory below the commit (only with a block loader)."""
+    keep_blocks: int = 64
+    """Committed blocks always kept in memory below the commit (only with a block loader)."""
+    keep_bytes: int = 8 << 20
+    """Beyond `keep_blocks`, older committed blocks stay in memory only while their payloads
+    total less than this; the rest are read back from the store when needed."""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class RaftCore:
         self.transfer_elapsed = 0
         self._deposed_by: int | None = None
         self.uncommitted_bytes = 0
+        self._kept_bytes = 0   # payload bytes of committed blocks still held in memory
         self._r = Ready()
         self._reset_timer()
 
@@ -514,21 +518,34 @@ class RaftCore:
         tree = self.tree
         r = self._r
         leader = self.role == Role.LEADER
+        kept = 0
         for h in range(self.applied.height + 1, self.commit.height + 1):
             b = tree.get(tree.at(h))
             r.apply.append(b)
+            kept += len(b.payload)
             if leader:
                 self.uncommitted_bytes -= len(b.payload)
                 self.pending.pop(b.id, None)
             elif self.orphaned:
                 self.orphaned.pop(b.id, None)
+        self._kept_bytes += kept
         self.applied = self.commit
         if self.reads:
             self._answer_ready_reads()
-        keep = self.cfg.keep_blocks
-        if self.tree.loader is not None and \
-                self.applied.height - keep >= self.tree.evicted_below + keep // 4:
-            self.tree.evict_below(self.applied.height - keep)
+        if tree.loader is not None:
+            self._evict_old_blocks()
+
+    def _evict_old_blocks(self) -> None:
+        """Bound memory: drop old committed blocks beyond the count and byte budgets."""
+        tree, cfg = self.tree, self.cfg
+        limit = self.applied.height - cfg.keep_blocks
+        h = tree.evicted_below
+        if h >= limit or self._kept_bytes <= cfg.keep_bytes:
+            return
+        while h < limit and self._kept_bytes > cfg.keep_bytes // 2:
+            self._kept_bytes -= len(tree.get(tree.at(h)).payload)
+            h += 1
+        tree.evict_below(h)
 
     def _gc(self, old: BlockId, new: BlockId) -> None:
         """Siblings of newly committed blocks can never commit: delete them (A.14)."""

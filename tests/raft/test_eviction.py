@@ -21,7 +21,7 @@ class Node:
         self.store = MemoryStore(CID)
         self.core = RaftCore(CoreConfig(node_id=nid, voters=frozenset({1, 2, 3}),
                                         pre_vote=False, check_quorum=False, keep_blocks=keep,
-                                        max_batch_blocks=8),
+                                        keep_bytes=64, max_batch_blocks=8),
                              genesis(CID), loader=self.store.get_block)
 
     def run(self, inp, net: list) -> None:  # noqa: ANN001
