@@ -108,7 +108,9 @@ class LevelDBStore:
         self.path = Path(path)
         self.cluster_id = cluster_id
         self._genesis = genesis(cluster_id)
-        self._db = plyvel.DB(str(self.path), create_if_missing=True)
+        # Bloom filters: every written block is first looked up (never-overwrite check),
+        # and almost all such lookups miss; without filters they probe every level.
+        self._db = plyvel.DB(str(self.path), create_if_missing=True, bloom_filter_bits=10)
         self._closed = False
         self.writes = 0
         self.syncs = 0
