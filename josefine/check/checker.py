@@ -19,7 +19,7 @@ from typing import Any
 from josefine.check.history import load_history
 from josefine.check.ops import Operation, extract_operations
 from josefine.check.search import OK, UNKNOWN, VIOLATION, search
-from josefine.check.shrink import locate
+from josefine.check.shrink import locate, scan
 from josefine.check.shrink import shrink as shrink_window
 
 __all__ = ["CheckResult", "KeyResult", "check_history", "check_file", "format_result",
@@ -29,6 +29,7 @@ DEFAULT_MAX_STATES = 2_000_000
 """Memo entries per key before giving up; each costs roughly 200-300 bytes."""
 
 _QUICK_STATES = 100_000  # budget of the first search of a key; see _check_key
+_SCAN_SECONDS = 30.0     # at most this long looking for a failing window anywhere
 
 
 @dataclass
@@ -87,8 +88,8 @@ def _check_key(ops: list[Operation], deadline: float | None, max_states: int | N
 
     A violation in a long history can take the full search a long time to prove (it must
     exhaust every ordering before the bad op), so a first search with a small state budget
-    is followed, if it gives up, by looking for a failing window where it got stuck; only
-    if that finds nothing does the search run again with the whole budget.
+    is followed, if it gives up, by looking for a failing window where it got stuck, then
+    anywhere; only if that finds nothing does the search run again with the whole budget.
     """
     required = [op for op in ops if op.required]
     optional = [op for op in ops if not op.required]
@@ -99,6 +100,10 @@ def _check_key(ops: list[Operation], deadline: float | None, max_states: int | N
     if outcome.verdict == UNKNOWN and quick != max_states and outcome.stuck_at is not None:
         t0 = time.monotonic()
         window = locate(ops, outcome.stuck_at, deadline=deadline)
+        if window is None:
+            scan_deadline = t0 + _SCAN_SECONDS
+            window = scan(ops, deadline=scan_deadline if deadline is None
+                          else min(deadline, scan_deadline))
         elapsed += time.monotonic() - t0
         if window is None:
             outcome = search(required, optional, deadline=deadline, max_states=max_states)

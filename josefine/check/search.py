@@ -17,7 +17,11 @@ linearization can be rewritten into one that obeys it:
   after it but would fail in the value before it. Any other successor either overwrites it
   (drop the optional op) or does not care (swap the two: the optional op has no deadline);
 * of several unused, already-invoked optional ops with the same effect only the earliest
-  is tried: they stay interchangeable from then on, as neither has a deadline.
+  is tried: they stay interchangeable from then on, as neither has a deadline;
+* a run of consecutive optional moves never revisits a value (cut out the loop).
+
+A configuration that has used a superset of the optional ops of one that already failed
+(same required ops linearized, same value) fails too, and is skipped.
 
 Bitsets are Python ints. Required operations get bits in invoke order, so the linearized
 set is mostly a run of low ones; the memo key stores that run as a count plus the short
@@ -239,10 +243,48 @@ def _dominated(failures: list[int], olin: int) -> bool:
 _NO_PREV = object()  # marker: the last move was a required op
 
 
+class _FromAny:
+    """`prev` for an optional op applied to a symbolic `AnyValue` (windows only).
+
+    Swapping the optional op with its successor, or pinning the start value instead, is
+    valid except where the successor is a failed comparison against the value a cas
+    assumed (`pin`), so that is remembered along with the exclusions.
+    """
+
+    __slots__ = ("excluded", "pin")
+
+    def __init__(self, excluded: frozenset[Hashable], pin: Hashable) -> None:
+        self.excluded = excluded
+        self.pin = pin
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is _FromAny and other.excluded == self.excluded
+                and other.pin == self.pin)
+
+    def __hash__(self) -> int:
+        return hash((_FromAny, self.excluded, self.pin))
+
+
+_NO_PIN = object()
+
+
+def _prev_of(kind: int, a: Hashable, state: Hashable) -> Hashable:
+    """What to remember as `prev` when an optional op (kind, a, ...) is applied to `state`."""
+    if type(state) is AnyValue:
+        return _FromAny(state.excluded, a if kind == CAS else _NO_PIN)
+    return state
+
+
 def _needs(kind: int, a: Hashable, b: Hashable, prev: Hashable) -> bool:
-    """May an op of `kind` directly follow an optional op that left value `prev` behind?"""
-    if type(prev) is AnyValue:
-        return kind != WRITE  # swapping is not always valid from a symbolic value
+    """May an op of `kind` directly follow an optional op applied to `prev`?
+
+    Only if it needs that op: with it the op succeeds, without it the op would fail.
+    Otherwise the optional op is overwritten (drop it) or can move after the op.
+    """
+    if type(prev) is _FromAny:
+        if kind == READ or kind == CAS:
+            return a in prev.excluded  # else pin the start value to what it reads instead
+        return kind == CAS_FAIL and a == prev.pin
     return not _apply(kind, a, b, prev)[0]
 
 
@@ -273,17 +315,19 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     optionals = _Optionals(opt)
 
     # Memo key: ((run of low linearized required ops, rest of that bitset, value, value
-    # before the last move if it was optional), optional bitset).
-    cache: set[tuple[tuple[int, int, Hashable, Hashable], int]] = set()
+    # before the last move if it was optional, values seen in the current run of optional
+    # moves), optional bitset).
+    cache: set[tuple[tuple[int, int, Hashable, Hashable, frozenset | None], int]] = set()
     # Configurations already fully explored without success, by everything but the
     # optional bitset: one that used a subset of our optional ops dominates us.
-    failed: dict[tuple[int, int, Hashable, Hashable], list[int]] = {}
-    stack: list[tuple[int, int, Hashable, int, int, Hashable, tuple]] = []
+    failed: dict[tuple[int, int, Hashable, Hashable, frozenset | None], list[int]] = {}
+    stack: list[tuple[int, int, Hashable, int, int, Hashable, frozenset | None, tuple]] = []
     state: Hashable = initial
     lin = 0           # bitset of linearized required ops
     olin = 0          # bitset of linearized optional ops
     prev = _NO_PREV   # value before the last move, if that move was an optional op
     no_prev = _NO_PREV
+    chain: frozenset[Hashable] | None = None  # values seen in the current run of optional moves
     left = n
     e = nxt[0]
     j = -1            # -1: scanning required calls; >= 0: trying optional ops at stall node e
@@ -328,13 +372,13 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 if ok:
                     nlin = lin | bit[i]
                     low = (~nlin & (nlin + 1)).bit_length() - 1
-                    base = (low, nlin >> low, new, no_prev)
+                    base = (low, nlin >> low, new, no_prev, None)
                     key = (base, olin)
                     if key not in cache and not (base in failed and _dominated(failed[base], olin)):
                         if len(cache) >= limit:
                             return done(UNKNOWN)
                         cache.add(key)
-                        stack.append((e, -1, state, lin, olin, prev, key))
+                        stack.append((e, -1, state, lin, olin, prev, chain, key))
                         if low > deepest:
                             deepest = low
                         r = partner[e]
@@ -345,6 +389,7 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                         state = new
                         lin = nlin
                         prev = no_prev
+                        chain = None
                         left -= 1
                         if not left:
                             return done(OK)
@@ -372,17 +417,24 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                     continue
                 if prev is not no_prev and not optionals.needs(jc, prev):
                     continue
+                # A run of optional moves that revisits a value can skip the loop.
+                nchain = frozenset((state,)) if chain is None else chain
+                if new in nchain:
+                    continue
+                nchain = nchain | {new}
                 nolin = olin | (1 << jc)
                 low = (~lin & (lin + 1)).bit_length() - 1
-                base = (low, lin >> low, new, state)
+                nprev = _prev_of(optionals.kind[jc], optionals.a[jc], state)
+                base = (low, lin >> low, new, nprev, nchain)
                 key = (base, nolin)
                 if key in cache or (base in failed and _dominated(failed[base], nolin)):
                     continue
                 if len(cache) >= limit:
                     return done(UNKNOWN)
                 cache.add(key)
-                stack.append((e, jc, state, lin, olin, prev, key))
-                prev = state
+                stack.append((e, jc, state, lin, olin, prev, chain, key))
+                prev = nprev
+                chain = nchain
                 state = new
                 olin = nolin
                 e = nxt[0]
@@ -393,7 +445,7 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
             continue
         if not stack:
             return done(VIOLATION)
-        e0, j0, state, lin, olin, prev, key = stack.pop()
+        e0, j0, state, lin, olin, prev, chain, key = stack.pop()
         failed.setdefault(key[0], []).append(key[1])
         if j0 < 0:
             r = partner[e0]

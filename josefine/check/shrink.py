@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from josefine.check.ops import Operation
 from josefine.check.search import ANY, VIOLATION, search
 
-__all__ = ["Window", "window_fails", "locate", "shrink"]
+__all__ = ["Window", "window_fails", "locate", "scan", "shrink"]
 
 _GREEDY_LIMIT = 60  # windows up to this size get the single-removal pass
 
@@ -88,6 +88,23 @@ def locate(ops: Sequence[Operation], stuck: Operation, *, deadline: float | None
             return lo, hi
         if lo == 0 and hi == len(ops):
             break
+    return None
+
+
+def scan(ops: Sequence[Operation], *, width: int = 256, deadline: float | None = None,
+         max_states: int = 10_000) -> tuple[int, int] | None:
+    """A failing window among overlapping windows covering all of `ops`, or None.
+
+    The fallback when a search neither finishes nor gets stuck near a refutable window:
+    any window that fails proves a violation, however hard the rest of the history is.
+    """
+    n = len(ops)
+    for lo in range(0, max(1, n - width // 2), width // 2):
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        hi = min(n, lo + width)
+        if window_fails(ops, lo, hi, deadline=deadline, max_states=max_states):
+            return lo, hi
     return None
 
 
