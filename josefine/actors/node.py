@@ -181,7 +181,7 @@ class Node:
         if store is not None:
             store.close()
         for w in (self.proposals, self.reads, self.transfers):
-            w.fail_all(UnavailableError("node stopped"))
+            w.fail_all()
 
     @property
     def stopped(self) -> bool:

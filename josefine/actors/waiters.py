@@ -49,8 +49,9 @@ class Waiters:
         e[0](status, result, hint)
         return True
 
-    def fail_all(self, exc: BaseException) -> None:
-        """Answer every waiter with UNKNOWN (the node is going away)."""
+    def fail_all(self) -> None:
+        """Answer every waiter with UNKNOWN: the node is going away, and a proposal still
+        waiting may or may not commit without it."""
         from josefine.messages import Status
         with self._lock:
             items, self._w = list(self._w.values()), {}
