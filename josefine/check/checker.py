@@ -28,8 +28,10 @@ __all__ = ["CheckResult", "KeyResult", "check_history", "check_file", "format_re
 DEFAULT_MAX_STATES = 2_000_000
 """Memo entries per key before giving up; each costs roughly 200-300 bytes."""
 
-_QUICK_STATES = 100_000  # budget of the first search of a key; see _check_key
+_QUICK_STATES = 20_000   # least budget of the first search of a key; see _check_key
+_QUICK_PER_OP = 4        # ... and per operation (a healthy key needs about 1 state per op)
 _SCAN_SECONDS = 30.0     # at most this long looking for a failing window anywhere
+_WINDOW_STATES = 50_000  # state budget of one window search while locating
 
 
 @dataclass
@@ -93,23 +95,26 @@ def _check_key(ops: list[Operation], deadline: float | None, max_states: int | N
     """
     required = [op for op in ops if op.required]
     optional = [op for op in ops if not op.required]
-    quick = _QUICK_STATES if max_states is None else min(max_states, _QUICK_STATES)
+    quick = max(_QUICK_STATES, _QUICK_PER_OP * len(ops))
+    if max_states is not None:
+        quick = min(quick, max_states)
+    window_states = _WINDOW_STATES if max_states is None else min(_WINDOW_STATES, max_states)
     outcome = search(required, optional, deadline=deadline, max_states=quick)
     states, elapsed = outcome.states, outcome.elapsed
     window = None
     if outcome.verdict == UNKNOWN and quick != max_states and outcome.stuck_at is not None:
         t0 = time.monotonic()
-        window = locate(ops, outcome.stuck_at, deadline=deadline)
+        window = locate(ops, outcome.stuck_at, deadline=deadline, max_states=window_states)
         if window is None:
             scan_deadline = t0 + _SCAN_SECONDS
             window = scan(ops, deadline=scan_deadline if deadline is None
-                          else min(deadline, scan_deadline))
+                          else min(deadline, scan_deadline), max_states=window_states // 5)
         elapsed += time.monotonic() - t0
         if window is None:
             outcome = search(required, optional, deadline=deadline, max_states=max_states)
             states, elapsed = states + outcome.states, elapsed + outcome.elapsed
     if outcome.verdict == VIOLATION and localize and outcome.stuck_at is not None:
-        window = locate(ops, outcome.stuck_at, deadline=deadline)
+        window = locate(ops, outcome.stuck_at, deadline=deadline, max_states=window_states)
     verdict = VIOLATION if window is not None else outcome.verdict
     return KeyResult(ops[0].key, verdict, len(ops), states, elapsed), window
 

@@ -30,7 +30,7 @@ remainder, keeping memory per state small even for keys with many thousands of o
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from josefine.check.ops import CAS, CAS_FAIL, READ, WRITE, Operation
@@ -148,11 +148,13 @@ class _Optionals:
     propagate them backwards: one turning u into a wanted value wants u before it.
     """
 
-    def __init__(self, opt: list[Operation]) -> None:
+    def __init__(self, opt: list[Operation], canon: Callable[[int, Hashable, Hashable],
+                                                          tuple[Hashable, Hashable]]) -> None:
         self.n = len(opt)
         self.kind = [op.kind for op in opt]
-        self.a = [op.a for op in opt]
-        self.b = [op.b for op in opt]
+        effects = [canon(op.kind, op.a, op.b) for op in opt]
+        self.a = [a for a, _ in effects]
+        self.b = [b for _, b in effects]
         self.inv = [op.inv for op in opt]
         by_sig: dict[tuple[int, Hashable, Hashable], int] = {}
         self.group_mask: list[int] = []        # bitset of the group's ops
@@ -160,18 +162,18 @@ class _Optionals:
         self.writes: dict[Hashable, int] = {}  # value -> write group
         self.cas_by_exp: dict[Hashable, list[int]] = {}
         self.cas_by_new: dict[Hashable, list[int]] = {}
-        for j, op in enumerate(opt):
-            sig = (op.kind, op.a, op.b)
+        for j, (kind, a, b) in enumerate(zip(self.kind, self.a, self.b)):
+            sig = (kind, a, b)
             g = by_sig.get(sig)
             if g is None:
                 g = by_sig[sig] = len(self.group_mask)
                 self.group_mask.append(0)
                 self.group_op.append(j)
-                if op.kind == WRITE:
-                    self.writes[op.a] = g
-                elif op.a != op.b:  # a cas that cannot change the value is never useful
-                    self.cas_by_exp.setdefault(op.a, []).append(g)
-                    self.cas_by_new.setdefault(op.b, []).append(g)
+                if kind == WRITE:
+                    self.writes[a] = g
+                elif a != b:  # a cas that cannot change the value is never useful
+                    self.cas_by_exp.setdefault(a, []).append(g)
+                    self.cas_by_new.setdefault(b, []).append(g)
             self.group_mask[g] |= 1 << j
 
     def apply(self, j: int, state: Hashable) -> tuple[bool, Hashable]:
@@ -243,6 +245,37 @@ def _dominated(failures: list[int], olin: int) -> bool:
 _NO_PREV = object()  # marker: the last move was a required op
 
 
+class _Unobserved:
+    """Stands for every written value that no operation ever compares against."""
+
+    def __repr__(self) -> str:
+        return "<unobserved value>"
+
+
+UNOBSERVED = _Unobserved()
+
+
+def _canonicalizer(req: Sequence[Operation], opt: Sequence[Operation]
+                   ) -> Callable[[int, Hashable, Hashable], tuple[Hashable, Hashable]]:
+    """Map written values nobody reads or compares against to one `UNOBSERVED` value.
+
+    Whether an op can happen depends only on the value's equality with the constants that
+    reads and cas ops mention, so such values are indistinguishable: merging them is exact.
+    It matters because unknown-outcome writes of never-read values are common (timeouts),
+    and without merging each would be a separate way to change the value.
+    """
+    observed = {op.a for ops in (req, opt) for op in ops if op.kind != WRITE}
+
+    def canon(kind: int, a: Hashable, b: Hashable) -> tuple[Hashable, Hashable]:
+        if kind == WRITE:
+            return (a if a in observed else UNOBSERVED), b
+        if kind == CAS:
+            return a, (b if b in observed else UNOBSERVED)
+        return a, b
+
+    return canon
+
+
 class _FromAny:
     """`prev` for an optional op applied to a symbolic `AnyValue` (windows only).
 
@@ -289,13 +322,17 @@ def _needs(kind: int, a: Hashable, b: Hashable, prev: Hashable) -> bool:
 
 
 def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
-           initial: Hashable = None, deadline: float | None = None,
-           max_states: int | None = None) -> SearchOutcome:
+           initial: Hashable = None, reuse_optional: bool = False,
+           deadline: float | None = None, max_states: int | None = None) -> SearchOutcome:
     """Is there a linearization of `required` (plus any subset of `optional`) from `initial`?
 
     `required` ops must have a return position (`ret`); `optional` ops only use `inv`.
     Gives up with verdict "unknown" when `time.monotonic()` passes `deadline` or more than
     `max_states` configurations were entered; never guesses.
+
+    With `reuse_optional` an optional op may take effect any number of times: a further
+    relaxation, used for windows, that removes the optional bitset from the state space.
+
     """
     started = time.monotonic()
     req = sorted(required, key=lambda op: op.inv)
@@ -308,11 +345,13 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     limit = max_states if max_states is not None else 1 << 62
     nxt, prv, is_call, op_of, when, partner = _entry_list(req)
     tail = 2 * n + 1
+    canon = _canonicalizer(req, opt)
     kind = [op.kind for op in req]
-    arg_a = [op.a for op in req]
-    arg_b = [op.b for op in req]
+    effects = [canon(op.kind, op.a, op.b) for op in req]
+    arg_a = [a for a, _ in effects]
+    arg_b = [b for _, b in effects]
     bit = [1 << i for i in range(n)]
-    optionals = _Optionals(opt)
+    optionals = _Optionals(opt, canon)
 
     # Memo key: ((run of low linearized required ops, rest of that bitset, value, value
     # before the last move if it was optional, values seen in the current run of optional
@@ -422,7 +461,7 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 if new in nchain:
                     continue
                 nchain = nchain | {new}
-                nolin = olin | (1 << jc)
+                nolin = olin if reuse_optional else olin | (1 << jc)
                 low = (~lin & (lin + 1)).bit_length() - 1
                 nprev = _prev_of(optionals.kind[jc], optionals.a[jc], state)
                 base = (low, lin >> low, new, nprev, nchain)

@@ -5,7 +5,9 @@ reported for it is: *these operations cannot be ordered*, even granting every re
 the rest of the history. So a window is only accepted if it is non-linearizable when
 
 * every write/cas outside it (or removed from it) that overlaps it in time is treated as
-  optional (it may take effect any time after its invoke, or never), and
+  optional: it may take effect any time after its invoke, or never;
+* every optional write/cas (those and the window's own unknown-outcome ones) may even take
+  effect more than once, which keeps the search small (no record of which were used);
 * the register starts with an arbitrary value whenever earlier operations were cut off.
 
 Each relaxation can only make a history easier to linearize, so a window that still fails
@@ -65,7 +67,7 @@ def window_fails(ops: Sequence[Operation], lo: int, hi: int, dropped: frozenset[
         if op.inv > last_ret:
             continue  # began after every required window op ended: cannot matter
         optional.append(op)
-    outcome = search(required, optional, initial=None if lo == 0 else ANY,
+    outcome = search(required, optional, initial=None if lo == 0 else ANY, reuse_optional=True,
                      deadline=deadline, max_states=max_states)
     return outcome.verdict == VIOLATION
 
@@ -91,7 +93,7 @@ def locate(ops: Sequence[Operation], stuck: Operation, *, deadline: float | None
     return None
 
 
-def scan(ops: Sequence[Operation], *, width: int = 256, deadline: float | None = None,
+def scan(ops: Sequence[Operation], *, width: int = 64, deadline: float | None = None,
          max_states: int = 10_000) -> tuple[int, int] | None:
     """A failing window among overlapping windows covering all of `ops`, or None.
 
