@@ -11,6 +11,7 @@ be ordered (see `josefine.check.shrink`), so a failure report points at a handfu
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,8 +20,7 @@ from typing import Any
 from josefine.check.history import load_history
 from josefine.check.ops import Operation, extract_operations
 from josefine.check.search import OK, UNKNOWN, VIOLATION, search
-from josefine.check.shrink import locate, scan
-from josefine.check.shrink import shrink as shrink_window
+from josefine.check.shrink import Windows
 
 __all__ = ["CheckResult", "KeyResult", "check_history", "check_file", "format_result",
            "DEFAULT_MAX_STATES"]
@@ -104,17 +104,20 @@ def _check_key(ops: list[Operation], deadline: float | None, max_states: int | N
     window = None
     if outcome.verdict == UNKNOWN and quick != max_states and outcome.stuck_at is not None:
         t0 = time.monotonic()
-        window = locate(ops, outcome.stuck_at, deadline=deadline, max_states=window_states)
+        windows = Windows(ops)
+        window = windows.locate(outcome.stuck_at, deadline=deadline, max_states=window_states)
         if window is None:
             scan_deadline = t0 + _SCAN_SECONDS
-            window = scan(ops, deadline=scan_deadline if deadline is None
-                          else min(deadline, scan_deadline), max_states=window_states // 5)
+            window = windows.scan(deadline=scan_deadline if deadline is None
+                                  else min(deadline, scan_deadline),
+                                  max_states=window_states // 5)
         elapsed += time.monotonic() - t0
         if window is None:
             outcome = search(required, optional, deadline=deadline, max_states=max_states)
             states, elapsed = states + outcome.states, elapsed + outcome.elapsed
     if outcome.verdict == VIOLATION and localize and outcome.stuck_at is not None:
-        window = locate(ops, outcome.stuck_at, deadline=deadline, max_states=window_states)
+        window = Windows(ops).locate(outcome.stuck_at, deadline=deadline,
+                                     max_states=window_states)
     verdict = VIOLATION if window is not None else outcome.verdict
     return KeyResult(ops[0].key, verdict, len(ops), states, elapsed), window
 
@@ -155,7 +158,9 @@ def check_history(history: Iterable[Mapping[str, Any]], *,
             shrink_deadline = time.monotonic() + shrink_time_limit
             if deadline is not None:
                 shrink_deadline = min(shrink_deadline, max(deadline, time.monotonic()))
-            small = shrink_window(ops, lo, hi, deadline=shrink_deadline, max_states=max_states)
+            small = Windows(ops).shrink(lo, hi, deadline=shrink_deadline,
+                                        max_states=_WINDOW_STATES if max_states is None
+                                        else min(max_states, _WINDOW_STATES))
             result.window, result.window_from_start = small.ops, small.from_start
     result.elapsed = time.monotonic() - started
     return result
@@ -180,9 +185,11 @@ def format_result(result: CheckResult) -> str:
         start = "starting from an empty register" if result.window_from_start \
             else "whatever value the register held before them"
         lines.append("")
-        lines.append(f"Key {result.key!r} is not linearizable. These {len(result.window)} "
-                     f"operation(s) cannot be ordered ({start}; other overlapping writes may "
-                     "or may not have taken effect):")
+        lines.append(textwrap.fill(
+            f"Key {result.key!r} is not linearizable: these {len(result.window)} operation(s) "
+            f"cannot be put in any order consistent with real time, {start}, even granting "
+            "that any unlisted write overlapping them took effect at any point after its "
+            "invoke, or never:", width=92))
         lines.extend(f"  {op.describe()}" for op in result.window)
     elif result.verdict == UNKNOWN:
         gave_up = [repr(r.key) for r in result.per_key.values() if r.verdict == UNKNOWN]

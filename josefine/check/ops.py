@@ -74,7 +74,7 @@ class Operation:
         return self.kind in (WRITE, CAS)
 
     def describe(self) -> str:
-        """Readable one-line form, e.g. ``process 3: cas x ['1','2'] -> ok  (lines 10-14)``."""
+        """Readable one-line form, e.g. ``process 3: cas x ['1', '2']: ok  (lines 10-14)``."""
         key = "" if self.key is None else f" {self.key}"
         if self.kind == READ:
             what = f"read{key} -> {self.value!r}"
@@ -84,8 +84,8 @@ class Operation:
             what = f"cas{key} {self.value!r}"
         outcome = "fail (compare failed)" if self.kind == CAS_FAIL else self.outcome
         if self.ret is None:
-            span = f"line {self.inv + 1}-(never completed)" if self.outcome == "pending" \
-                else f"line {self.inv + 1}-end"
+            span = f"invoked line {self.inv + 1}, " + (
+                "never completed" if self.outcome == "pending" else "outcome unknown")
         else:
             span = f"lines {self.inv + 1}-{self.ret + 1}"
         return f"process {self.process}: {what}: {outcome}  ({span})"
@@ -137,7 +137,8 @@ def _make(inv_rec: Mapping[str, Any], inv: int, comp: Mapping[str, Any] | None,
 
 
 def extract_operations(history: Iterable[Mapping[str, Any]], *,
-                       cas_fail_is_compare_failure: bool = False) -> dict[Hashable, list[Operation]]:
+                       cas_fail_is_compare_failure: bool = False
+                       ) -> dict[Hashable, list[Operation]]:
     """Pair invokes with completions (per process, in order) and group operations by key.
 
     Lines whose process is "nemesis" are skipped, as are unknown fields. An invoke whose

@@ -9,8 +9,8 @@ same configuration twice, which is what makes it practical.
 
 Optional operations (unknown outcome: may have taken effect any time after their invoke, or
 never) have no return entry. They are tried only when the required operations are stuck,
-and three reductions keep them from multiplying the search space; each is sound because any
-linearization can be rewritten into one that obeys it:
+and these reductions keep them from multiplying the search space; each is sound because
+any linearization can be rewritten into one that obeys it:
 
 * an optional op that leaves the register unchanged is never tried (just drop it);
 * an optional op must be followed directly by an op that *needs* it: one that succeeds
@@ -21,7 +21,9 @@ linearization can be rewritten into one that obeys it:
 * a run of consecutive optional moves never revisits a value (cut out the loop).
 
 A configuration that has used a superset of the optional ops of one that already failed
-(same required ops linearized, same value) fails too, and is skipped.
+(same required ops linearized, same value) fails too, and is skipped. And a required op
+that succeeds without changing the value (a read, a failed comparison) is linearized as
+soon as it can be, without trying alternatives: moving it first never breaks a completion.
 
 Bitsets are Python ints. Required operations get bits in invoke order, so the linearized
 set is mostly a run of low ones; the memo key stores that run as a count plus the short
@@ -30,51 +32,24 @@ remainder, keeping memory per state small even for keys with many thousands of o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from josefine.check.model import ANY, AnyValue, apply, canonicalizer, needs, prev_of
 from josefine.check.ops import CAS, CAS_FAIL, READ, WRITE, Operation
+from josefine.check.optionals import Optionals
 
 __all__ = ["ANY", "AnyValue", "SearchOutcome", "search", "OK", "VIOLATION", "UNKNOWN"]
 
 OK, VIOLATION, UNKNOWN = "ok", "violation", "unknown"
 
 
-class AnyValue:
-    """Symbolic initial register value: anything except the values in `excluded`.
-
-    Used when checking a window cut out of the middle of a history, whose starting value is
-    unknown. The first read or successful cas pins the value; a failed comparison only
-    learns what it is not.
-    """
-
-    __slots__ = ("excluded",)
-
-    def __init__(self, excluded: frozenset[Hashable] = frozenset()) -> None:
-        self.excluded = excluded
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is AnyValue and other.excluded == self.excluded
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return hash((AnyValue, self.excluded))
-
-    def __repr__(self) -> str:
-        return f"AnyValue(excluding {set(self.excluded)!r})" if self.excluded else "AnyValue()"
-
-
-ANY = AnyValue()
-
-
 @dataclass(frozen=True)
 class SearchOutcome:
     """Verdict of one search and how many configurations it entered.
 
-    `stuck_at` is the earliest required op that was never linearized on the deepest path
-    explored (None on success): where to look for the trouble when the search fails or
+    `stuck_at` is the required op whose completion the search got stuck at latest in the
+    history (None on success): where to look for the trouble when the search fails or
     gives up.
     """
 
@@ -82,28 +57,6 @@ class SearchOutcome:
     states: int
     elapsed: float
     stuck_at: Operation | None = None
-
-
-def _apply(kind: int, a: Hashable, b: Hashable, state: Hashable) -> tuple[bool, Hashable]:
-    """The register model: may `kind(a, b)` happen in `state`, and the resulting state."""
-    if kind == READ:
-        if state == a:
-            return True, state
-        if type(state) is AnyValue and a not in state.excluded:
-            return True, a
-        return False, state
-    if kind == WRITE:
-        return True, a
-    if kind == CAS:
-        if state == a:
-            return True, b
-        if type(state) is AnyValue and a not in state.excluded:
-            return True, b
-        return False, state
-    # CAS_FAIL: the comparison happened and failed; nothing changes.
-    if type(state) is AnyValue:
-        return True, state if a in state.excluded else AnyValue(state.excluded | {a})
-    return state != a, state
 
 
 def _entry_list(req: list[Operation]) -> tuple[list[int], list[int], list[bool], list[int],
@@ -136,101 +89,6 @@ def _entry_list(req: list[Operation]) -> tuple[list[int], list[int], list[bool],
     return nxt, prv, is_call, op_of, when, partner
 
 
-class _Optionals:
-    """The optional ops of one search, indexed to find the few worth trying at a stall.
-
-    Ops with the same effect form a group; of a group only the first unused op is ever
-    tried (unused optional ops have no deadline, so they are interchangeable once invoked).
-    A group is only worth trying if a chain of optional ops starting with it leads to a
-    pending required op that needs the chain (see the module docstring). Requirements come
-    in two shapes: "the value must become v" (a read or cas expecting v) and "the value must
-    stop being c" (a failed comparison against c while the value is c). Optional cas groups
-    propagate them backwards: one turning u into a wanted value wants u before it.
-    """
-
-    def __init__(self, opt: list[Operation], canon: Callable[[int, Hashable, Hashable],
-                                                          tuple[Hashable, Hashable]]) -> None:
-        self.n = len(opt)
-        self.kind = [op.kind for op in opt]
-        effects = [canon(op.kind, op.a, op.b) for op in opt]
-        self.a = [a for a, _ in effects]
-        self.b = [b for _, b in effects]
-        self.inv = [op.inv for op in opt]
-        by_sig: dict[tuple[int, Hashable, Hashable], int] = {}
-        self.group_mask: list[int] = []        # bitset of the group's ops
-        self.group_op: list[int] = []          # some op of the group (for its effect)
-        self.writes: dict[Hashable, int] = {}  # value -> write group
-        self.cas_by_exp: dict[Hashable, list[int]] = {}
-        self.cas_by_new: dict[Hashable, list[int]] = {}
-        for j, (kind, a, b) in enumerate(zip(self.kind, self.a, self.b)):
-            sig = (kind, a, b)
-            g = by_sig.get(sig)
-            if g is None:
-                g = by_sig[sig] = len(self.group_mask)
-                self.group_mask.append(0)
-                self.group_op.append(j)
-                if kind == WRITE:
-                    self.writes[a] = g
-                elif a != b:  # a cas that cannot change the value is never useful
-                    self.cas_by_exp.setdefault(a, []).append(g)
-                    self.cas_by_new.setdefault(b, []).append(g)
-            self.group_mask[g] |= 1 << j
-
-    def apply(self, j: int, state: Hashable) -> tuple[bool, Hashable]:
-        return _apply(self.kind[j], self.a[j], self.b[j], state)
-
-    def needs(self, j: int, prev: Hashable) -> bool:
-        return _needs(self.kind[j], self.a[j], self.b[j], prev)
-
-    def _first(self, g: int, olin: int, t: int) -> int:
-        """The group's first unused op if it was invoked before `t`, else -1."""
-        avail = self.group_mask[g] & ~olin
-        if not avail:
-            return -1
-        j = (avail & -avail).bit_length() - 1
-        return j if self.inv[j] < t else -1
-
-    def candidates(self, state: Hashable, kinds: list[int], args: list[Hashable], olin: int,
-                   t: int) -> list[int]:
-        """Indices (ascending) of optional ops worth trying now, given the pending ops."""
-        first = self._first
-        if type(state) is AnyValue:
-            return sorted(j for g in range(len(self.group_mask)) if (j := first(g, olin, t)) >= 0)
-        become: set[Hashable] = set()   # values some pending op needs the register to hold
-        leave: set[Hashable] = set()    # values some pending op needs the register to leave
-        for k, a in zip(kinds, args):
-            if k == READ or k == CAS:
-                become.add(a)
-            elif k == CAS_FAIL:
-                leave.add(a)
-        if state in leave:  # anything that changes the value helps
-            return sorted(j for g in range(len(self.group_mask)) if (j := first(g, olin, t)) >= 0)
-        frontier = list(become) + list(leave)
-        seen: set[int] = set()
-        while frontier:  # close under optional cas groups that could sit in the chain
-            v = frontier.pop()
-            for g in self.cas_by_new.get(v, []) + self.cas_by_exp.get(v, []):
-                if g in seen:
-                    continue
-                j = self.group_op[g]
-                if (self.b[j] in become or self.a[j] in leave) and first(g, olin, t) >= 0:
-                    seen.add(g)
-                    if self.a[j] not in become:
-                        become.add(self.a[j])
-                        frontier.append(self.a[j])
-        out = []
-        for v in become:
-            g = self.writes.get(v)
-            if g is not None and (j := first(g, olin, t)) >= 0:
-                out.append(j)
-        for g in self.cas_by_exp.get(state, ()):
-            j = first(g, olin, t)
-            if j >= 0 and self.b[j] in become:
-                out.append(j)
-        out.sort()
-        return out
-
-
 def _dominated(failures: list[int], olin: int) -> bool:
     """Did a configuration that had used only some of the optional ops in `olin` fail?
 
@@ -245,82 +103,6 @@ def _dominated(failures: list[int], olin: int) -> bool:
 _NO_PREV = object()  # marker: the last move was a required op
 
 
-class _Unobserved:
-    """Stands for every written value that no operation ever compares against."""
-
-    def __repr__(self) -> str:
-        return "<unobserved value>"
-
-
-UNOBSERVED = _Unobserved()
-
-
-def _canonicalizer(req: Sequence[Operation], opt: Sequence[Operation]
-                   ) -> Callable[[int, Hashable, Hashable], tuple[Hashable, Hashable]]:
-    """Map written values nobody reads or compares against to one `UNOBSERVED` value.
-
-    Whether an op can happen depends only on the value's equality with the constants that
-    reads and cas ops mention, so such values are indistinguishable: merging them is exact.
-    It matters because unknown-outcome writes of never-read values are common (timeouts),
-    and without merging each would be a separate way to change the value.
-    """
-    observed = {op.a for ops in (req, opt) for op in ops if op.kind != WRITE}
-
-    def canon(kind: int, a: Hashable, b: Hashable) -> tuple[Hashable, Hashable]:
-        if kind == WRITE:
-            return (a if a in observed else UNOBSERVED), b
-        if kind == CAS:
-            return a, (b if b in observed else UNOBSERVED)
-        return a, b
-
-    return canon
-
-
-class _FromAny:
-    """`prev` for an optional op applied to a symbolic `AnyValue` (windows only).
-
-    Swapping the optional op with its successor, or pinning the start value instead, is
-    valid except where the successor is a failed comparison against the value a cas
-    assumed (`pin`), so that is remembered along with the exclusions.
-    """
-
-    __slots__ = ("excluded", "pin")
-
-    def __init__(self, excluded: frozenset[Hashable], pin: Hashable) -> None:
-        self.excluded = excluded
-        self.pin = pin
-
-    def __eq__(self, other: object) -> bool:
-        return (type(other) is _FromAny and other.excluded == self.excluded
-                and other.pin == self.pin)
-
-    def __hash__(self) -> int:
-        return hash((_FromAny, self.excluded, self.pin))
-
-
-_NO_PIN = object()
-
-
-def _prev_of(kind: int, a: Hashable, state: Hashable) -> Hashable:
-    """What to remember as `prev` when an optional op (kind, a, ...) is applied to `state`."""
-    if type(state) is AnyValue:
-        return _FromAny(state.excluded, a if kind == CAS else _NO_PIN)
-    return state
-
-
-def _needs(kind: int, a: Hashable, b: Hashable, prev: Hashable) -> bool:
-    """May an op of `kind` directly follow an optional op applied to `prev`?
-
-    Only if it needs that op: with it the op succeeds, without it the op would fail.
-    Otherwise the optional op is overwritten (drop it) or can move after the op.
-    """
-    if type(prev) is _FromAny:
-        if kind == READ or kind == CAS:
-            return a in prev.excluded  # else pin the start value to what it reads instead
-        return kind == CAS_FAIL and a == prev.pin
-    return not _apply(kind, a, b, prev)[0]
-
-
 def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
            initial: Hashable = None, reuse_optional: bool = False,
            deadline: float | None = None, max_states: int | None = None) -> SearchOutcome:
@@ -332,7 +114,6 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
 
     With `reuse_optional` an optional op may take effect any number of times: a further
     relaxation, used for windows, that removes the optional bitset from the state space.
-
     """
     started = time.monotonic()
     req = sorted(required, key=lambda op: op.inv)
@@ -345,13 +126,22 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     limit = max_states if max_states is not None else 1 << 62
     nxt, prv, is_call, op_of, when, partner = _entry_list(req)
     tail = 2 * n + 1
-    canon = _canonicalizer(req, opt)
+    canon = canonicalizer(req, opt)
     kind = [op.kind for op in req]
     effects = [canon(op.kind, op.a, op.b) for op in req]
     arg_a = [a for a, _ in effects]
     arg_b = [b for _, b in effects]
     bit = [1 << i for i in range(n)]
-    optionals = _Optionals(opt, canon)
+    optionals = Optionals(opt, canon)
+    if type(initial) is not AnyValue:
+        # A read or cas expecting a value that nothing ever writes can never happen.
+        made = {initial, *(a for k, a in zip(kind, arg_a) if k == WRITE),
+                *(b for k, b in zip(kind, arg_b) if k == CAS),
+                *(a for k, a in zip(optionals.kind, optionals.a) if k == WRITE),
+                *(b for k, b in zip(optionals.kind, optionals.b) if k == CAS)}
+        for i, k in enumerate(kind):
+            if (k == READ or k == CAS) and arg_a[i] not in made:
+                return SearchOutcome(VIOLATION, 0, time.monotonic() - started, req[i])
 
     # Memo key: ((run of low linearized required ops, rest of that bitset, value, value
     # before the last move if it was optional, values seen in the current run of optional
@@ -370,13 +160,18 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     left = n
     e = nxt[0]
     j = -1            # -1: scanning required calls; >= 0: trying optional ops at stall node e
+    dead = False      # the current configuration is known to fail: backtrack
+    fresh = True      # just entered the current configuration
     steps = 0
     deepest = 0       # longest run of low linearized required ops seen
+    furthest = 0      # latest return entry the search ever got stuck at
     monotonic = time.monotonic
     any_type = AnyValue
 
     def done(verdict: str) -> SearchOutcome:
-        stuck = req[deepest] if verdict != OK and deepest < n else None
+        stuck = None
+        if verdict != OK:
+            stuck = req[op_of[furthest]] if furthest else req[deepest] if deepest < n else None
         return SearchOutcome(verdict, len(cache), monotonic() - started, stuck)
 
     while True:
@@ -384,15 +179,31 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
         if not steps & 1023 and deadline is not None and monotonic() > deadline:
             return done(UNKNOWN)
         if j < 0:
+            if fresh:
+                # In a new configuration, an op that succeeds without changing anything is
+                # taken first (see below): it needs no choice, so it is never wrong.
+                fresh = False
+                if type(state) is not any_type:
+                    x = e
+                    while is_call[x]:
+                        i = op_of[x]
+                        k = kind[i]
+                        a = arg_a[i]
+                        if ((k == READ and state == a) or (k == CAS_FAIL and state != a)
+                                or (k == CAS and state == a == arg_b[i])) and (
+                                prev is no_prev or needs(k, a, arg_b[i], prev)):
+                            e = x
+                            break
+                        x = nxt[x]
             if is_call[e]:
                 i = op_of[e]
                 k = kind[i]
-                # Inlined fast paths of _apply for concrete values.
+                # Inlined fast paths of `apply` for concrete values.
                 if k == READ:
                     if state == arg_a[i]:
                         ok, new = True, state
                     elif type(state) is any_type:
-                        ok, new = _apply(k, arg_a[i], None, state)
+                        ok, new = apply(k, arg_a[i], None, state)
                     else:
                         ok = False
                 elif k == WRITE:
@@ -401,23 +212,26 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                     if state == arg_a[i]:
                         ok, new = True, arg_b[i]
                     elif type(state) is any_type:
-                        ok, new = _apply(k, arg_a[i], arg_b[i], state)
+                        ok, new = apply(k, arg_a[i], arg_b[i], state)
                     else:
                         ok = False
                 else:
-                    ok, new = _apply(k, arg_a[i], None, state)
+                    ok, new = apply(k, arg_a[i], None, state)
                 if ok and prev is not no_prev:
-                    ok = _needs(k, arg_a[i], arg_b[i], prev)
+                    ok = needs(k, arg_a[i], arg_b[i], prev)
                 if ok:
                     nlin = lin | bit[i]
                     low = (~nlin & (nlin + 1)).bit_length() - 1
                     base = (low, nlin >> low, new, no_prev, None)
                     key = (base, olin)
+                    # An op that succeeds now and changes nothing (a read, a failed
+                    # comparison) can go first in any completion: take it, try nothing else.
+                    forced = k != WRITE and new == state and type(state) is not any_type
                     if key not in cache and not (base in failed and _dominated(failed[base], olin)):
                         if len(cache) >= limit:
                             return done(UNKNOWN)
                         cache.add(key)
-                        stack.append((e, -1, state, lin, olin, prev, chain, key))
+                        stack.append((e, -2 if forced else -1, state, lin, olin, prev, chain, key))
                         if low > deepest:
                             deepest = low
                         r = partner[e]
@@ -433,15 +247,21 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                         if not left:
                             return done(OK)
                         e = nxt[0]
+                        fresh = True
                         continue
-                e = nxt[e]
-                continue
-            if e == tail:  # cannot happen while required ops are left; be defensive
+                    dead = forced  # its only successor already failed
+                if not dead:
+                    e = nxt[e]
+                    continue
+            elif e == tail:  # cannot happen while required ops are left; be defensive
                 raise AssertionError("linearizability search ran off the end of the history")
-            j = 0
+            else:
+                j = 0
+                if when[e] > when[furthest]:
+                    furthest = e
         # Stuck at return node e: try useful optional ops invoked before it, then backtrack.
         moved = False
-        if optionals.n:
+        if not dead and optionals.n:
             pending = []
             x = nxt[0]
             while x != e:
@@ -463,7 +283,7 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 nchain = nchain | {new}
                 nolin = olin if reuse_optional else olin | (1 << jc)
                 low = (~lin & (lin + 1)).bit_length() - 1
-                nprev = _prev_of(optionals.kind[jc], optionals.a[jc], state)
+                nprev = prev_of(optionals.kind[jc], optionals.a[jc], state)
                 base = (low, lin >> low, new, nprev, nchain)
                 key = (base, nolin)
                 if key in cache or (base in failed and _dominated(failed[base], nolin)):
@@ -478,23 +298,29 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 olin = nolin
                 e = nxt[0]
                 j = -1
+                fresh = True
                 moved = True
                 break
         if moved:
             continue
-        if not stack:
-            return done(VIOLATION)
-        e0, j0, state, lin, olin, prev, chain, key = stack.pop()
-        failed.setdefault(key[0], []).append(key[1])
-        if j0 < 0:
+        dead = False
+        while True:  # backtrack
+            if not stack:
+                return done(VIOLATION)
+            e0, j0, state, lin, olin, prev, chain, key = stack.pop()
+            failed.setdefault(key[0], []).append(key[1])
+            if j0 >= 0:
+                e = e0
+                j = j0 + 1
+                break
             r = partner[e0]
             nxt[prv[r]] = r
             prv[nxt[r]] = r
             nxt[prv[e0]] = e0
             prv[nxt[e0]] = e0
             left += 1
-            e = nxt[e0]
-            j = -1
-        else:
-            e = e0
-            j = j0 + 1
+            if j0 == -1:
+                e = nxt[e0]
+                j = -1
+                break
+            # j0 == -2: a forced move failed, so did the configuration it was forced in.

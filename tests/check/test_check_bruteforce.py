@@ -15,7 +15,6 @@ import pytest
 from josefine.check import check_history
 from josefine.check.ops import CAS, READ, WRITE, Operation, extract_operations
 from josefine.check.search import ANY, search
-from josefine.check.shrink import window_fails
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -177,34 +176,103 @@ def test_checker_agrees_with_brute_force(compare, unknown):
     assert verdicts["ok"] >= 150 and verdicts["violation"] >= 100, verdicts
 
 
+_ORACLE_NAMES = {READ: "read", WRITE: "write", CAS: "cas", 3: "cas-fail"}
+
+
+def plain_search(ops, initial=None) -> bool:
+    """Textbook just-in-time search with a (linearized set, value) memo and no reductions.
+
+    Exponential, but fine for a few dozen ops; checks the real search's reductions on
+    histories too long for `oracle_linearizable`.
+    """
+    required = [i for i, op in enumerate(ops) if op[2]]
+    seen = set()
+
+    def step(op, value):
+        f, a, b = op[3], op[4], op[5]
+        if f == "read":
+            return value == a, value
+        if f == "write":
+            return True, a
+        if f == "cas":
+            return value == a, b
+        return value != a, value
+
+    def rec(done, value) -> bool:
+        if all(i in done for i in required):
+            return True
+        if (done, value) in seen:
+            return False
+        seen.add((done, value))
+        deadline = min(ops[i][1] for i in required if i not in done)
+        for i, op in enumerate(ops):
+            if i not in done and op[0] < deadline:
+                ok, new = step(op, value)
+                if ok and rec(done | {i}, new):
+                    return True
+        return False
+
+    return rec(frozenset(), initial)
+
+
+@pytest.mark.parametrize("compare", [False, True])
+def test_checker_agrees_with_plain_search_on_longer_histories(compare):
+    rng = random.Random(4242 + compare)
+    verdicts = {"ok": 0, "violation": 0}
+    for n in range(300):
+        lines = random_history(rng, 25, rng.choice([0.1, 0.4]))
+        ops = oracle_ops(lines, compare)
+        if n < 100:  # the plain search itself against the brute force, where feasible
+            small = random_history(rng, 6, 0.3)
+            assert plain_search(oracle_ops(small, compare)) == \
+                oracle_linearizable(oracle_ops(small, compare))
+        want = plain_search(ops)
+        result = check_history(lines, cas_fail_is_compare_failure=compare)
+        assert result.verdict == ("ok" if want else "violation"), lines
+        verdicts[result.verdict] += 1
+    assert min(verdicts.values()) >= 60, verdicts
+
+
 def _op(kind, a, b, inv, ret):
     f = {READ: "read", WRITE: "write", CAS: "cas"}.get(kind, "cas")
     return Operation(kind, a, b, inv, ret, process=0, key="x", f=f, outcome="ok", value=a)
 
 
-def test_any_initial_value_agrees_with_brute_force():
-    """search(initial=ANY) == 'fails for every concrete start' (incl. a fresh value)."""
-    rng = random.Random(7)
-    kinds = [READ, WRITE, CAS, 3]
-    for _ in range(400):
+@pytest.mark.parametrize("reuse", [False, True])
+@pytest.mark.parametrize("start", ["any", "none"])
+def test_search_agrees_with_brute_force(start, reuse):
+    """The search alone on random op sets, many of them optional (chains of unknown-outcome
+    cas ops), with written values some of which nobody reads. With start "any",
+    search(initial=ANY) must equal "fails for every concrete start" (incl. a fresh value).
+    With `reuse`, optional ops may take effect repeatedly: the oracle gets one copy of each
+    per required op, enough since every use must lead to a different required op.
+    """
+    rng = random.Random(7 + (start == "any") + 2 * reuse)
+    written = VALUES + [3, 4, 5]
+    counts = {"ok": 0, "violation": 0}
+    for _ in range(800):
         ops, orc = [], []
-        for _ in range(rng.randint(1, 5)):
-            kind = rng.choice(kinds)
-            a, b = rng.choice(VALUES + [None]), rng.choice(VALUES)
-            inv = rng.randrange(20)
-            required = kind in (READ, 3) or rng.random() < 0.7
-            ret = inv + 1 + rng.randrange(6) if required else None
-            ops.append(_op(kind, a, b if kind == CAS else None, inv * 2, None if ret is None else ret * 2 + 1))
-            f = {READ: "read", WRITE: "write", CAS: "cas", 3: "cas-fail"}[kind]
-            orc.append((inv * 2, INF if ret is None else ret * 2 + 1, required, f, a, b))
+        nreq, nopt = rng.randint(1, 3 if reuse else 4), rng.randint(0, 1 if reuse else 3)
+        for q in range(nreq + nopt):
+            required = q < nreq
+            kind = rng.choice([READ, WRITE, CAS, 3] if required else [WRITE, CAS, CAS])
+            a = rng.choice(written) if kind == WRITE else rng.choice(VALUES + [None])
+            b = rng.choice(written) if kind == CAS else None
+            inv = rng.randrange(12) * 2
+            ret = inv + 1 + 2 * rng.randrange(6) if required else None
+            ops.append(_op(kind, a, b, inv, ret))
+            copies = nreq if reuse and not required else 1
+            oracle_op = (inv, INF if ret is None else ret, required, _ORACLE_NAMES[kind], a, b)
+            orc += [oracle_op] * copies
         required = [o for o in ops if o.required]
         optional = [o for o in ops if not o.required]
-        got = search(required, optional, initial=ANY).verdict
-        want = oracle_linearizable(orc, initial_values=VALUES + [None, "fresh"])
+        got = search(required, optional, initial=ANY if start == "any" else None,
+                     reuse_optional=reuse).verdict
+        starts = written + [None, "fresh"] if start == "any" else [None]
+        want = oracle_linearizable(orc, initial_values=starts)
         assert got == ("ok" if want else "violation"), orc
-
-
-_ORACLE_NAMES = {READ: "read", WRITE: "write", CAS: "cas", 3: "cas-fail"}
+        counts[got] += 1
+    assert min(counts.values()) >= 150, counts
 
 
 def _as_oracle(op: Operation, optional: bool = False):

@@ -9,7 +9,7 @@ import pytest
 import josefine.check.checker as checker
 from josefine.check import check_history
 from josefine.check.ops import extract_operations
-from josefine.check.shrink import locate, scan, window_fails
+from josefine.check.shrink import Windows, window_fails
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,16 +116,18 @@ def test_stale_read_in_long_history_is_pinpointed(where):
 
 def test_violation_found_by_window_when_search_gives_up(monkeypatch):
     """Force the first search to give up early: a window probe must still prove it."""
-    monkeypatch.setattr(checker, "_QUICK_STATES", 2000)
+    monkeypatch.setattr(checker, "_QUICK_STATES", 500)
     monkeypatch.setattr(checker, "_QUICK_PER_OP", 0)
-    lines = simulate(6_000, keys=2, domain=5, unknown=0.05, seed=3)
-    i = corrupt_read(lines, "k1", 0.5, "garbage")
+    lines = simulate(8_000, keys=2, unknown=0.05, seed=3)
+    i = corrupt_read(lines, "k1", 0.5, None)
+    lines[i]["value"] = stale_value(lines, i)
     ops = extract_operations(lines)["k1"]
+    assert len(ops) > 2000
     result = check_history(lines, time_limit=60)
     assert result.verdict == "violation" and result.key == "k1"
     assert i in [op.ret for op in result.window] and len(result.window) <= 3
     assert result.per_key["k0"].verdict == "ok"
-    assert len(ops) > 1000
+    assert result.per_key["k1"].states <= 500  # no second, full search was needed
 
 
 def test_locate_and_scan_find_the_bad_window():
@@ -133,11 +135,11 @@ def test_locate_and_scan_find_the_bad_window():
     i = corrupt_read(lines, "k0", 0.7, "garbage")
     ops = extract_operations(lines, cas_fail_is_compare_failure=True)["k0"]
     bad = next(op for op in ops if op.ret == i)
-    found = locate(ops, bad)
+    found = Windows(ops).locate(bad)
     assert found is not None
     lo, hi = found
     assert ops[lo].inv <= i and any(op.ret == i for op in ops[lo:hi])
-    found = scan(ops)
+    found = Windows(ops).scan()
     assert found is not None and window_fails(ops, *found)
     lo, hi = found
     assert ops[lo].inv <= i and any(op.ret == i for op in ops[lo:hi])
@@ -147,5 +149,5 @@ def test_no_window_of_a_linearizable_history_fails():
     lines = simulate(3_000, keys=1, domain=3, unknown=0.1, seed=5)
     for compare in (False, True):
         ops = extract_operations(lines, cas_fail_is_compare_failure=compare)["k0"]
-        assert scan(ops, width=64) is None
+        assert Windows(ops).scan(width=64) is None
         assert check_history(lines, cas_fail_is_compare_failure=compare).verdict == "ok"
