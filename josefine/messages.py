@@ -280,6 +280,8 @@ class ApplyWork:
     blocks: tuple
     reads: tuple
     outcomes: tuple
+    decoded: Any = None
+    """BlockId -> the commands of that block as this node proposed them (Ready.decoded)."""
 
 
 @_dc

@@ -71,6 +71,17 @@ class SideQueue:
             self._nudged = True
         self.target.tell(Nudge())  # type: ignore[union-attr]
 
+    def put_many(self, items: list) -> None:
+        """`put` for a run of items: one wake-up check for all of them."""
+        with self._lock:
+            self.unfinished += len(items)
+        self.items.extend(items)
+        with self._lock:
+            if self._nudged:
+                return
+            self._nudged = True
+        self.target.tell(Nudge())  # type: ignore[union-attr]
+
     def drain(self) -> list:
         with self._lock:
             self._nudged = False

@@ -42,6 +42,7 @@ class ChainActor(NodeActor):
         apply: list = []
         reads: list = []
         outcomes: list = []
+        decoded: dict | None = None
         for r in readys:
             if r.hard_state is not None:
                 hard = r.hard_state
@@ -61,6 +62,11 @@ class ChainActor(NodeActor):
                 reads.extend(r.reads)
             if r.outcomes:
                 outcomes.extend(r.outcomes)
+            if r.decoded:
+                if decoded is None:
+                    decoded = dict(r.decoded)
+                else:
+                    decoded.update(r.decoded)
         lazy = self.inbox.latest_commit
         if lazy is not None and (commit is None or lazy.height > commit.height):
             commit = lazy
@@ -84,7 +90,7 @@ class ChainActor(NodeActor):
             links.send_msgs(out)
         if apply or reads or outcomes:
             self.tell(links.fsm, ApplyWork(blocks=tuple(apply), reads=tuple(reads),
-                                           outcomes=tuple(outcomes)))
+                                           outcomes=tuple(outcomes), decoded=decoded))
         if head is not None:
             self.tell(links.role, Persisted(head=head))
         self.inbox.done(len(readys))

@@ -65,8 +65,9 @@ class FsmActor(NodeActor):
     def _apply(self, message: ApplyWork) -> None:
         applier = self.applier
         waiting = self.proposals
+        decoded = message.decoded or {}
         for b in message.blocks:
-            for cmd, result in applier.apply_block(b):
+            for cmd, result in applier.apply_block(b, decoded.get(b.id)):
                 key = (cmd.client_id, cmd.seq)
                 if waiting.has(key):
                     waiting.resolve(key, Status.OK, result)

@@ -138,6 +138,7 @@ class Node:
         self.faults = FaultRules(seed=cfg.seed)
         self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.address, cfg.peers,
                                self._on_peer_message, self._on_client_request,
+                               on_client_batch=self._on_client_batch,
                                on_fatal=lambda exc: fatal("transport I/O thread", exc),
                                max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults)
         self.store = store
@@ -212,12 +213,7 @@ class Node:
         zt = self.zt
         t = type(msg)
         if t is ClientPropose:
-            cid, seq = msg.client_id, msg.seq
-
-            def reply(status, result, hint):  # noqa: ANN001
-                self._reply(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
-                                                        result=result, leader_hint=hint))
-            self._submit(Command(cid, seq, msg.command), reply)
+            self._submit_remote(identity, [msg])
         elif t is ClientRead:
             cid, rid = msg.client_id, msg.read_id
 
@@ -245,6 +241,39 @@ class Node:
             zt.reply_client(identity, ClientAdminResp(client_id=msg.client_id,
                                                       read_id=msg.read_id, ok=ok,
                                                       result=result, error=error))
+
+    def _on_client_batch(self, identity: bytes, msgs: list) -> None:
+        """All requests of one client frame, in order; runs of proposals are registered
+        together (one lock, one wake-up of the role actor for the whole run)."""
+        run: list = []
+        for m in msgs:
+            if type(m) is ClientPropose:
+                run.append(m)
+                continue
+            if run:
+                self._submit_remote(identity, run)
+                run = []
+            self._on_client_request(identity, m)
+        if run:
+            self._submit_remote(identity, run)
+
+    def _submit_remote(self, identity: bytes, msgs: list) -> None:
+        reply = self._reply
+
+        def waiter_for(cid: str, seq: int) -> Callable:
+            def done(status, result, hint):  # noqa: ANN001
+                reply(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
+                                                  result=result, leader_hint=hint))
+            return done
+
+        if self._stopped.is_set():
+            for m in msgs:
+                waiter_for(m.client_id, m.seq)(Status.NOT_LEADER, None, None)
+            return
+        cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
+        self.proposals.add_many([((c.client_id, c.seq), waiter_for(c.client_id, c.seq))
+                                 for c in cmds])
+        self.proposal_inbox.put_many(cmds)
 
     def _reply(self, identity: bytes, msg: Any) -> None:
         """Answer a remote client; inside an FSM batch, replies to one client are gathered

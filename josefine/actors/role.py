@@ -64,7 +64,8 @@ class RoleActor(NodeActor):
                     links.send_msgs(r.messages)
                 if r.apply or r.reads or r.outcomes:
                     self.tell(links.fsm, ApplyWork(blocks=tuple(r.apply), reads=tuple(r.reads),
-                                                   outcomes=tuple(r.outcomes)))
+                                                   outcomes=tuple(r.outcomes),
+                                                   decoded=r.decoded))
         for ev in r.events:
             if ev[0] == "became_leader":
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])

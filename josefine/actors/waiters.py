@@ -29,10 +29,25 @@ class Waiters:
             self._w[key] = (now, waiter, extra)
             self._since_sweep += 1
             if self._since_sweep > 4096:
-                self._since_sweep = 0
-                stale = [k for k, (t, _, _) in self._w.items() if now - t > _EXPIRE_S]
-                for k in stale:
-                    del self._w[k]
+                self._sweep(now)
+
+    def add_many(self, entries: list[tuple[Any, Waiter]]) -> None:
+        """`add` for several (key, waiter) pairs under one lock (a pipelined client frame)."""
+        now = time.monotonic()
+        with self._lock:
+            w = self._w
+            for key, waiter in entries:
+                w[key] = (now, waiter, None)
+            self._since_sweep += len(entries)
+            if self._since_sweep > 4096:
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        # Called with the lock held: forget waiters nobody answered for _EXPIRE_S.
+        self._since_sweep = 0
+        stale = [k for k, (t, _, _) in self._w.items() if now - t > _EXPIRE_S]
+        for k in stale:
+            del self._w[k]
 
     def pop(self, key: Any) -> tuple[Waiter, Any] | None:
         with self._lock:

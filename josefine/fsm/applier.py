@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from josefine.chain.block import Block, BlockKind, Command, decode_commands
 from josefine.fsm.api import StateMachine
@@ -48,10 +48,13 @@ class Applier:
         self.sm_errors = 0
         self.malformed_blocks = 0
 
-    def apply_block(self, block: Block) -> list[tuple[Command, Any]]:
+    def apply_block(self, block: Block,
+                    commands: Sequence[Command] | None = None) -> list[tuple[Command, Any]]:
         """Apply the next committed block; return (command, result) per command, in order.
 
         Results of duplicates are the cached ones; NOOP/CONFIG blocks return [].
+        `commands`, when given, must be exactly what the block's payload encodes (the
+        leader passes the commands it proposed, to skip decoding its own payload).
         """
         if block.id.height != self.applied.height + 1 or block.parent != self.applied:
             raise ValueError(
@@ -59,13 +62,15 @@ class Applier:
                 f"block {self.applied}: blocks must be applied once each, in height order")
         out: list[tuple[Command, Any]] = []
         if block.kind == BlockKind.NORMAL:
-            try:
-                commands = decode_commands(block.payload)
-            except ValueError as exc:
-                # Every replica sees the same payload, so skipping it is deterministic.
-                log.error("committed block %s has a malformed payload, skipped: %s", block.id, exc)
-                self.malformed_blocks += 1
-                commands = []
+            if commands is None:
+                try:
+                    commands = decode_commands(block.payload)
+                except ValueError as exc:
+                    # Every replica sees the same payload, so skipping it is deterministic.
+                    log.error("committed block %s has a malformed payload, skipped: %s",
+                              block.id, exc)
+                    self.malformed_blocks += 1
+                    commands = []
             height = block.id.height
             for cmd in commands:
                 verdict, cached = self.sessions.check(cmd.client_id, cmd.seq)

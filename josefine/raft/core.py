@@ -525,7 +525,11 @@ class RaftCore:
             kept += len(b.payload)
             if leader:
                 self.uncommitted_bytes -= len(b.payload)
-                self.pending.pop(b.id, None)
+                cmds = self.pending.pop(b.id, None)
+                if cmds is not None:
+                    if r.decoded is None:
+                        r.decoded = {}
+                    r.decoded[b.id] = cmds
             elif self.orphaned:
                 self.orphaned.pop(b.id, None)
         self._kept_bytes += kept

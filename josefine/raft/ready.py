@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from josefine.chain.block import Block
+from josefine.chain.block import Block, Command
 from josefine.messages import Status
 from josefine.types import BlockId, HardState
 
@@ -50,6 +50,9 @@ class Ready:
     reads: list[tuple[Any, BlockId]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[tuple] = field(default_factory=list)
+    decoded: dict[BlockId, tuple[Command, ...]] | None = None
+    """Commands of blocks in `apply` that this node proposed itself, as it proposed them:
+    the leader's applier takes them from here instead of decoding the payload again."""
     """Observations for logs and the simulation: ("became_leader", term), ("voted", term, cand),
     ("commit", role, term, commit), ("acked", term, match)."""
 

@@ -396,6 +396,10 @@ _BY_TYPE: dict[type, _Spec] = {spec.cls: spec for spec in _BY_TAG.values()}
 _PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
 _CLIENT_TYPES = frozenset(CLIENT_REQUEST_TYPES + CLIENT_RESPONSE_TYPES)
 _APPEND_TAG = _BY_TYPE[AppendBlocks].tag
+_PROPOSE_TAG = _BY_TYPE[ClientPropose].tag
+_PROPOSE_RESP_TAG = _BY_TYPE[ClientProposeResp].tag
+assert _BY_TYPE[ClientProposeResp].names == (
+    "client_id", "seq", "status", "result", "leader_hint"), "update the unrolled encoder"
 
 
 # ----------------------------------------------------------------------------- messages
@@ -422,6 +426,10 @@ def encode_message(msg: Any) -> bytes:
     cls = type(msg)
     if cls is AppendBlocks:
         return _encode_append(msg)
+    if cls is ClientProposeResp:   # the hot reply: the generic path, unrolled
+        return _pack([_PROPOSE_RESP_TAG, {
+            "client_id": msg.client_id, "seq": msg.seq, "status": msg.status,
+            "result": msg.result, "leader_hint": msg.leader_hint}])
     spec = _BY_TYPE.get(cls)
     if spec is None:
         raise CodecError("malformed", f"not a wire message: {cls.__name__}")
@@ -439,6 +447,10 @@ def _decode_obj(obj: Any) -> Any:
         raise CodecError("unknown_tag", f"tag {tag}")
     if type(body) is not dict:
         raise CodecError("malformed", "fields must be a map")
+    if tag == _PROPOSE_TAG:   # the hot request: checked inline, same rules as below
+        cid, seq, cmd = body.get("client_id"), body.get("seq"), body.get("command")
+        if type(cid) is str and type(seq) is int and seq >= 0 and type(cmd) is bytes:
+            return ClientPropose(client_id=cid, seq=seq, command=cmd)
     kwargs = {}
     for name, check in spec.fields:
         v = body.get(name, body)  # the body itself is the "missing" sentinel

@@ -99,6 +99,9 @@ class ZmqTransport:
         context: a ZeroMQ context to share; by default the transport makes and ends its own.
         max_queued: sends waiting for the I/O thread beyond this many are dropped (counted
             as "queue_overflow").
+        on_client_batch: if given, receives all requests of one client frame at once
+            (identity, [msg, ...]) instead of `on_client_request` per message, so the node
+            can register a pipelining client's requests in one go.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class ZmqTransport:
         reconnect_ivl_max_ms: int = 2000,
         context: zmq.Context | None = None,
         max_queued: int = 100_000,
+        on_client_batch: Callable[[bytes, list], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -130,6 +134,7 @@ class ZmqTransport:
         self.max_frame_bytes = max_frame_bytes
         self._on_peer_message = on_peer_message
         self._on_client_request = on_client_request
+        self._on_client_batch = on_client_batch
         self._on_fatal = on_fatal
         self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
         self._heartbeat = (heartbeat_ivl_ms, heartbeat_timeout_ms)
@@ -462,6 +467,9 @@ class ZmqTransport:
                     self._drop("unexpected_message", "%s from a client", type(m).__name__)
                     return
             counts["client_requests"] += len(msgs)
+            if self._on_client_batch is not None:
+                self._on_client_batch(identity, msgs)
+                return
             for m in msgs:
                 self._on_client_request(identity, m)
             return

@@ -56,3 +56,46 @@ def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_client_frame_gets_one_answer_per_request_key(tmp_path):
+    """A pipelining client's frame (proposals, a read between them, an in-flight retry)
+    goes through the batched intake: every distinct request gets exactly one answer; a
+    retry of a (client id, seq) still in flight supersedes the first copy (one answer for
+    the key, applied once)."""
+    import threading
+
+    from josefine.messages import (ClientPropose, ClientProposeResp, ClientRead,
+                                   ClientReadResp, Status)
+    port = free_port_block(1)
+    node = Node.start(_config(tmp_path, port), KVStateMachine())
+    got: list = []
+    done = threading.Event()
+
+    def capture(identity, msgs):  # noqa: ANN001
+        assert identity == b"id-1"
+        got.extend(msgs if isinstance(msgs, list) else [msgs])
+        if len(got) >= 3:
+            done.set()
+    try:
+        assert node.wait_for_leader(10) == 1
+        node.zt.reply_client_many = capture
+        node.zt.reply_client = capture
+        node._on_client_batch(b"id-1", [
+            ClientPropose(client_id="w", seq=1, command=kv_put("k", "1")),
+            ClientPropose(client_id="w2", seq=1, command=kv_put("k", "2")),
+            ClientRead(client_id="r", read_id=5, query=kv_get("k")),
+            ClientPropose(client_id="w", seq=1, command=kv_put("k", "1")),   # a retry
+        ])
+        assert done.wait(10), got
+        assert node.read(kv_get("k")).result(10) in ({"value": "1"}, {"value": "2"})
+        assert node.status()["applied"] == node.status()["commit"]
+    finally:
+        node.stop()
+    props = sorted((m.client_id, m.seq, m.status, str(m.result)) for m in got
+                   if type(m) is ClientProposeResp)
+    assert props == [("w", 1, Status.OK, "{'ok': True}"), ("w2", 1, Status.OK, "{'ok': True}")]
+    reads = [m for m in got if type(m) is ClientReadResp]
+    assert len(reads) == 1 and reads[0].status == Status.OK and reads[0].read_id == 5
+    assert len(got) == 3
+    assert node.applier.commands_applied == 2 and node.applier.duplicates == 1

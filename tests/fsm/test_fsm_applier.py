@@ -174,3 +174,17 @@ def test_applier_starts_at_given_base():
     ap.apply_block(b2)
     assert ap.applied == b2.id
     assert Applier(KVStateMachine()).applied == GENESIS_ID
+
+
+def test_commands_handed_in_give_the_same_results_as_decoding_the_payload():
+    """The leader passes the commands it proposed instead of decoding its own block; the
+    outcome (results, sessions, digest) must not depend on which path was taken."""
+    cmds = [Command("c1", 1, kv_put("a", "1")), Command("c1", 1, kv_put("a", "1")),
+            Command("c2", 4, kv_put("b", "2"))]
+    b1 = normal(G, cmds)
+    b2 = normal(b1, [Command("c2", 3, kv_put("b", "old"))])   # stale retry
+    decoded, handed = Applier(KVStateMachine()), Applier(KVStateMachine())
+    assert decoded.apply_block(b1) == handed.apply_block(b1, tuple(cmds))
+    assert decoded.apply_block(b2) == handed.apply_block(b2, [Command("c2", 3, kv_put("b", "old"))])
+    assert decoded.sm_digest() == handed.sm_digest()
+    assert decoded.stats() == handed.stats()

@@ -243,3 +243,26 @@ def test_leader_counts_itself_toward_commit_only_after_its_own_fsync():
     net.flush(1)
     assert net.nodes[1].commit == BlockId(1, 2)
     net.check()
+
+
+def test_leader_hands_its_own_commands_to_the_applier():
+    """Ready.decoded carries, for each applied block this leader proposed, exactly the
+    commands its payload encodes (the leader's FSM skips decoding them again)."""
+    from josefine.chain.block import Command, decode_commands
+    from josefine.messages import Propose
+    c = new_core(1)
+    r = make_leader(c)
+    c.step(Persisted(head=c.head))
+    for m in r.eager:
+        if isinstance(m, AppendBlocks):
+            c.step(AppendResp(src=m.dst, dst=1, term=c.term, success=True, seq=m.seq,
+                              match=m.blocks[-1].id))
+    cmds = (Command("a", 1, b"x"), Command("b", 7, b"yy"))
+    r = c.step(Propose(commands=cmds))
+    block = r.blocks[0]
+    c.step(Persisted(head=block.id))
+    r = c.step(AppendResp(src=2, dst=1, term=c.term, success=True, seq=r.eager[0].seq,
+                          match=block.id))
+    assert ids(r.apply) == [block.id]
+    assert r.decoded == {block.id: cmds}
+    assert list(r.decoded[block.id]) == decode_commands(block.payload)

@@ -299,3 +299,27 @@ def test_codec_error_is_a_value_error_with_a_reason():
 
 def test_packb_helpers_still_work():
     assert codec.unpackb(codec.packb({"a": [1, b"x"]})) == {"a": [1, b"x"]}
+
+
+@pytest.mark.parametrize("obj", [
+    [32, {"client_id": "c", "seq": -1, "command": b"x"}],
+    [32, {"client_id": "c", "seq": True, "command": b"x"}],
+    [32, {"client_id": "c", "command": b"x"}],
+    [32, {"client_id": 7, "seq": 1, "command": b"x"}],
+])
+def test_client_propose_fast_path_refuses_what_the_general_rules_refuse(obj):
+    assert reason(raw(obj)) == "malformed"
+
+
+def test_hot_messages_encode_exactly_like_the_general_field_map():
+    """ClientPropose decodes and ClientProposeResp encodes through unrolled fast paths; they
+    must stay byte-for-byte and value-for-value what the table-driven code produces."""
+    resp = ClientProposeResp(client_id="c", seq=9, status=Status.BUSY, result={"ok": True},
+                             leader_hint=3)
+    assert msgpack.unpackb(encode_message(resp)) == [
+        33, {"client_id": "c", "seq": 9, "status": int(Status.BUSY), "result": {"ok": True},
+             "leader_hint": 3}]
+    back = decode_message(encode_message(resp))
+    assert back == resp and type(back.status) is Status
+    req = decode_message(raw([32, {"client_id": "c", "seq": 0, "command": b"x", "new": 1}]))
+    assert req == ClientPropose(client_id="c", seq=0, command=b"x")
