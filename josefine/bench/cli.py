@@ -8,7 +8,8 @@ PySyncObj in the same invocation.
 JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...},
 "failover": {...} | null}; each result has system, mode, nodes, clients, pipeline, payload,
 duration_s, fsync, writes, writes_per_s, latency_ms{p50,p90,p99,p99.9,max},
-cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p50]].
+cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p50]],
+rss_timeline{nodeN: [[t, MiB], ...]} (current RSS about once a second).
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ class BenchResult:
     errors: int = 0
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     """(seconds since start, writes completed in that 0.5 s bucket, p50 ms of the bucket)."""
+    rss_timeline: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per node: (seconds into the measured window, current RSS MiB), about every
+    `ProcSampler.RSS_EVERY_S` seconds: whether memory stays flat under load."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -63,15 +66,20 @@ def summarize(res: BenchResult, done_t: list[float], lat_us: list[float], t0: fl
 class ProcSampler:
     """Samples CPU and RSS of named pids while a run is measured."""
 
+    RSS_EVERY_S = 1.0
+
     def __init__(self, pids: Callable[[], dict[str, int | None]]) -> None:
         self.pids = pids
         self.cpu0: dict[str, float] = {}
         self.cpu1: dict[str, float] = {}
         self.peak: dict[str, int] = {}
+        self.rss: dict[str, list[tuple[float, float]]] = {}
+        self._t0 = 0.0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
+        self._t0 = time.monotonic()
         for name, pid in self.pids().items():
             c = cpu_seconds(pid) if pid else None
             if c is not None:
@@ -79,12 +87,18 @@ class ProcSampler:
         self._t.start()
 
     def _run(self) -> None:
+        next_rss = 0.0
         while not self._stop.wait(0.25):
+            t = time.monotonic() - self._t0
             for name, pid in self.pids().items():
                 if pid:
-                    _, peak = rss_kib(pid)
+                    cur, peak = rss_kib(pid)
                     if peak:
                         self.peak[name] = max(self.peak.get(name, 0), peak)
+                    if cur and t >= next_rss:
+                        self.rss.setdefault(name, []).append((round(t, 1), round(cur / 1024, 1)))
+            if t >= next_rss:
+                next_rss = t + self.RSS_EVERY_S
 
     def stop(self, wall: float, res: BenchResult) -> None:
         self._stop.set()
@@ -97,6 +111,7 @@ class ProcSampler:
             if peak:
                 self.peak[name] = max(self.peak.get(name, 0), peak)
         res.peak_rss_mib = {k: round(v / 1024, 1) for k, v in self.peak.items()}
+        res.rss_timeline = self.rss
 
 
 def _split(total: int, parts: int) -> list[int]:

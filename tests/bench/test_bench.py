@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 RESULT_KEYS = {"system", "mode", "nodes", "clients", "pipeline", "payload", "duration_s",
                "fsync", "writes", "writes_per_s", "latency_ms", "cpu_per_node", "peak_rss_mib",
-               "errors", "timeline"}
+               "errors", "timeline", "rss_timeline"}
 
 
 def test_bench_json_both_systems(tmp_path):
@@ -42,6 +42,10 @@ def test_bench_json_both_systems(tmp_path):
         assert set(r["cpu_per_node"]) == {"node1", "node2", "node3"}
         assert all(v >= 0 for v in r["cpu_per_node"].values())
         assert all(v > 0 for v in r["peak_rss_mib"].values())
+        assert set(r["rss_timeline"]) == {"node1", "node2", "node3"}
+        for samples in r["rss_timeline"].values():
+            assert samples and all(0 <= t <= r["duration_s"] + 1 and 0 < mib <= 4096
+                                   for t, mib in samples)
     assert doc["results"][0]["fsync"] is True
     ratios = doc["ratios"]
     assert ratios["pysyncobj_best_mode"] in ("batch", "no-batch")
