@@ -14,6 +14,7 @@ import os
 import threading
 import uuid
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,8 +46,15 @@ from josefine.transport.zmq_transport import ZmqTransport
 log = logging.getLogger(__name__)
 
 
-def status_error(status: Status, hint: int | None, what: str = "request") -> JosefineError:
+_STOPPED = "stopped"
+"""Local-only outcome for a request made to a node that has been stopped."""
+
+
+def status_error(status: Status | str, hint: int | None,
+                 what: str = "request") -> JosefineError:
     """Map a non-OK status to the public exception (josefine.errors)."""
+    if status == _STOPPED:
+        return UnavailableError(f"{what}: this node has been stopped")
     if status == Status.NOT_LEADER:
         return NotLeaderError(f"{what}: not the leader (hint: {hint})", leader_hint=hint)
     if status == Status.BUSY:
@@ -91,6 +99,7 @@ class Node:
         self._client_id = f"node{self.id}-{uuid.uuid4().hex[:12]}"
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
+        self._transfer_lock = threading.Lock()
         self.state_machine = state_machine if state_machine is not None else KVStateMachine()
         self._refs: list[pykka.ActorRef] = []
         self.reply_batch = ReplyBatch(self._flush_replies)
@@ -234,7 +243,7 @@ class Node:
                     client_id=cid, read_id=rid, ok=status == Status.OK,
                     result={"status": int(status), "leader_hint": hint},
                     error="" if status == Status.OK else Status(status).name))
-            self.transfers.add(msg.target, reply_transfer)
+            self._add_transfer_waiter(msg.target, reply_transfer)
             self._tell_role(TransferLeadership(target=msg.target))
         elif t is ClientAdmin:
             ok, result, error = self._admin(msg.op, msg.args)
@@ -317,7 +326,7 @@ class Node:
 
     def _submit(self, cmd: Command, waiter: Callable) -> None:
         if self._stopped.is_set():
-            waiter(Status.NOT_LEADER, None, None)
+            waiter(_STOPPED, None, None)
             return
         self.proposals.add((cmd.client_id, cmd.seq), waiter)
         self.proposal_inbox.put(cmd)
@@ -339,25 +348,52 @@ class Node:
     # ------------------------------------------------------------------ embedding API
     def propose(self, data: bytes) -> Future:
         """Replicate `data` as one command; the Future resolves with the state machine's
-        result once it is committed and applied, or raises a `JosefineError`."""
-        with self._seq_lock:
-            seq = next(self._seq)
+        result once it is committed and applied, or raises a `JosefineError`.
+
+        Safe to call from many threads. Callbacks added to the Future run on one of the
+        node's actor threads: keep them short, or hand the work to your own thread."""
         fut: Future = Future()
-        self._submit(Command(self._client_id, seq, bytes(data)), _future_waiter(fut, "propose"))
+        waiter = _future_waiter(fut, "propose")
+        data = bytes(data)
+        # Numbering and queueing under one lock: all proposals of this node share one
+        # session, and a seq queued behind a higher one would be applied as stale.
+        with self._seq_lock:
+            self._submit(Command(self._client_id, next(self._seq), data), waiter)
         return fut
 
     def read(self, query: bytes) -> Future:
         """Linearizable read (ReadIndex); resolves with `state_machine.query(query)`."""
         fut: Future = Future()
+        if self._stopped.is_set():
+            fut.set_exception(status_error(_STOPPED, None, "read"))
+            return fut
         self._read(bytes(query), _future_waiter(fut, "read"))
         return fut
 
     def transfer_leadership(self, to: int) -> Future:
         """Ask this (leader) node to hand leadership to node `to`; resolves with `to`."""
         fut: Future = Future()
-        self.transfers.add(to, _future_waiter(fut, "transfer", to))
+        if self._stopped.is_set():
+            fut.set_exception(status_error(_STOPPED, None, "transfer"))
+            return fut
+        self._add_transfer_waiter(to, _future_waiter(fut, "transfer", to))
         self._tell_role(TransferLeadership(target=to))
         return fut
+
+    def _add_transfer_waiter(self, target: int, waiter: Callable) -> None:
+        """Transfers are answered per target: a second request for the same target joins
+        the first (both get its outcome) instead of replacing it."""
+        with self._transfer_lock:
+            prev = self.transfers.pop(target)
+            if prev is not None:
+                first = prev[0]
+
+                def both(status, result, hint):  # noqa: ANN001
+                    first(status, result, hint)
+                    waiter(status, result, hint)
+                self.transfers.add(target, both)
+            else:
+                self.transfers.add(target, waiter)
 
     def wait_for_leader(self, timeout: float = 10.0) -> int:
         """Block until this node knows a leader (itself or a peer); return its id."""
@@ -378,4 +414,8 @@ class Node:
             return {"id": self.id, "role": "stopped"}
         fut: Future = Future()
         self._tell_role(StatusQuery(reply=fut.set_result))
-        return fut.result(timeout)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            raise UnavailableError(f"node {self.id} did not answer a status query within "
+                                   f"{timeout} s") from None

@@ -99,3 +99,41 @@ def test_a_client_frame_gets_one_answer_per_request_key(tmp_path):
     assert len(reads) == 1 and reads[0].status == Status.OK and reads[0].read_id == 5
     assert len(got) == 3
     assert node.applier.commands_applied == 2 and node.applier.duplicates == 1
+
+
+def test_concurrent_proposals_from_many_threads_all_apply(tmp_path):
+    """All of a node's own proposals share one session; numbering and queueing happen
+    together, so no proposal is ever applied as a stale retry (it used to happen when two
+    threads queued their seqs out of order)."""
+    from concurrent.futures import ThreadPoolExecutor
+    port = free_port_block(1)
+    node = Node.start(_config(tmp_path, port), KVStateMachine())
+    try:
+        node.wait_for_leader(10)
+
+        def writer(t: int) -> list:
+            futs = [node.propose(kv_put(f"k{t}", str(i))) for i in range(2000)]
+            return [f.result(30) for f in futs]
+        with ThreadPoolExecutor(6) as ex:
+            results = [r for rs in ex.map(writer, range(6)) for r in rs]
+        assert results == [{"ok": True}] * 12000
+        assert node.applier.stale == 0 and node.applier.commands_applied == 12000
+    finally:
+        node.stop()
+
+
+def test_stopped_node_and_repeated_transfers_give_clear_answers(tmp_path):
+    from josefine.errors import UnavailableError
+    port = free_port_block(1)
+    node = Node.start(_config(tmp_path, port), KVStateMachine())
+    try:
+        node.wait_for_leader(10)
+        # two requests for the same target both get its outcome (the second used to
+        # replace the first, which then never resolved)
+        a, b = node.transfer_leadership(1), node.transfer_leadership(1)
+        assert a.result(10) == 1 and b.result(10) == 1
+    finally:
+        node.stop()
+    for fut in (node.propose(b"x"), node.read(kv_get("k")), node.transfer_leadership(1)):
+        with pytest.raises(UnavailableError, match="stopped"):
+            fut.result(1)
