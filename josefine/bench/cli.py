@@ -3,7 +3,7 @@ PySyncObj in the same invocation.
 
     josefine bench --nodes 3 --clients C --duration S --payload BYTES [--pipeline P]
                    [--no-fsync] [--compare pysyncobj] [--json] [--plot FILE.png]
-                   [--failover [--trials N]]
+                   [--failover [--trials N]] [--embedded | --client-api]
 
 JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...},
 "failover": {...} | null}; each result has system, mode, nodes, clients, pipeline, payload,
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-api", action="store_true",
                     help="drive Josefine through the public Client from --clients threads "
                          "(one process) instead of pipelined raw workers")
+    ap.add_argument("--embedded", action="store_true",
+                    help="generate Josefine's load inside node 1's process through the "
+                         "embedding API (Node.propose), as PySyncObj's load runs inside its "
+                         "leader: the like-for-like latency comparison")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
@@ -117,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     warm = a.warmup if a.warmup is not None else min(2.0, a.duration / 2)
     show = not a.no_progress
     label = "josefine " + ("no-fsync" if a.no_fsync else "durable")
-    if a.client_api:
+    if a.client_api and a.embedded:
+        ap.error("--client-api and --embedded are different load modes: choose one")
+    if a.embedded:
+        from josefine.bench.embedded import run_josefine_embedded
+        results = [run_josefine_embedded(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
+                                         not a.no_fsync, warm,
+                                         progress=_Progress(label + " (embedded)", show))]
+    elif a.client_api:
         from josefine.bench.runner import run_client_api
         results = [run_client_api(a.nodes, a.clients, a.duration, a.payload, not a.no_fsync,
                                   warm, progress=_Progress(label + " (Client)", show))]
