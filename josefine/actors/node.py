@@ -83,6 +83,11 @@ def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
 class Node:
     """A running node inside this process. Create with `Node.start(config)`."""
 
+    MAX_QUEUED_PROPOSALS = 65_536
+    """Proposals waiting for the role actor beyond this many are answered BUSY at once:
+    the core's byte budget (`max_uncommitted_bytes`) bounds what it has accepted, and this
+    bounds what waits in front of it, so no queue of the node grows without limit."""
+
     def __init__(self, config: NodeConfig, state_machine: StateMachine | None,
                  on_fatal: Callable[[str, BaseException], None] | None) -> None:
         self.config = config
@@ -275,9 +280,10 @@ class Node:
                                                   result=result, leader_hint=hint))
             return done
 
-        if self._stopped.is_set():
+        if self._stopped.is_set() or len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
+            status = Status.NOT_LEADER if self._stopped.is_set() else Status.BUSY
             for m in msgs:
-                waiter_for(m.client_id, m.seq)(Status.NOT_LEADER, None, None)
+                waiter_for(m.client_id, m.seq)(status, None, self.id)
             return
         cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
         self.proposals.add_many([((c.client_id, c.seq), waiter_for(c.client_id, c.seq))
@@ -327,6 +333,9 @@ class Node:
     def _submit(self, cmd: Command, waiter: Callable) -> None:
         if self._stopped.is_set():
             waiter(_STOPPED, None, None)
+            return
+        if len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
+            waiter(Status.BUSY, None, self.id)
             return
         self.proposals.add((cmd.client_id, cmd.seq), waiter)
         self.proposal_inbox.put(cmd)

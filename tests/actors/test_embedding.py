@@ -137,3 +137,18 @@ def test_stopped_node_and_repeated_transfers_give_clear_answers(tmp_path):
     for fut in (node.propose(b"x"), node.read(kv_get("k")), node.transfer_leadership(1)):
         with pytest.raises(UnavailableError, match="stopped"):
             fut.result(1)
+
+
+def test_proposals_beyond_the_intake_bound_are_answered_busy(tmp_path):
+    from josefine.errors import BusyError
+    port = free_port_block(1)
+    node = Node.start(_config(tmp_path, port), KVStateMachine())
+    try:
+        node.wait_for_leader(10)
+        node.MAX_QUEUED_PROPOSALS = 0    # every queue "full"
+        with pytest.raises(BusyError):
+            node.propose(kv_put("k", "v")).result(5)
+        node.MAX_QUEUED_PROPOSALS = Node.MAX_QUEUED_PROPOSALS
+        assert node.propose(kv_put("k", "v")).result(10) == {"ok": True}
+    finally:
+        node.stop()
