@@ -35,11 +35,12 @@ from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderEr
 from josefine.fsm.api import StateMachine
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
-from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose, ClientProposeResp,
+from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose,
                                ClientRead, ClientReadResp, ClientStatus, ClientStatusResp,
                                ClientTransfer, ReadIndex, Status, StatusQuery,
                                TransferLeadership)
 from josefine.raft.core import CoreConfig, RaftCore
+from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
 from josefine.transport.zmq_transport import ZmqTransport
 
@@ -97,7 +98,7 @@ class Node:
         self._stop_lock = threading.Lock()
         self.fatal_error: BaseException | None = None
         self.links = Links()
-        self.proposals = Waiters()
+        self.proposals = Waiters(on_remote=self._answer_remote_proposal)
         self.reads = Waiters()
         self.transfers = Waiters()
         self._read_ids = itertools.count(1)
@@ -272,27 +273,24 @@ class Node:
             self._submit_remote(identity, run)
 
     def _submit_remote(self, identity: bytes, msgs: list) -> None:
-        reply = self._reply
-
-        def waiter_for(cid: str, seq: int) -> Callable:
-            def done(status, result, hint):  # noqa: ANN001
-                reply(identity, ClientProposeResp(client_id=cid, seq=seq, status=status,
-                                                  result=result, leader_hint=hint))
-            return done
-
         if self._stopped.is_set() or len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
             status = Status.NOT_LEADER if self._stopped.is_set() else Status.BUSY
             for m in msgs:
-                waiter_for(m.client_id, m.seq)(status, None, self.id)
+                self._answer_remote_proposal(identity, (m.client_id, m.seq), status, None,
+                                             self.id)
             return
         cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
-        self.proposals.add_many([((c.client_id, c.seq), waiter_for(c.client_id, c.seq))
-                                 for c in cmds])
+        self.proposals.add_remote_many([(c.client_id, c.seq) for c in cmds], identity)
         self.proposal_inbox.put_many(cmds)
 
+    def _answer_remote_proposal(self, identity: bytes, key: tuple, status: Status,
+                                result: Any, hint: int | None) -> None:
+        self._reply(identity, encode_propose_reply(key[0], key[1], status, result, hint))
+
     def _reply(self, identity: bytes, msg: Any) -> None:
-        """Answer a remote client; inside an FSM batch, replies to one client are gathered
-        and leave as one frame when the batch ends (see FsmActor)."""
+        """Answer a remote client (`msg` a message, or one already encoded as bytes); inside
+        an FSM batch, replies to one client are gathered and leave as one frame when the
+        batch ends (see FsmActor)."""
         rb = self.reply_batch
         batch = rb.pending
         if batch is not None and rb.owned_here():

@@ -17,11 +17,22 @@ Waiter = Callable[[Any, Any, Any], None]   # (status, result, leader_hint)
 _EXPIRE_S = 120.0
 
 
+RemoteAnswer = Callable[[Any, Any, Any, Any, Any], None]
+"""(extra, key, status, result, leader_hint): answers an entry registered without a waiter."""
+
+
 class Waiters:
-    def __init__(self) -> None:
+    """Key -> (time added, waiter, extra).
+
+    An entry added with waiter None is a remote client's request: `extra` holds whatever
+    `on_remote` needs to answer it (the client's identity). Hot requests are then plain data,
+    with no closure per request."""
+
+    def __init__(self, on_remote: RemoteAnswer | None = None) -> None:
         self._lock = threading.Lock()
-        self._w: dict[Any, tuple[float, Waiter, Any]] = {}
+        self._w: dict[Any, tuple[float, Waiter | None, Any]] = {}
         self._since_sweep = 0
+        self.on_remote = on_remote
 
     def add(self, key: Any, waiter: Waiter, extra: Any = None) -> None:
         now = time.monotonic()
@@ -31,14 +42,16 @@ class Waiters:
             if self._since_sweep > 4096:
                 self._sweep(now)
 
-    def add_many(self, entries: list[tuple[Any, Waiter]]) -> None:
-        """`add` for several (key, waiter) pairs under one lock (a pipelined client frame)."""
+    def add_remote_many(self, keys: list[Any], extra: Any) -> None:
+        """Register several remote requests answered through `on_remote(extra, key, ...)`,
+        under one lock (a pipelined client frame)."""
         now = time.monotonic()
+        entry = (now, None, extra)
         with self._lock:
             w = self._w
-            for key, waiter in entries:
-                w[key] = (now, waiter, None)
-            self._since_sweep += len(entries)
+            for key in keys:
+                w[key] = entry
+            self._since_sweep += len(keys)
             if self._since_sweep > 4096:
                 self._sweep(now)
 
@@ -58,10 +71,14 @@ class Waiters:
         return key in self._w
 
     def resolve(self, key: Any, status: Any, result: Any = None, hint: Any = None) -> bool:
-        e = self.pop(key)
+        with self._lock:
+            e = self._w.pop(key, None)
         if e is None:
             return False
-        e[0](status, result, hint)
+        if e[1] is None:
+            self.on_remote(e[2], key, status, result, hint)  # type: ignore[misc]
+        else:
+            e[1](status, result, hint)
         return True
 
     def fail_all(self) -> None:
@@ -71,6 +88,8 @@ class Waiters:
         with self._lock:
             items, self._w = list(self._w.values()), {}
         for _, waiter, _ in items:
+            if waiter is None:
+                continue   # a remote client: its node is going away, it will retry elsewhere
             try:
                 waiter(Status.UNKNOWN, None, None)
             except Exception:  # a waiter's own failure must not stop the shutdown

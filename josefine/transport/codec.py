@@ -69,6 +69,7 @@ __all__ = [
     "encode_client_frame",
     "encode_frame",
     "encode_message",
+    "encode_propose_reply",
     "FRAME_ITEM_OVERHEAD",
     "frame_overhead",
     "packb",
@@ -426,14 +427,21 @@ def encode_message(msg: Any) -> bytes:
     cls = type(msg)
     if cls is AppendBlocks:
         return _encode_append(msg)
-    if cls is ClientProposeResp:   # the hot reply: the generic path, unrolled
-        return _pack([_PROPOSE_RESP_TAG, {
-            "client_id": msg.client_id, "seq": msg.seq, "status": msg.status,
-            "result": msg.result, "leader_hint": msg.leader_hint}])
+    if cls is ClientProposeResp:
+        return encode_propose_reply(msg.client_id, msg.seq, msg.status, msg.result,
+                                    msg.leader_hint)
     spec = _BY_TYPE.get(cls)
     if spec is None:
         raise CodecError("malformed", f"not a wire message: {cls.__name__}")
     return _pack([spec.tag, {name: getattr(msg, name) for name in spec.names}])
+
+
+def encode_propose_reply(client_id: str, seq: int, status: Status, result: Any,
+                         leader_hint: int | None) -> bytes:
+    """`encode_message(ClientProposeResp(...))` without building the message: the hottest
+    reply, sent once per write."""
+    return _pack([_PROPOSE_RESP_TAG, {"client_id": client_id, "seq": seq, "status": status,
+                                      "result": result, "leader_hint": leader_hint}])
 
 
 def _decode_obj(obj: Any) -> Any:
