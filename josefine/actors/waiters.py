@@ -36,31 +36,48 @@ class Waiters:
 
     def add(self, key: Any, waiter: Waiter, extra: Any = None) -> None:
         now = time.monotonic()
+        expired = None
         with self._lock:
             self._w[key] = (now, waiter, extra)
             self._since_sweep += 1
             if self._since_sweep > 4096:
-                self._sweep(now)
+                expired = self._sweep(now)
+        if expired:
+            self._expire(expired)
 
     def add_remote_many(self, keys: list[Any], extra: Any) -> None:
         """Register several remote requests answered through `on_remote(extra, key, ...)`,
         under one lock (a pipelined client frame)."""
         now = time.monotonic()
         entry = (now, None, extra)
+        expired = None
         with self._lock:
             w = self._w
             for key in keys:
                 w[key] = entry
             self._since_sweep += len(keys)
             if self._since_sweep > 4096:
-                self._sweep(now)
+                expired = self._sweep(now)
+        if expired:
+            self._expire(expired)
 
-    def _sweep(self, now: float) -> None:
-        # Called with the lock held: forget waiters nobody answered for _EXPIRE_S.
+    def _sweep(self, now: float) -> list[Waiter]:
+        # Called with the lock held: take out entries nobody answered for _EXPIRE_S (a
+        # guard against leaks; every request normally gets an outcome from the core).
         self._since_sweep = 0
         stale = [k for k, (t, _, _) in self._w.items() if now - t > _EXPIRE_S]
-        for k in stale:
-            del self._w[k]
+        return [w for w in (self._w.pop(k)[1] for k in stale) if w is not None]
+
+    @staticmethod
+    def _expire(waiters: list[Waiter]) -> None:
+        """Local waiters (Futures) are told the outcome is unknown rather than left hanging;
+        remote clients have their own timeouts. Called without the lock held."""
+        from josefine.messages import Status
+        for w in waiters:
+            try:
+                w(Status.UNKNOWN, None, None)
+            except Exception:   # a waiter's own failure must not break the caller's add
+                pass
 
     def pop(self, key: Any) -> tuple[Waiter, Any] | None:
         with self._lock:

@@ -154,3 +154,21 @@ def test_proposals_beyond_the_intake_bound_are_answered_busy(tmp_path):
         assert node.propose(kv_put("k", "v")).result(10) == {"ok": True}
     finally:
         node.stop()
+
+
+def test_waiters_expire_local_requests_with_an_answer_and_drop_remote_ones(monkeypatch):
+    """A request nobody answered for the expiry time is taken out of the registry; a local
+    one (a Future) is told UNKNOWN instead of hanging forever."""
+    from josefine.actors import waiters as wmod
+    from josefine.messages import Status
+    w = wmod.Waiters(on_remote=lambda *a: remote.append(a))
+    remote: list = []
+    got: list = []
+    clock = [1000.0]
+    monkeypatch.setattr(wmod.time, "monotonic", lambda: clock[0])
+    w.add("old-local", lambda s, r, h: got.append(s))
+    w.add_remote_many(["old-remote"], b"id")
+    clock[0] += wmod._EXPIRE_S + 1
+    w.add_remote_many([f"k{i}" for i in range(4097)], b"id")   # triggers a sweep
+    assert got == [Status.UNKNOWN] and remote == []
+    assert not w.has("old-local") and not w.has("old-remote") and w.has("k0")
