@@ -274,10 +274,10 @@ class Node:
 
     def _submit_remote(self, identity: bytes, msgs: list) -> None:
         if self._stopped.is_set() or len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
-            status = Status.NOT_LEADER if self._stopped.is_set() else Status.BUSY
+            stopped = self._stopped.is_set()
+            status, hint = (Status.NOT_LEADER, None) if stopped else (Status.BUSY, self.id)
             for m in msgs:
-                self._answer_remote_proposal(identity, (m.client_id, m.seq), status, None,
-                                             self.id)
+                self._answer_remote_proposal(identity, (m.client_id, m.seq), status, None, hint)
             return
         cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
         self.proposals.add_remote_many([(c.client_id, c.seq) for c in cmds], identity)
