@@ -38,11 +38,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import plyvel
 import zmq
 
 from josefine.launch.ports import free_port_block
+from josefine.transport.codec import packb, unpackb
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ def _follower_main(port: int, path: str, fsync: bool, parent_pid: int) -> None:
                     return
                 continue
             ident, frame = sock.recv_multipart()
-            seq, payloads = msgpack.unpackb(frame, raw=False)
+            seq, payloads = unpackb(frame)
             if seq >= 0:
                 _write_batch(db, seq, payloads, fsync)
-            sock.send_multipart([ident, msgpack.packb([seq])])
+            sock.send_multipart([ident, packb([seq])])
             if seq == STOP:
                 return
     finally:
@@ -117,18 +117,18 @@ def _leader_loop(ports: list[int], path: str, batch: int, duration: float, paylo
 
         def round_trip(seq: int) -> None:
             """Send a control frame to every follower and wait for each one's reply."""
-            frame = msgpack.packb([seq, []])
+            frame = packb([seq, []])
             for s in socks:
                 s.send(frame)
             for s, port in zip(socks, ports):
                 if not s.poll(int(_HANDSHAKE_TIMEOUT_S * 1000)):
                     raise RuntimeError(f"follower on port {port} did not answer seq {seq}")
-                (got,) = msgpack.unpackb(s.recv())
+                (got,) = unpackb(s.recv())
                 # Data acks left over from the drain may still arrive before the reply.
                 while got != seq:
                     if not s.poll(int(_HANDSHAKE_TIMEOUT_S * 1000)):
                         raise RuntimeError(f"follower on port {port} did not answer seq {seq}")
-                    (got,) = msgpack.unpackb(s.recv())
+                    (got,) = unpackb(s.recv())
 
         round_trip(PING)
 
@@ -164,7 +164,7 @@ def _leader_loop(ports: list[int], path: str, batch: int, duration: float, paylo
                         msg = s.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    (seq,) = msgpack.unpackb(msg)
+                    (seq,) = unpackb(msg)
                     entry = inflight.get(seq)
                     if entry is not None:
                         entry[1] += 1
@@ -175,7 +175,7 @@ def _leader_loop(ports: list[int], path: str, batch: int, duration: float, paylo
             if len(inflight) < window:
                 seq += 1
                 payloads = [value] * batch
-                frame = msgpack.packb([seq, payloads])
+                frame = packb([seq, payloads])
                 inflight[seq] = [time.perf_counter(), 0, False]
                 for s in socks:
                     s.send(frame, copy=False)
