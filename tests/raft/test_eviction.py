@@ -61,6 +61,15 @@ def test_memory_stays_bounded_and_a_far_behind_follower_still_catches_up():
     assert len(n1.core.tree.blocks) < 3 * keep, len(n1.core.tree.blocks)
     assert len(nodes[2].core.tree.blocks) < 3 * keep
     assert n1.core.tree.evicted_below > 200
+    # the path's ids are held as a list only near the head (it used to grow by one id per
+    # block forever); older ids still answer `at` and `on_path`, from the term ranges
+    for n in (n1, nodes[2]):
+        t = n.core.tree
+        assert len(t._recent) < 3 * keep, len(t._recent)
+        full = t.path
+        assert len(full) == 302 and full[0].height == 0 and full[-1] == t.head
+        assert all(t.at(h) == full[h] and t.on_path(full[h]) for h in range(302))
+        assert not t.on_path(type(full[5])(full[5].term + 7, 5))
     # node 3 comes back: the leader finds the fork point and resends evicted blocks
     for _ in range(6):
         n1.run(Tick(), net)

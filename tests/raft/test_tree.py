@@ -92,3 +92,25 @@ def test_add_is_idempotent_and_refuses_a_second_block_with_the_same_id():
     assert t.add(ONE[1]) is False
     with pytest.raises(SafetyViolation):
         t.add(dataclasses.replace(ONE[1], payload=b"other", digest=bytes(32)))
+
+
+def test_evicted_path_prefix_is_answered_from_term_ranges_and_survives_set_head():
+    """Eviction drops the old part of the id list; `at`, `on_path`, `path` and `set_head`
+    (even onto a branch that forks below the list, which a correct core never does) keep
+    answering exactly as with the whole list."""
+    main = chain(G, [1, 1, 2, 2, 2, 3, 3])        # heights 1..7
+    side = chain(main[1], [4, 4, 4, 4], tag=b"s")  # forks at (1,2): heights 3..6
+    store = {b.id: b for b in main + side}
+    t = BlockTree(G, loader=store.get)
+    for b in main + side:
+        t.add(b)
+    t.set_head(main[-1].id)
+    before = t.path
+    t.evict_below(6)
+    assert len(t._recent) <= 3 and t.path == before
+    assert [t.at(h) for h in range(8)] == before
+    assert all(t.on_path(b) for b in before) and not t.on_path(side[0].id)
+    t.set_head(side[-1].id)
+    assert t.path == before[:3] + ids(side)
+    assert t.term_range == {0: [0, 0], 1: [1, 2], 4: [3, 6]}
+    assert t.at(2) == main[1].id and t.head == side[-1].id
