@@ -101,6 +101,9 @@ def _encode_id(bid: BlockId) -> bytes:
     return packb([bid.term, bid.height])
 
 
+MAX_OPEN_FILES = 128
+
+
 class LevelDBStore:
     """A `ChainStore` on LevelDB. Single writer; `close()` is idempotent."""
 
@@ -110,7 +113,12 @@ class LevelDBStore:
         self._genesis = genesis(cluster_id)
         # Bloom filters: every written block is first looked up (never-overwrite check),
         # and almost all such lookups miss; without filters they probe every level.
-        self._db = plyvel.DB(str(self.path), create_if_missing=True, bloom_filter_bits=10)
+        # max_open_files bounds LevelDB's table cache, which keeps each open table's index
+        # and filter blocks in memory: at LevelDB's default (1000 tables of 2 MiB) that can
+        # reach tens of MiB on a long-running node. Block ids are written in increasing
+        # order, so a lookup touches few tables and re-opening one is rare.
+        self._db = plyvel.DB(str(self.path), create_if_missing=True, bloom_filter_bits=10,
+                             max_open_files=MAX_OPEN_FILES)
         self._closed = False
         self.writes = 0
         self.syncs = 0
