@@ -62,17 +62,10 @@ class SideQueue:
             self.unfinished -= n
 
     def put(self, item: Any) -> None:
-        with self._lock:
-            self.unfinished += 1
-        self.items.append(item)
-        with self._lock:
-            if self._nudged:
-                return
-            self._nudged = True
-        self.target.tell(Nudge())  # type: ignore[union-attr]
+        self.put_many((item,))
 
-    def put_many(self, items: list) -> None:
-        """`put` for a run of items: one wake-up check for all of them."""
+    def put_many(self, items: list | tuple) -> None:
+        """Queue a run of items with one wake-up check for all of them."""
         with self._lock:
             self.unfinished += len(items)
         self.items.extend(items)
