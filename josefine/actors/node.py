@@ -81,6 +81,15 @@ def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
     return done
 
 
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Node:
     """A running node inside this process. Create with `Node.start(config)`."""
 
@@ -350,7 +359,9 @@ class Node:
                 "sm_digest": self.applier.sm_digest().hex(),
                 "dropped_frames": zs.get("dropped_frames", 0),
                 "transport": zs, "fsync": self.config.fsync,
-                "waiting_proposals": len(self.proposals)}
+                "waiting_proposals": len(self.proposals),
+                "rss_bytes": _rss_bytes(),
+                "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"]}
 
     # ------------------------------------------------------------------ embedding API
     def propose(self, data: bytes) -> Future:

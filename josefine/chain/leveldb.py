@@ -296,7 +296,17 @@ class LevelDBStore:
             "commit": self._commit,
             "writes": self.writes,
             "syncs": self.syncs,
+            "leveldb_memory_bytes": self._approximate_memory(),
         }
+
+    def _approximate_memory(self) -> int | None:
+        """LevelDB's own estimate of the memory it holds (memtables, caches)."""
+        try:
+            v = None if self._closed else self._db.get_property(
+                b"leveldb.approximate-memory-usage")
+        except RuntimeError:   # closed meanwhile, by a node stopping
+            return None
+        return int(v) if v else None
 
     @property
     def closed(self) -> bool:

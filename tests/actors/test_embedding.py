@@ -26,6 +26,7 @@ def test_single_node_propose_read_status_and_recovery(tmp_path):
         assert node.read(kv_get("k")).result(10) == {"value": "v2"}
         st = node.status()
         assert st["role"] == "leader" and st["id"] == 1 and st["applied"] == st["commit"]
+        assert st["rss_bytes"] > 1 << 20 and st["leveldb_memory_bytes"] > 0   # diagnostics
         assert node.transfer_leadership(1).result(10) == 1   # to itself: a no-op
     finally:
         node.stop()
