@@ -7,12 +7,16 @@ supervisor restarts the process and it recovers from disk.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 from josefine.config import ConfigError, load_node_config
 
@@ -40,6 +44,24 @@ counting first; cycles are still collected, only less often."""
 
 def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+TRIM_EVERY_S = 30.0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim, or None where there is no glibc.
+
+    A loaded node frees block payloads and frames from several threads; glibc keeps much
+    of that freed memory in its arenas instead of returning it. Measured under full load,
+    a trim gave back 4-5 MiB on a follower and 5-23 MiB on the leader."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("node %d: pid %d serving on %s", cfg.node_id, os.getpid(), cfg.address)
+    trim = _malloc_trim()
+    next_trim = time.monotonic() + TRIM_EVERY_S
     while not done.wait(0.5):
         if node.stopped:
             exit_code[0] = EXIT_FATAL if node.fatal_error else 0
             break
+        if trim is not None and time.monotonic() >= next_trim:
+            trim()   # a foreign call: the GIL is released while it runs
+            next_trim = time.monotonic() + TRIM_EVERY_S
     node.stop()
     log.info("node %d: stopped", cfg.node_id)
     return exit_code[0]
