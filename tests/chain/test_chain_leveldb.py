@@ -158,3 +158,42 @@ def test_write_is_atomic_on_disk(tmp_path):
     after = dict(db.iterator())
     db.close()
     assert after == before
+
+
+def _filled_store(path, n=1200, size=8192):
+    """A store whose blocks went through the memtable into table files (about 10 MB)."""
+    s = LevelDBStore(path, "c")
+    parent, blocks = G, []
+    for i in range(n):
+        b = make_block(parent, 1, BlockKind.NORMAL, i.to_bytes(4, "big") * (size // 4))
+        blocks.append(b)
+        parent = b
+    for i in range(0, n, 50):
+        s.write(blocks=blocks[i:i + 50], head=blocks[i + 49].id, sync=False)
+    s._db.compact_range()   # memtables flushed and compacted: LevelDB's memory is now its caches
+    return s, blocks
+
+
+def test_reads_do_not_grow_leveldb_memory_past_its_block_cache(tmp_path):
+    # LevelDB's default block cache is 8 MiB; a long-running node filled it a few hundred
+    # KiB a minute with its own existence checks, which looked like a leak for half an hour.
+    from josefine.chain.leveldb import BLOCK_CACHE_BYTES
+    s, blocks = _filled_store(tmp_path / "db")
+    try:
+        before = s.stats()["leveldb_memory_bytes"]
+        for b in blocks:
+            assert s.get_block(b.id) == b
+        grown = s.stats()["leveldb_memory_bytes"] - before
+        assert 0 < grown <= BLOCK_CACHE_BYTES * 1.1
+    finally:
+        s.close()
+
+
+def test_full_scans_do_not_fill_the_block_cache(tmp_path):
+    path = tmp_path / "db"
+    s, blocks = _filled_store(path)
+    s.close()
+    with LevelDBStore(path, "c") as s2:       # opening reads and verifies every block
+        assert s2.stats()["leveldb_memory_bytes"] < 256 << 10
+        assert len(list(s2.iter_blocks())) == len(blocks) + 1
+        assert s2.stats()["leveldb_memory_bytes"] < 256 << 10
