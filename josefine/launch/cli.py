@@ -53,7 +53,8 @@ _DELEGATED = {
 }
 
 STATUS_FIELDS = ("id", "address", "reachable", "pid", "role", "term", "leader",
-                 "head", "commit", "applied", "dropped_frames", "error")
+                 "head", "commit", "applied", "dropped_frames", "rss_bytes",
+                 "leveldb_memory_bytes", "error")
 """Keys of each node object in ``josefine status --json`` (see `_status`)."""
 
 
@@ -378,7 +379,8 @@ def _node_row(node_id: int, address: str, status: dict[str, Any] | None, error: 
     if status is None:
         return {"id": node_id, "address": address, "reachable": False, "pid": None, "role": "unreachable",
                 "term": None, "leader": None, "head": None, "commit": None, "applied": None,
-                "dropped_frames": None, "error": error}
+                "dropped_frames": None, "rss_bytes": None, "leveldb_memory_bytes": None,
+                "error": error}
     role = _field(status, "role")
     if role is not None and not isinstance(role, str):
         role = getattr(role, "name", str(role)).lower()
@@ -394,6 +396,8 @@ def _node_row(node_id: int, address: str, status: dict[str, Any] | None, error: 
         "commit": _block_ref(_field(status, "commit")),
         "applied": _block_ref(_field(status, "applied")),
         "dropped_frames": _field(status, "dropped_frames", "dropped"),
+        "rss_bytes": _field(status, "rss_bytes"),
+        "leveldb_memory_bytes": _field(status, "leveldb_memory_bytes"),
         "error": None,
     }
 
@@ -415,11 +419,14 @@ def _status(args: argparse.Namespace) -> int:
          "nodes": [{"id": 1, "address": "tcp://127.0.0.1:7001", "reachable": true,
                     "pid": 4242, "role": "leader", "term": 3, "leader": 1,
                     "head": [3, 17], "commit": [3, 16], "applied": [3, 16],
-                    "dropped_frames": 0, "error": null}, ...]}
+                    "dropped_frames": 0, "rss_bytes": 41943040,
+                    "leveldb_memory_bytes": 2097152, "error": null}, ...]}
 
     `nodes` is in id order. Block references (`head`, `commit`, `applied`) are
     ``[term, height]`` arrays, or whatever integer height the node reports, or
-    null. For an unreachable node `reachable` is false, `role` is
+    null. `rss_bytes` (the node process's resident memory) and `leveldb_memory_bytes`
+    (LevelDB's own estimate of its memtables and caches) are null where the node cannot
+    tell. For an unreachable node `reachable` is false, `role` is
     ``"unreachable"``, `error` says why and every other status field is null.
     Exit status 0 when every node answered, 1 otherwise.
     """

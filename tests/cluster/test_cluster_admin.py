@@ -94,6 +94,7 @@ def test_cli_put_get_cas_delete_status(launch):
         assert n["address"] == addrs[i]
         for k in ("term", "leader", "head", "commit", "applied", "dropped_frames"):
             assert k in n
+        assert n["rss_bytes"] > 1 << 20 and n["leveldb_memory_bytes"] > 0
     l.stop_node(2)
     r = _cli("status", "--json", env=env)
     doc = json.loads(r.stdout)

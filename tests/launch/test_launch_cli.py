@@ -158,7 +158,8 @@ def _fake_status(address, cluster_id, timeout):
         raise ConnectionError("no reply")
     node_id = int(address[-1])
     return {"pid": 100 + node_id, "role": "leader" if node_id == 1 else "follower", "term": 4, "leader": 1,
-            "head": (4, 9), "commit": [4, 8], "applied": {"term": 4, "height": 8}, "dropped_frames": node_id}
+            "head": (4, 9), "commit": [4, 8], "applied": {"term": 4, "height": 8}, "dropped_frames": node_id,
+            "rss_bytes": 40 << 20, "leveldb_memory_bytes": 1 << 20}
 
 
 def test_status_table_and_json(cluster_file, capsys, fake_client):
@@ -181,7 +182,8 @@ def test_status_table_and_json(cluster_file, capsys, fake_client):
     one, two, three = data["nodes"]
     assert one == {"id": 1, "address": "tcp://127.0.0.1:7001", "reachable": True, "pid": 101, "role": "leader",
                    "term": 4, "leader": 1, "head": [4, 9], "commit": [4, 8], "applied": [4, 8],
-                   "dropped_frames": 1, "error": None}
+                   "dropped_frames": 1, "rss_bytes": 40 << 20, "leveldb_memory_bytes": 1 << 20,
+                   "error": None}
     assert two["reachable"] is False and two["role"] == "unreachable" and "no reply" in two["error"]
     assert three["role"] == "follower"
 
