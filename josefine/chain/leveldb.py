@@ -116,14 +116,13 @@ class LevelDBStore:
         # Bloom filters: every written block is first looked up (never-overwrite check),
         # and almost all such lookups miss; without filters they probe every level.
         # Both of LevelDB's caches fill slowly and then stay full, so on a long-running
-        # node they look like a leak until they do: the table cache (one entry per open
-        # table, about 60 KB of index and filter each, admitted as compactions write new
-        # tables) and the block cache (8 MiB by default, admitted by reads that miss the
-        # memtable). Under full load they grew a node's memory about 0.7 MiB a minute for
-        # the first ten minutes. Both are bounded small here: block ids are written in
-        # increasing order, so lookups touch few tables, and the node keeps the blocks it
-        # needs in memory itself; the block cache only helps start-up's single scan, which
-        # does not fill it.
+        # node they look like a leak until they are: the table cache (about 60 KB per open
+        # table, measured with heaptrack, admitted as compactions write new tables) and
+        # the block cache (8 MiB by default, admitted by reads that miss the memtable).
+        # Under full load they grew a node's memory about 0.7 MiB a minute for the first
+        # ten minutes. Both are bounded small here: block ids are written in increasing
+        # order, so lookups touch few tables, and the node keeps the blocks it needs in
+        # memory itself. Full scans (start-up) bypass the block cache altogether.
         self._db = plyvel.DB(str(self.path), create_if_missing=True, bloom_filter_bits=10,
                              max_open_files=MAX_OPEN_FILES, lru_cache_size=BLOCK_CACHE_BYTES)
         self._closed = False

@@ -317,7 +317,9 @@ class ZmqTransport:
         return out
 
     def _wake(self) -> None:
-        # One byte per wake-up at most: the I/O thread clears the flag before it drains.
+        # One byte per wake-up at most: the I/O thread clears the flag after it drains, and
+        # flushes the queue after that, so whatever was queued before the flag was seen set
+        # is sent by that flush.
         with self._wake_lock:
             if self._wake_pending or self._wake_w is None:
                 return
@@ -431,13 +433,18 @@ class ZmqTransport:
             self._flush_outbound()
 
     def _drain_wake(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False
+        # Empty the pipe first, then clear the flag. The other order loses wake-ups: a
+        # sender that sets the flag and writes its byte between the two steps has that byte
+        # read here, leaving the flag set over an empty pipe, so every later `_wake` (stop()'s
+        # included) skipped its write and the thread slept in poll with work queued. Seen as
+        # a CI failure: 2,000 queued heartbeats never sent, and stop() timing out.
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        with self._wake_lock:
+            self._wake_pending = False
 
     # ------------------------------------------------------------------------------ inbound
 

@@ -341,3 +341,48 @@ def test_encoded_message_reused_for_several_peers(cluster):
     assert drain(nodes[2].inbox, 1)[0].blocks == blocks
     assert drain(nodes[3].inbox, 1)[0].blocks == blocks
     assert encode_message(ClientStatusResp(client_id="c", read_id=1))  # sanity
+
+
+def test_a_wake_up_racing_the_drain_is_never_lost(monkeypatch):
+    # The I/O thread may only sleep in poll while the wake flag is clear or the pipe holds
+    # a byte; otherwise every later _wake() is skipped and queued sends (and stop) hang.
+    # Here a sender wakes the thread at the worst moment: while it drains the pipe.
+    import os
+
+    import josefine.transport.zmq_transport as zt
+    t = ZmqTransport(1, CLUSTER, "tcp://127.0.0.1:1", {1: "tcp://127.0.0.1:1"},
+                     lambda m: None, lambda i, m: None)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    t._wake_r, t._wake_w = r, w
+    real_read = os.read
+    raced = []
+
+    def read_with_a_sender_racing(fd, n):
+        if not raced:
+            raced.append(True)
+            t._wake()   # another thread queues a message and wakes the I/O thread now
+        return real_read(fd, n)
+
+    try:
+        for pending_before in (False, True):
+            raced.clear()
+            if pending_before:
+                t._wake()
+            monkeypatch.setattr(zt.os, "read", read_with_a_sender_racing)
+            t._drain_wake()
+            monkeypatch.setattr(zt.os, "read", real_read)
+            left = b""
+            try:
+                left = real_read(r, 16)
+            except BlockingIOError:
+                pass
+            assert raced
+            assert not t._wake_pending or left, "flag set over an empty pipe: wake-ups lost"
+            t._wake_pending = False
+    finally:
+        os.close(r)
+        os.close(w)
+        t._wake_r = t._wake_w = None
+        t.stop()
