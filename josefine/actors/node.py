@@ -39,6 +39,7 @@ from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose,
                                ClientRead, ClientReadResp, ClientStatus, ClientStatusResp,
                                ClientTransfer, ReadIndex, Status, StatusQuery,
                                TransferLeadership)
+from josefine.procstat import rss_bytes
 from josefine.raft.core import CoreConfig, RaftCore
 from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
@@ -79,15 +80,6 @@ def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
         else:
             fut.set_exception(status_error(status, hint, what))
     return done
-
-
-def _rss_bytes() -> int | None:
-    """This process's resident memory (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Node:
@@ -360,7 +352,7 @@ class Node:
                 "dropped_frames": zs.get("dropped_frames", 0),
                 "transport": zs, "fsync": self.config.fsync,
                 "waiting_proposals": len(self.proposals),
-                "rss_bytes": _rss_bytes(),
+                "rss_bytes": rss_bytes(os.getpid()),
                 "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"]}
 
     # ------------------------------------------------------------------ embedding API

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from josefine.bench.procstat import cpu_seconds, rss_kib
 from josefine.launch.ports import free_port_block
+from josefine.procstat import cpu_seconds, rss_kib
 
 
 @dataclass

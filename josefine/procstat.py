@@ -1,4 +1,4 @@
-"""CPU and memory of a process from /proc (Linux): for the benchmark report."""
+"""CPU and memory of a process from /proc (Linux): the benchmark report and node status."""
 from __future__ import annotations
 
 import os
@@ -29,3 +29,9 @@ def rss_kib(pid: int) -> tuple[int | None, int | None]:
     except OSError:
         pass
     return cur, peak
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Current RSS in bytes, or None where /proc cannot tell."""
+    cur = rss_kib(pid)[0]
+    return None if cur is None else cur * 1024
