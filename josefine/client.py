@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from josefine.errors import (BusyError, NotLeaderError, RejectedError, UnavailableError,
                              UnknownOutcomeError)
 from josefine.fsm.kv import kv_cas, kv_delete, kv_get, kv_put
+from josefine.security import ClientCredentials, KeyPair, client_credentials
 from josefine.messages import (ClientAdmin, ClientPropose, ClientRead, ClientStatus,
                                ClientTransfer, Status)
 from josefine.transport.client_conn import ClientConnection
@@ -43,10 +44,14 @@ class Client:
         cluster_id: the cluster's id (from cluster.toml); frames of other clusters are refused.
         timeout: overall deadline of one operation, retries included.
         request_timeout: how long to wait for one node before trying another.
+        credentials: the client's Curve key pair and the nodes' server keys, for a secure
+            cluster (the default kind); None talks plaintext to an ``insecure`` cluster.
+            `from_cluster_file` finds them in the cluster file.
     """
 
     def __init__(self, addresses: Sequence[str] | Mapping[int, str], cluster_id: str, *,
-                 timeout: float = 10.0, request_timeout: float = 1.0) -> None:
+                 timeout: float = 10.0, request_timeout: float = 1.0,
+                 credentials: ClientCredentials | None = None) -> None:
         if isinstance(addresses, Mapping):
             self._by_id = {int(k): v for k, v in addresses.items()}
             self.addresses = list(self._by_id.values())
@@ -56,6 +61,7 @@ class Client:
         if not self.addresses:
             raise ValueError("Client needs at least one node address")
         self.cluster_id = cluster_id
+        self.credentials = credentials
         self.timeout = timeout
         self.request_timeout = request_timeout
         self._base = f"cl-{uuid.uuid4().hex[:12]}"
@@ -67,11 +73,16 @@ class Client:
         self._closed = False
 
     @classmethod
-    def from_cluster_file(cls, path: str | None = None, **kw: Any) -> "Client":
-        """Build a client from a launcher's cluster.toml (or $JOSEFINE_CLUSTER)."""
+    def from_cluster_file(cls, path: str | None = None, *, admin: bool = False,
+                          key_file: str | None = None, **kw: Any) -> "Client":
+        """Build a client from a launcher's cluster.toml (or $JOSEFINE_CLUSTER), with the
+        key pair it names (the admin key with `admin`), or the one in `key_file`."""
         from josefine.config import load_cluster_config, resolve_cluster_path
-        cc = load_cluster_config(resolve_cluster_path(path))
-        return cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id, **kw)
+        path_ = resolve_cluster_path(path)
+        cc = load_cluster_config(path_)
+        creds = client_credentials(cc, admin=admin, key_file=key_file, source=str(path_))
+        return cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id,
+                   credentials=creds, **kw)
 
     # ------------------------------------------------------------------ key-value API
     def put(self, key: str, value: Any) -> None:
@@ -214,7 +225,8 @@ class Client:
     def _conn(self, st: _ThreadState, addr: str) -> ClientConnection:
         c = st.conns.get(addr)
         if c is None:
-            c = ClientConnection(addr, self.cluster_id, st.client_id)
+            c = ClientConnection(addr, self.cluster_id, st.client_id,
+                                 curve=_curve(self.credentials, addr))
             st.conns[addr] = c
         return c
 
@@ -236,7 +248,8 @@ class Client:
     def _learn_ids(self) -> None:
         for a in self.addresses:
             try:
-                st = query_status(a, self.cluster_id, timeout=0.5)
+                st = query_status(a, self.cluster_id, timeout=0.5,
+                                  credentials=self.credentials)
             except Exception:
                 continue
             if "id" in st:
@@ -257,18 +270,24 @@ class Client:
         self.close()
 
 
-def query_status(address: str, cluster_id: str, timeout: float = 2.0) -> dict:
+def _curve(creds: ClientCredentials | None, address: str) -> tuple[KeyPair, bytes] | None:
+    return None if creds is None else (creds.pair, creds.server_key(address))
+
+
+def query_status(address: str, cluster_id: str, timeout: float = 2.0, *,
+                 credentials: ClientCredentials | None = None) -> dict:
     """One node's status dict; raises TimeoutError when it does not answer."""
     cid = f"status-{uuid.uuid4().hex[:8]}"
-    with ClientConnection(address, cluster_id, cid) as conn:
+    with ClientConnection(address, cluster_id, cid, curve=_curve(credentials, address)) as conn:
         return dict(conn.request(ClientStatus(client_id=cid, read_id=1), timeout).status)
 
 
 def admin_request(address: str, cluster_id: str, op: str, args: dict | None = None,
-                  timeout: float = 2.0) -> Any:
-    """Send an admin request (e.g. op="faults" with FaultRules.to_dict() args)."""
+                  timeout: float = 2.0, *, credentials: ClientCredentials | None = None) -> Any:
+    """Send an admin request (e.g. op="faults" with FaultRules.to_dict() args); a secure
+    cluster needs an admin key in `credentials`."""
     cid = f"admin-{uuid.uuid4().hex[:8]}"
-    with ClientConnection(address, cluster_id, cid) as conn:
+    with ClientConnection(address, cluster_id, cid, curve=_curve(credentials, address)) as conn:
         resp = conn.request(ClientAdmin(client_id=cid, read_id=1, op=op, args=args or {}),
                             timeout)
     if not resp.ok:

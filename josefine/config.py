@@ -132,6 +132,12 @@ def _expect_str(source: str, key: str, value: Any, *, nonempty: bool = True) -> 
         raise _fail(source, key, "must not be empty")
 
 
+def _expect_str_list(source: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise _fail(source, key, f"expected an array of strings, got {value!r} ({_kind(value)})")
+    return tuple(value)
+
+
 def _expect_address(source: str, key: str, value: Any) -> None:
     _expect_str(source, key, value)
     try:
@@ -203,6 +209,8 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return _toml_str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
@@ -254,6 +262,15 @@ class NodeConfig:
     """Run a pre-vote round before starting an election (thesis §9.6)."""
     check_quorum: bool = True
     """A leader steps down when it has not heard from a quorum for an election timeout."""
+    insecure: bool = False
+    """Plaintext ZeroMQ, no authentication: any process that reaches the port can forge
+    frames. Off by default; a node started insecure logs a warning."""
+    secret_key_file: str | None = None
+    """This node's Curve key pair (``josefine launch`` writes ``node.key_secret``, mode
+    0600). Required unless `insecure`."""
+    cluster_file: str | None = None
+    """The ``cluster.toml`` whose public keys this node trusts; re-read on a key reload.
+    Required unless `insecure`."""
 
     def __post_init__(self) -> None:
         if isinstance(self.peers, Mapping):
@@ -306,8 +323,9 @@ class NodeConfig:
         if not isinstance(peers_raw, Mapping):
             raise _fail(source, "peers", f"expected a table of id = address, got {peers_raw!r} ({_kind(peers_raw)})")
         values["peers"] = {_peer_id(source, f"peers.{k}", k): v for k, v in peers_raw.items()}
-        if isinstance(values.get("data_dir"), str) and values["data_dir"]:
-            values["data_dir"] = _resolve_path(values["data_dir"], base_dir)
+        for key in ("data_dir", "secret_key_file", "cluster_file"):
+            if isinstance(values.get(key), str) and values[key]:
+                values[key] = _resolve_path(values[key], base_dir)
         _check_node(values, source)
         return cls(**values)
 
@@ -362,7 +380,10 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     hb, el = v.get("heartbeat_ticks", 2), v.get("election_ticks", 10)
     if el <= hb:
         raise _fail(source, "election_ticks", f"must be greater than heartbeat_ticks ({hb}), got {el}")
-    for key in ("fsync", "fault_injection", "pre_vote", "check_quorum"):
+    for key in ("secret_key_file", "cluster_file"):
+        if v.get(key) is not None:
+            _expect_str(source, key, v[key])
+    for key in ("fsync", "fault_injection", "pre_vote", "check_quorum", "insecure"):
         if key in v:
             _expect_bool(source, key, v[key])
     _expect_int(source, "max_frame_bytes", v.get("max_frame_bytes", 16 * _MIB), lo=1024)
@@ -414,6 +435,10 @@ class ClusterNode:
     """The node's data directory, when the file was written by the launcher."""
     config_path: str | None = None
     """The node's ``node.toml``, when the file was written by the launcher."""
+    public_key: str | None = None
+    """The node's Curve public key (Z85); required unless the cluster is insecure."""
+    previous_keys: tuple[str, ...] = ()
+    """Older public keys still accepted for this node while its key is being rotated."""
 
 
 @dataclass(frozen=True)
@@ -432,9 +457,21 @@ class ClusterConfig:
 
     cluster_id: str
     nodes: dict[int, ClusterNode] = field(hash=False)
+    insecure: bool = False
+    """Plaintext cluster: no keys. Every node's ``insecure`` must agree with it."""
+    client_keys: tuple[str, ...] = ()
+    """Public keys allowed to send client requests."""
+    admin_keys: tuple[str, ...] = ()
+    """Public keys allowed to send client and admin requests."""
+    client_key_file: str | None = None
+    """Where clients of this file find their key pair (``josefine launch``: client.key_secret)."""
+    admin_key_file: str | None = None
+    """Where admin tools find their key pair (``josefine launch``: admin.key_secret)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", dict(sorted(self.nodes.items())))
+        object.__setattr__(self, "client_keys", tuple(self.client_keys))
+        object.__setattr__(self, "admin_keys", tuple(self.admin_keys))
         _expect_cluster_id("ClusterConfig", "cluster_id", self.cluster_id)
         if not self.nodes:
             raise _fail("ClusterConfig", "nodes", "at least one node is required")
@@ -452,7 +489,8 @@ class ClusterConfig:
         cls, data: Mapping[str, Any], source: str = "<cluster>", base_dir: Path | None = None
     ) -> ClusterConfig:
         """Build from parsed TOML; relative paths are taken relative to `base_dir`."""
-        _check_unknown(source, data, ["cluster_id", "nodes"])
+        _check_unknown(source, data, ["cluster_id", "nodes", "insecure", "client_keys",
+                                      "admin_keys", "client_key_file", "admin_key_file"])
         if "cluster_id" not in data:
             raise _fail(source, "cluster_id", "missing (required)")
         _expect_cluster_id(source, "cluster_id", data["cluster_id"])
@@ -461,7 +499,7 @@ class ClusterConfig:
             raise _fail(source, "nodes", "missing (required)")
         if not isinstance(raw_nodes, Mapping) or not raw_nodes:
             raise _fail(source, "nodes", "expected a non-empty table of node tables")
-        fields = ["address", "data_dir", "config_path"]
+        fields = ["address", "data_dir", "config_path", "public_key", "previous_keys"]
         nodes: dict[int, ClusterNode] = {}
         seen: dict[str, int] = {}
         for raw_id, entry in raw_nodes.items():
@@ -481,19 +519,47 @@ class ClusterConfig:
                 if key in entry:
                     _expect_str(source, f"{prefix}.{key}", entry[key])
                     paths[key] = _resolve_path(entry[key], base_dir)
-            nodes[node_id] = ClusterNode(address=entry["address"], **paths)
-        return cls(cluster_id=data["cluster_id"], nodes=nodes)
+            if "public_key" in entry:
+                _expect_str(source, f"{prefix}.public_key", entry["public_key"])
+            previous = _expect_str_list(source, f"{prefix}.previous_keys",
+                                        entry.get("previous_keys", []))
+            nodes[node_id] = ClusterNode(address=entry["address"],
+                                         public_key=entry.get("public_key"),
+                                         previous_keys=previous, **paths)
+        extra: dict[str, Any] = {}
+        if "insecure" in data:
+            _expect_bool(source, "insecure", data["insecure"])
+            extra["insecure"] = data["insecure"]
+        for key in ("client_keys", "admin_keys"):
+            extra[key] = _expect_str_list(source, key, data.get(key, []))
+        for key in ("client_key_file", "admin_key_file"):
+            if key in data:
+                _expect_str(source, key, data[key])
+                extra[key] = _resolve_path(data[key], base_dir)
+        if not extra.get("insecure", False):
+            for node_id, node in nodes.items():
+                if node.public_key is None:
+                    raise _fail(source, f"nodes.{node_id}.public_key",
+                                "missing: a secure cluster lists every node's public key "
+                                "(or set insecure = true)")
+        return cls(cluster_id=data["cluster_id"], nodes=nodes, **extra)
 
     def to_toml(self) -> str:
         """Render as a ``cluster.toml`` that `load_cluster_config` reads back equal."""
         lines = ["# josefine cluster file: pass it as --cluster FILE or set JOSEFINE_CLUSTER",
                  f"cluster_id = {_toml_str(self.cluster_id)}"]
+        if self.insecure:
+            lines.append("insecure = true")
+        for key in ("client_keys", "admin_keys", "client_key_file", "admin_key_file"):
+            value = getattr(self, key)
+            if value:
+                lines.append(f"{key} = {_toml_value(value)}")
         for node_id, node in self.nodes.items():
             lines += ["", f"[nodes.{_toml_str(str(node_id))}]", f"address = {_toml_str(node.address)}"]
-            for key in ("data_dir", "config_path"):
+            for key in ("data_dir", "config_path", "public_key", "previous_keys"):
                 value = getattr(node, key)
-                if value is not None:
-                    lines.append(f"{key} = {_toml_str(value)}")
+                if value:
+                    lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
 
 

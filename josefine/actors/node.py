@@ -29,7 +29,7 @@ from josefine.actors.transport import TransportActor
 from josefine.actors.waiters import Waiters
 from josefine.chain.block import Command, genesis
 from josefine.chain.leveldb import LevelDBStore
-from josefine.config import NodeConfig
+from josefine.config import ConfigError, NodeConfig, load_cluster_config
 from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderError,
                              RejectedError, UnavailableError, UnknownOutcomeError)
 from josefine.fsm.api import StateMachine
@@ -43,7 +43,8 @@ from josefine.procstat import rss_bytes
 from josefine.raft.core import CoreConfig, RaftCore
 from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
-from josefine.transport.zmq_transport import ZmqTransport
+from josefine.security import KeyFileError, TrustedKeys, load_keypair, trusted_keys
+from josefine.transport.zmq_transport import TransportSecurity, ZmqTransport
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,61 @@ def status_error(status: Status | str, hint: int | None,
     if status == Status.REJECTED:
         return RejectedError(f"{what}: rejected")
     return UnavailableError(f"{what}: failed with status {status!r}")
+
+
+def load_trust(cfg: NodeConfig) -> TrustedKeys:
+    """The keys node `cfg` trusts, from its cluster file, checked against its config.
+
+    Raises:
+        ConfigError: no cluster file, another cluster's file, an insecure cluster file
+            for a secure node, a peer without a key, or a malformed key.
+    """
+    if not cfg.cluster_file:
+        raise ConfigError(f"node {cfg.node_id}: key 'cluster_file': missing: a secure node "
+                          "trusts the public keys of a cluster file (or set insecure = true)")
+    cc = load_cluster_config(cfg.cluster_file)
+    where = f"node {cfg.node_id}: cluster file {cfg.cluster_file}"
+    if cc.cluster_id != cfg.cluster_id:
+        raise ConfigError(f"{where}: is cluster {cc.cluster_id!r}, this node's is "
+                          f"{cfg.cluster_id!r}")
+    if cc.insecure:
+        raise ConfigError(f"{where}: says insecure = true but this node is secure: all nodes "
+                          "of a cluster must agree (set insecure in both, or in neither)")
+    try:
+        trust = trusted_keys(cc, source=str(cfg.cluster_file))
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = sorted(set(cfg.nodes) - set(trust.peers))
+    if missing:
+        raise ConfigError(f"{where}: lists no key for node(s) {missing}")
+    return trust
+
+
+def transport_security(cfg: NodeConfig) -> TransportSecurity | None:
+    """The node's Curve identity and trust, or None (with a warning) when insecure."""
+    if cfg.insecure:
+        if cfg.cluster_file:
+            cc = load_cluster_config(cfg.cluster_file)
+            if not cc.insecure:
+                raise ConfigError(
+                    f"node {cfg.node_id}: insecure = true, but its cluster file "
+                    f"{cfg.cluster_file} is secure: all nodes of a cluster must agree")
+        log.warning("node %d: INSECURE: plaintext transport, no authentication; any process "
+                    "that reaches %s can forge messages", cfg.node_id, cfg.address)
+        return None
+    if not cfg.secret_key_file:
+        raise ConfigError(f"node {cfg.node_id}: key 'secret_key_file': missing: a secure "
+                          "node needs its Curve key pair (`josefine launch` writes one), or "
+                          "set insecure = true")
+    try:
+        pair = load_keypair(cfg.secret_key_file)
+    except KeyFileError as exc:
+        raise ConfigError(f"node {cfg.node_id}: {exc}") from None
+    trust = load_trust(cfg)
+    if pair.public not in trust.peers[cfg.node_id]:
+        raise ConfigError(f"node {cfg.node_id}: the public key of {cfg.secret_key_file} is "
+                          f"not node {cfg.node_id}'s key in {cfg.cluster_file}")
+    return TransportSecurity(pair, trust)
 
 
 def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
@@ -128,6 +184,7 @@ class Node:
         cfg = self.config
         links = self.links
         fatal = self._fatal
+        security = transport_security(cfg)   # before anything opens: a bad key stops here
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         store = LevelDBStore(data / "chain", cfg.cluster_id)
@@ -156,7 +213,8 @@ class Node:
                                self._on_peer_message, self._on_client_request,
                                on_client_batch=self._on_client_batch,
                                on_fatal=lambda exc: fatal("transport I/O thread", exc),
-                               max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults)
+                               max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults,
+                               security=security)
         self.store = store
         links.chain = ChainActor.start(self.id, links, fatal, store, cfg.fsync, self.chain_inbox)
         self._refs.append(links.chain)
@@ -319,7 +377,30 @@ class Node:
             except ValueError as exc:
                 return False, None, str(exc)
             return True, self.faults.to_dict(), ""
+        if op == "reload_keys":
+            try:
+                return True, self.reload_keys(), ""
+            except (ConfigError, RuntimeError) as exc:
+                return False, None, str(exc)
         return False, None, f"unknown admin op {op!r}"
+
+    def reload_keys(self) -> dict:
+        """Re-read the trusted keys from the cluster file and apply them at once: new
+        handshakes and every later frame are judged by them, and links to peers whose key
+        changed are rebuilt. Returns how many keys of each kind are trusted.
+
+        Raises:
+            ConfigError: the node is insecure, or the cluster file is invalid (the old keys
+                stay in force).
+        """
+        if not self.zt.secure:
+            raise ConfigError(f"node {self.id}: insecure: no keys to reload")
+        trust = load_trust(self.config)
+        self.zt.set_trust(trust)
+        log.info("node %d: reloaded keys: %d nodes, %d client keys, %d admin keys", self.id,
+                 len(trust.peers), len(trust.clients), len(trust.admins))
+        return {"nodes": len(trust.peers), "client_keys": len(trust.clients),
+                "admin_keys": len(trust.admins)}
 
     def _tell_role(self, msg: Any) -> None:
         if self.links.role is None:

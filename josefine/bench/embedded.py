@@ -50,7 +50,12 @@ def _become_leader(node: Any, timeout: float, stop: threading.Event) -> None:
     cfg = node.config
     deadline = time.monotonic() + timeout
     node.wait_for_leader(timeout=timeout)
-    with Client(cfg.nodes, cfg.cluster_id, timeout=5.0, request_timeout=1.0) as c:
+    # Leadership transfer is an admin request: the admin key of the node's cluster file.
+    client = (Client(cfg.nodes, cfg.cluster_id, timeout=5.0, request_timeout=1.0)
+              if cfg.insecure else
+              Client.from_cluster_file(cfg.cluster_file, admin=True, timeout=5.0,
+                                       request_timeout=1.0))
+    with client as c:
         while time.monotonic() < deadline and not stop.is_set():
             st = node.status()
             if st.get("role") == "leader":

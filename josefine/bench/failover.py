@@ -31,14 +31,15 @@ def run_failover(nodes: int, trials: int, progress=None) -> dict:  # noqa: ANN00
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     try:
-                        sts = [query_status(a, l.cluster_id, 0.5) for a in addrs.values()]
+                        sts = [query_status(a, l.cluster_id, 0.5, credentials=l.credentials()) for a in addrs.values()]
                     except Exception:
                         time.sleep(0.1)
                         continue
                     if len({tuple(s["applied"]) for s in sts}) == 1:
                         break
                     time.sleep(0.1)
-                with Client(addrs, l.cluster_id, timeout=30, request_timeout=0.05) as c:
+                with Client(addrs, l.cluster_id, timeout=30, request_timeout=0.05,
+                            credentials=l.credentials()) as c:
                     c.put("warm", str(t))
                     stop = threading.Event()
                     first: list[float] = []

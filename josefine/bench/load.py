@@ -17,15 +17,17 @@ import zmq
 
 from josefine.fsm.kv import kv_put
 from josefine.messages import ClientPropose, ClientProposeResp, Status
+from josefine.security import apply_client_curve
 from josefine.transport.codec import CodecError, decode_frame, encode_client_frame
 
 
-def _find_leader(addresses: dict[int, str], cluster_id: str, deadline: float) -> str:
+def _find_leader(addresses: dict[int, str], cluster_id: str, deadline: float,
+                 credentials: Any = None) -> str:
     from josefine.client import query_status
     while time.monotonic() < deadline:
         for a in addresses.values():
             try:
-                st = query_status(a, cluster_id, 0.5)
+                st = query_status(a, cluster_id, 0.5, credentials=credentials)
             except Exception:
                 continue
             if st.get("role") == "leader":
@@ -35,11 +37,14 @@ def _find_leader(addresses: dict[int, str], cluster_id: str, deadline: float) ->
 
 
 def josefine_worker(wid: int, addresses: dict[int, str], cluster_id: str, slots: int,
-                    payload: int, t_start: float, t_end: float, out: Any) -> None:
+                    payload: int, t_start: float, t_end: float, out: Any,
+                    credentials: Any = None) -> None:
     """Keep `slots` writes in flight until t_end; record completions after t_start."""
     ctx = zmq.Context()
-    leader = _find_leader(addresses, cluster_id, time.monotonic() + 30)
+    leader = _find_leader(addresses, cluster_id, time.monotonic() + 30, credentials)
     sock = ctx.socket(zmq.DEALER)
+    if credentials is not None:
+        apply_client_curve(sock, credentials.pair, credentials.server_key(leader))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(leader)
     base = f"b{wid}-{uuid.uuid4().hex[:6]}"
@@ -65,8 +70,10 @@ def josefine_worker(wid: int, addresses: dict[int, str], cluster_id: str, slots:
 
     def reconnect() -> tuple[zmq.Socket, zmq.Poller]:
         sock.close()
-        addr = _find_leader(addresses, cluster_id, time.monotonic() + 30)
+        addr = _find_leader(addresses, cluster_id, time.monotonic() + 30, credentials)
         s2 = ctx.socket(zmq.DEALER)
+        if credentials is not None:
+            apply_client_curve(s2, credentials.pair, credentials.server_key(addr))
         s2.setsockopt(zmq.LINGER, 0)
         s2.connect(addr)
         p2 = zmq.Poller()

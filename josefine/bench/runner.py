@@ -130,7 +130,8 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
         l.start()
         try:
             addrs = {i: l.address(i) for i in l.node_ids}
-            _wait_leader(addrs, l.cluster_id)
+            creds = l.credentials()
+            _wait_leader(addrs, l.cluster_id, creds)
             procs = procs or min(clients, 4)
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
@@ -141,7 +142,7 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
                 if n:
                     p = ctx.Process(target=josefine_worker, args=(w, addrs, l.cluster_id,
                                                                  n * pipeline, payload,
-                                                                 t_start, t_end, q))
+                                                                 t_start, t_end, q, creds))
                     p.start()
                     ps.append(p)
             sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
@@ -181,13 +182,15 @@ def _get_result(q: Any, ps: list) -> dict:
     raise RuntimeError("benchmark workers did not report within 60 s")
 
 
-def _wait_leader(addrs: dict[int, str], cluster_id: str, timeout: float = 30) -> int:
+def _wait_leader(addrs: dict[int, str], cluster_id: str, credentials: Any = None,
+                 timeout: float = 30) -> int:
     from josefine.client import query_status
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for i, a in addrs.items():
             try:
-                if query_status(a, cluster_id, 0.5).get("role") == "leader":
+                if query_status(a, cluster_id, 0.5,
+                                credentials=credentials).get("role") == "leader":
                     return i
             except Exception:
                 pass
@@ -272,7 +275,7 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
         l.start()
         try:
             addrs = {i: l.address(i) for i in l.node_ids}
-            _wait_leader(addrs, l.cluster_id)
+            _wait_leader(addrs, l.cluster_id, l.credentials())
             first_leader_ms = (time.monotonic() - t_launch) * 1000
             value = "x" * payload
             t_start = time.monotonic() + warmup
@@ -280,7 +283,7 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
             done_t: list[float] = []
             lat: list[float] = []
             lock = threading.Lock()
-            with Client(addrs, l.cluster_id, timeout=30) as c:
+            with Client(addrs, l.cluster_id, timeout=30, credentials=l.credentials()) as c:
                 def worker(w: int) -> None:
                     n = 0
                     mine_t, mine_l = [], []

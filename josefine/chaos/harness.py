@@ -38,8 +38,8 @@ def _say(cfg: ChaosConfig, msg: str) -> None:
         print(f"chaos: {msg}", flush=True)
 
 
-def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float
-                   ) -> tuple[bool, dict[int, dict[str, Any] | None], float]:
+def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float,
+                   credentials: Any = None) -> tuple[bool, dict[int, dict[str, Any] | None], float]:
     """Wait until every node answers, one leader leads, and all applied the same blocks.
 
     "Same" means equal applied id and state-machine digest, equal to the leader's commit,
@@ -51,7 +51,7 @@ def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float
     st: dict[int, dict[str, Any] | None] = {}
     try:
         while time.monotonic() - started < timeout:
-            st = poll_status(ctx, addresses, cluster_id, timeout=1.0)
+            st = poll_status(ctx, addresses, cluster_id, timeout=1.0, credentials=credentials)
             good = None not in st.values()
             if good:
                 leaders = [s for s in st.values() if s and s.get("role") == "leader"]
@@ -102,15 +102,16 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         launcher.start()
         addresses = {i: launcher.address(i) for i in launcher.node_ids}
         _say(cfg, f"cluster {launcher.cluster_id} on ports {base_port}..; waiting for a leader")
+        creds = launcher.credentials()
         sampler = StatusSampler(addresses, launcher.cluster_id, out / "status.jsonl",
-                                interval=cfg.sample_interval)
+                                interval=cfg.sample_interval, credentials=creds)
         sampler.start()
         deadline = time.monotonic() + cfg.startup_timeout
         while sampler.leader() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no leader within {cfg.startup_timeout} s of the start")
             time.sleep(0.1)
-        workload = Workload(recorder, addresses, launcher.cluster_id, cfg)
+        workload = Workload(recorder, addresses, launcher.cluster_id, cfg, creds)
         nemesis = Nemesis(launcher, sampler, recorder, cfg)
         _say(cfg, f"running {cfg.duration} s of workload and faults")
         t0 = time.monotonic_ns()
@@ -121,7 +122,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         t_end = time.monotonic_ns()
         _say(cfg, "healing and waiting for convergence")
         nemesis.stop()
-        ok, st, waited = wait_converged(addresses, launcher.cluster_id, cfg.converge_timeout)
+        ok, st, waited = wait_converged(addresses, launcher.cluster_id, cfg.converge_timeout,
+                                        creds)
         applied = {i: BlockId(*s["applied"]) for i, s in st.items() if s and s.get("applied")}
         final: dict[str, Any] = {}
         if ok:

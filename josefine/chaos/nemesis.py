@@ -248,7 +248,8 @@ class Nemesis:
         for _ in range(attempts):
             try:
                 admin_request(self.launcher.address(node), self.launcher.cluster_id, op,
-                              args, timeout=1.0)
+                              args, timeout=1.0,
+                              credentials=self.launcher.credentials(admin=True))
                 return True
             except Exception as exc:  # noqa: BLE001 - node down, paused or restarting
                 last = exc
@@ -289,7 +290,8 @@ class Nemesis:
     def _try_clear(self, node: int) -> bool:
         try:
             admin_request(self.launcher.address(node), self.launcher.cluster_id,
-                          "clear_faults", None, timeout=1.0)
+                          "clear_faults", None, timeout=1.0,
+                          credentials=self.launcher.credentials(admin=True))
             return True
         except Exception:  # noqa: BLE001
             return False

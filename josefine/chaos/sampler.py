@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from josefine.messages import ClientStatus
+from josefine.security import ClientCredentials
 from josefine.transport.client_conn import ClientConnection
 
 __all__ = ["StatusSampler", "Sample", "poll_status"]
@@ -36,9 +37,12 @@ _KEEP = ("pid", "role", "term", "leader", "commit", "applied", "head", "sm_diges
 class _Poller:
     """A reusable status connection to one node (one thread at a time)."""
 
-    def __init__(self, ctx: zmq.Context, address: str, cluster_id: str) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, cluster_id: str,
+                 credentials: ClientCredentials | None = None) -> None:
         self.cid = f"chaos-status-{uuid.uuid4().hex[:8]}"
-        self.conn = ClientConnection(address, cluster_id, self.cid, context=ctx)
+        curve = None if credentials is None else (credentials.pair,
+                                                  credentials.server_key(address))
+        self.conn = ClientConnection(address, cluster_id, self.cid, context=ctx, curve=curve)
         self.ids = itertools.count(1)
 
     def poll(self, timeout: float) -> dict[str, Any] | None:
@@ -54,12 +58,13 @@ class _Poller:
 
 
 def poll_status(ctx: zmq.Context, addresses: dict[int, str], cluster_id: str,
-                timeout: float = 0.5) -> dict[int, dict[str, Any] | None]:
+                timeout: float = 0.5, credentials: ClientCredentials | None = None
+                ) -> dict[int, dict[str, Any] | None]:
     """One status per node (None: no answer), polled in parallel."""
     out: dict[int, dict[str, Any] | None] = {}
 
     def one(i: int, a: str) -> None:
-        p = _Poller(ctx, a, cluster_id)
+        p = _Poller(ctx, a, cluster_id, credentials)
         try:
             out[i] = p.poll(timeout)
         finally:
@@ -77,8 +82,10 @@ class StatusSampler:
     """Background status polling of every node until `stop()`."""
 
     def __init__(self, addresses: dict[int, str], cluster_id: str, path: str | Path,
-                 interval: float = 0.2, timeout: float = 0.3) -> None:
+                 interval: float = 0.2, timeout: float = 0.3,
+                 credentials: ClientCredentials | None = None) -> None:
         self.addresses = dict(addresses)
+        self.credentials = credentials
         self.cluster_id = cluster_id
         self.interval = interval
         self.timeout = timeout
@@ -104,7 +111,7 @@ class StatusSampler:
         self._ctx.term()
 
     def _run(self, node: int) -> None:
-        poller = _Poller(self._ctx, self.addresses[node], self.cluster_id)
+        poller = _Poller(self._ctx, self.addresses[node], self.cluster_id, self.credentials)
         try:
             while not self._stop.is_set():
                 started = time.monotonic()

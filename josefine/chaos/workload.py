@@ -42,6 +42,7 @@ from josefine.errors import (AbortedError, BusyError, NotLeaderError, RejectedEr
                              UnavailableError, UnknownOutcomeError)
 from josefine.fsm.kv import kv_get
 from josefine.messages import ClientRead, Status
+from josefine.security import ClientCredentials
 from josefine.transport.client_conn import ClientConnection
 
 __all__ = ["ChaosRecorder", "Workload", "key_name"]
@@ -79,8 +80,9 @@ class Workload:
     """`clients` threads, each with its own `Client`, until `stop()`."""
 
     def __init__(self, recorder: ChaosRecorder, addresses: dict[int, str], cluster_id: str,
-                 cfg: ChaosConfig) -> None:
+                 cfg: ChaosConfig, credentials: ClientCredentials | None = None) -> None:
         self.recorder = recorder
+        self.credentials = credentials
         self.addresses = dict(addresses)
         self.cluster_id = cluster_id
         self.cfg = cfg
@@ -109,13 +111,15 @@ class Workload:
         k = (first - 1) % len(ids)
         order = ids[k:] + ids[:k]
         return Client({n: self.addresses[n] for n in order}, self.cluster_id,
-                      timeout=timeout, request_timeout=request_timeout)
+                      timeout=timeout, request_timeout=request_timeout,
+                      credentials=self.credentials)
 
     def _run(self, proc: int) -> None:
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}/client/{proc}")
         client = self._client(proc, cfg.op_timeout, cfg.request_timeout)
-        direct = _DirectReader(self.addresses, self.cluster_id, f"chaos-direct-{proc}")
+        direct = _DirectReader(self.addresses, self.cluster_id, f"chaos-direct-{proc}",
+                               self.credentials)
         known: dict[str, Any] = {}
         n = 0
         try:
@@ -217,8 +221,10 @@ class Workload:
 class _DirectReader:
     """Sends a read to one chosen node (not the believed leader); one thread only."""
 
-    def __init__(self, addresses: dict[int, str], cluster_id: str, client_id: str) -> None:
+    def __init__(self, addresses: dict[int, str], cluster_id: str, client_id: str,
+                 credentials: ClientCredentials | None = None) -> None:
         self.addresses = addresses
+        self.credentials = credentials
         self.cluster_id = cluster_id
         self.client_id = client_id
         self.ctx = zmq.Context()
@@ -232,8 +238,11 @@ class _DirectReader:
         """
         conn = self.conns.get(node)
         if conn is None:
-            conn = ClientConnection(self.addresses[node], self.cluster_id, self.client_id,
-                                    context=self.ctx)
+            addr = self.addresses[node]
+            creds = self.credentials
+            conn = ClientConnection(addr, self.cluster_id, self.client_id, context=self.ctx,
+                                    curve=None if creds is None else (creds.pair,
+                                                                      creds.server_key(addr)))
             self.conns[node] = conn
         try:
             resp = conn.request(ClientRead(client_id=self.client_id, read_id=next(self.ids),

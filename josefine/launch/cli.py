@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                    help="any other node.toml key for every node, VALUE in TOML syntax (repeatable)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext, no keys: anyone who reaches a port can forge messages")
     p.set_defaults(func=_launch)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
     common.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                         help="give up after this long (default 5)")
+    common.add_argument("--key-file", metavar="FILE",
+                        help="this client's Curve key pair (default: the cluster file's client key)")
 
     p = sub.add_parser("put", parents=[common], help="set KEY to VALUE")
     p.add_argument("key")
@@ -141,9 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
     status_common.add_argument("--timeout", type=_positive_float, default=1.0, metavar="SECONDS",
                                help="per-node timeout (default 1)")
+    status_common.add_argument("--key-file", metavar="FILE",
+                               help="Curve key pair to use (default: the cluster file's)")
     p = sub.add_parser("status", parents=[status_common], help="show every node's role, term, head and commit")
     p.add_argument("--json", action="store_true", help="print JSON (format: see josefine.launch.cli._status)")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser("keys", help="manage the cluster's Curve keys",
+                       description="reload: every node re-reads the public keys of its cluster "
+                                   "file (after adding, rotating or removing a key); needs the "
+                                   "admin key. rotate NODE: give NODE a new key pair (its old "
+                                   "key stays trusted until `keys forget NODE`); restart NODE "
+                                   "afterwards. forget NODE: stop trusting NODE's previous keys.")
+    p.add_argument("action", choices=["reload", "rotate", "forget"])
+    p.add_argument("node", nargs="?", type=_positive_int, help="node id (rotate, forget)")
+    p.add_argument("--cluster", metavar="FILE",
+                   help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    p.add_argument("--timeout", type=_positive_float, default=2.0, metavar="SECONDS",
+                   help="per-node timeout (default 2)")
+    p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
+    p.set_defaults(func=_keys)
 
     # Listed for --help only; main() hands these to their own modules first.
     sub.add_parser("check", help="check a recorded history for linearizability", add_help=False)
@@ -253,6 +274,14 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _credentials(cluster: ClusterConfig, args: argparse.Namespace,
+                 admin: bool = False) -> dict[str, Any]:
+    """Keyword arguments carrying a secure cluster's client key (none when insecure)."""
+    from josefine.security import client_credentials
+    creds = client_credentials(cluster, admin=admin, key_file=getattr(args, "key_file", None))
+    return {} if creds is None else {"credentials": creds}
+
+
 def _load_cluster(command: str, arg: str | None) -> ClusterConfig | int:
     try:
         return load_cluster_config(resolve_cluster_path(arg))
@@ -301,6 +330,7 @@ def _launch(args: argparse.Namespace) -> int:
             fsync=fsync,
             out=None if args.quiet else sys.stdout,
             config=settings,
+            insecure=args.insecure,
         )
         return launcher.run_forever()
     except (ConfigError, LaunchError) as exc:
@@ -319,7 +349,8 @@ def _kv(args: argparse.Namespace) -> int:
     try:
         # A {node id: address} map lets the client follow leader hints directly.
         addresses = {node_id: node.address for node_id, node in cluster.nodes.items()}
-        client = client_module.Client(addresses, cluster.cluster_id, timeout=args.timeout)
+        client = client_module.Client(addresses, cluster.cluster_id, timeout=args.timeout,
+                                      **_credentials(cluster, args))
         if command == "put":
             client.put(args.key, args.value)
             print("OK")
@@ -437,10 +468,14 @@ def _status(args: argparse.Namespace) -> int:
     if client_module is None:
         return _not_available("status")
     query_status = client_module.query_status
+    try:
+        creds = _credentials(cluster, args)
+    except JosefineError as exc:
+        return _error("status", str(exc))
 
     def ask(node_id: int, address: str) -> dict[str, Any]:
         try:
-            status = query_status(address, cluster.cluster_id, args.timeout)
+            status = query_status(address, cluster.cluster_id, args.timeout, **creds)
             if not isinstance(status, dict):
                 raise TypeError(f"status is a {type(status).__name__}, not a dict")
         except Exception as exc:  # noqa: BLE001 - shown as an unreachable node
@@ -466,6 +501,44 @@ def _status(args: argparse.Namespace) -> int:
             if not row["reachable"]:
                 print(f"josefine status: node {row['id']} ({row['address']}): {row['error']}", file=sys.stderr)
     return EXIT_OK if all(row["reachable"] for row in rows) else EXIT_ERROR
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``josefine keys reload | rotate NODE | forget NODE`` (see docs/security.md)."""
+    from josefine import security
+    from josefine.client import admin_request
+
+    try:
+        path = resolve_cluster_path(args.cluster)
+        if args.action in ("rotate", "forget"):
+            if args.node is None:
+                return _error("keys", f"{args.action} needs a node id")
+            if args.action == "rotate":
+                key_file = security.rotate_node_key(path, args.node)
+                print(f"node {args.node}: new key pair in {key_file}; old key still trusted. "
+                      f"Next: josefine keys reload, restart node {args.node}, then "
+                      f"josefine keys forget {args.node} and josefine keys reload")
+            else:
+                n = security.forget_previous_keys(path, args.node)
+                print(f"node {args.node}: {n} previous key(s) no longer listed. "
+                      "Next: josefine keys reload")
+            return EXIT_OK
+        cluster = load_cluster_config(path)
+        creds = _credentials(cluster, args, admin=True)
+    except JosefineError as exc:
+        return _error("keys", str(exc))
+    failed = 0
+    for node_id, node in cluster.nodes.items():
+        try:
+            result = admin_request(node.address, cluster.cluster_id, "reload_keys",
+                                   timeout=args.timeout, **creds)
+            print(f"node {node_id}: reloaded ({result['nodes']} nodes, "
+                  f"{result['client_keys']} client keys, {result['admin_keys']} admin keys)")
+        except Exception as exc:  # noqa: BLE001 - reported per node
+            failed += 1
+            print(f"josefine keys: node {node_id} ({node.address}): {_describe_error(exc)}",
+                  file=sys.stderr)
+    return EXIT_OK if not failed else EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

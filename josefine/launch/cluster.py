@@ -10,6 +10,13 @@ writes::
     DIR/node-<i>/node.toml    node i's NodeConfig; it listens on tcp://127.0.0.1:(base_port + i - 1)
     DIR/node-<i>/data/        node i's LevelDB store
     DIR/node-<i>/node.log     node i's stdout and stderr (appended across restarts)
+    DIR/node-<i>/node.key_secret   node i's Curve key pair (mode 0600)
+    DIR/client.key_secret     a client key pair (0600): Client, the CLI, bench, demo
+    DIR/admin.key_secret      an admin key pair (0600): fault rules, key reload, transfer
+
+Keys are made once, on the first launch on DIR, and reused by every relaunch; the
+public halves go in ``cluster.toml``, which every node trusts (``cluster_file``).
+``insecure=True`` makes none and runs plaintext.
 
 Relaunching on the same DIR keeps the cluster id from the existing
 ``cluster.toml`` (the nodes' stores belong to that cluster) and refuses a
@@ -51,6 +58,8 @@ from josefine.config import (
 )
 from josefine.errors import JosefineError
 from josefine.launch import procutil
+from josefine.security import (ClientCredentials, KeyPair, client_credentials,
+                               generate_keypair, load_keypair, write_keypair)
 
 __all__ = ["LaunchError", "Launcher", "RestartEvent", "default_node_cmd"]
 
@@ -58,7 +67,8 @@ HOST = "127.0.0.1"
 """Launched clusters bind to loopback only."""
 
 
-_LAUNCHER_OWNED = frozenset({"node_id", "cluster_id", "address", "peers", "data_dir"})
+_LAUNCHER_OWNED = frozenset({"node_id", "cluster_id", "address", "peers", "data_dir",
+                             "insecure", "secret_key_file", "cluster_file"})
 """NodeConfig keys the launcher derives from the node id, base port and data dir."""
 
 
@@ -116,6 +126,10 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def _union(first: Sequence[str], more: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*first, *more]))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -139,6 +153,7 @@ class Launcher:
         out: where to print human-readable progress; None for silence.
         check_ports: refuse to start when a node's port is already taken.
         config: further NodeConfig keys for every node, as a mapping.
+        insecure: plaintext transport and no keys (every node logs a warning).
         **settings: the same as keyword arguments (``tick_ms=10``, ...).
 
     Raises:
@@ -167,6 +182,7 @@ class Launcher:
         out: TextIO | None = sys.stdout,
         check_ports: bool = True,
         config: Mapping[str, Any] | None = None,
+        insecure: bool = False,
         **settings: Any,
     ) -> None:
         settings = {**(config or {}), **settings}
@@ -193,6 +209,11 @@ class Launcher:
         self._check_ports = check_ports
         self._node_cmd = node_cmd or default_node_cmd(python)
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.insecure = bool(insecure)
+        self.client_key_path = self.data_dir / "client.key_secret"
+        self.admin_key_path = self.data_dir / "admin.key_secret"
+        self._existing: ClusterConfig | None = None
+        self._credentials: dict[bool, ClientCredentials | None] = {}
         self.cluster_id = self._existing_cluster_id(nodes) or uuid.uuid4().hex[:12]
 
         addresses = {i: f"tcp://{HOST}:{base_port + i - 1}" for i in range(1, nodes + 1)}
@@ -206,6 +227,10 @@ class Launcher:
                 "address": address,
                 "peers": {j: a for j, a in addresses.items() if j != i},
                 "data_dir": str(node_dir / "data"),
+                "insecure": self.insecure,
+                **({} if self.insecure else {
+                    "secret_key_file": str(node_dir / "node.key_secret"),
+                    "cluster_file": str(self.cluster_path)}),
                 **common,
                 **overrides.get(i, {}),
             }
@@ -243,17 +268,54 @@ class Launcher:
         return self._node(node_id).config
 
     def cluster_config(self) -> ClusterConfig:
-        """The ClusterConfig written to ``cluster.toml``."""
-        return ClusterConfig(
-            cluster_id=self.cluster_id,
-            nodes={
-                i: ClusterNode(address=n.config.address, data_dir=n.config.data_dir, config_path=str(n.config_path))
-                for i, n in self._nodes.items()
-            },
-        )
+        """The ClusterConfig written to ``cluster.toml`` (making missing keys first)."""
+        if self.insecure:
+            return ClusterConfig(
+                cluster_id=self.cluster_id, insecure=True,
+                nodes={i: ClusterNode(address=n.config.address, data_dir=n.config.data_dir,
+                                      config_path=str(n.config_path))
+                       for i, n in self._nodes.items()})
+        old = self._existing
+        nodes = {}
+        for i, n in self._nodes.items():
+            prev = old.nodes[i].previous_keys if old is not None and i in old.nodes else ()
+            assert n.config.secret_key_file is not None
+            nodes[i] = ClusterNode(
+                address=n.config.address, data_dir=n.config.data_dir,
+                config_path=str(n.config_path),
+                public_key=self._keypair(Path(n.config.secret_key_file), f"node {i}").public.decode(),
+                previous_keys=prev)
+        client = self._keypair(self.client_key_path, "client").public.decode()
+        admin = self._keypair(self.admin_key_path, "admin").public.decode()
+        # Keys an operator added to an existing cluster.toml are kept on relaunch.
+        clients = _union([client], old.client_keys if old is not None else ())
+        admins = _union([admin], old.admin_keys if old is not None else ())
+        return ClusterConfig(cluster_id=self.cluster_id, nodes=nodes, client_keys=clients,
+                             admin_keys=admins, client_key_file=str(self.client_key_path),
+                             admin_key_file=str(self.admin_key_path))
+
+    def credentials(self, admin: bool = False) -> ClientCredentials | None:
+        """What a `Client` of this cluster needs (None when insecure); `admin` for the
+        admin key (fault rules, key reload, leadership transfer)."""
+        cached = self._credentials.get(admin)
+        if cached is None and not self.insecure:
+            cached = self._credentials[admin] = client_credentials(
+                self.cluster_config(), admin=admin, source=str(self.cluster_path))
+        return cached
+
+    def _keypair(self, path: Path, what: str) -> KeyPair:
+        if path.exists():
+            try:
+                return load_keypair(path)
+            except JosefineError as exc:
+                raise LaunchError(f"{what}: {exc}") from None
+        pair = generate_keypair()
+        write_keypair(path, pair, comment=f"{what} of cluster {self.cluster_id}")
+        return pair
 
     def write_configs(self) -> None:
-        """Write every ``node.toml`` and ``cluster.toml`` (start() does this too)."""
+        """Write every ``node.toml`` and ``cluster.toml`` (start() does this too), making
+        the key pairs that do not exist yet."""
         for node in self._nodes.values():
             Path(node.config.data_dir).mkdir(parents=True, exist_ok=True)
             _write_atomic(node.config_path, node.config.to_toml())
@@ -628,6 +690,12 @@ class Launcher:
             existing = load_cluster_config(self.cluster_path)
         except ConfigError as exc:
             raise LaunchError(f"{exc}; fix or remove it to launch on {self.data_dir}") from None
+        if existing.insecure != self.insecure:
+            was = "insecure" if existing.insecure else "secure"
+            raise LaunchError(f"{self.cluster_path} describes a {was} cluster: relaunch it "
+                              f"{'with' if existing.insecure else 'without'} --insecure "
+                              "(all nodes of a cluster must agree)")
+        self._existing = existing
         want = list(range(1, nodes + 1))
         if list(existing.nodes) != want:
             raise LaunchError(

@@ -24,7 +24,7 @@ def _statuses(l: Launcher) -> dict[int, dict]:
     out = {}
     for i in l.node_ids:
         try:
-            out[i] = query_status(l.address(i), l.cluster_id, 0.5)
+            out[i] = query_status(l.address(i), l.cluster_id, 0.5, credentials=l.credentials())
         except Exception:
             out[i] = {"role": "down"}
     return out
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         leader = _wait(lambda: _leader(l), 30, "a leader")
         print(f"\n== node {leader} became leader after {time.monotonic() - t0:.2f} s")
         addrs = {i: l.address(i) for i in l.node_ids}
-        with Client(addrs, l.cluster_id, timeout=30) as c:
+        with Client(addrs, l.cluster_id, timeout=30, credentials=l.credentials()) as c:
             t0 = time.monotonic()
             for i in range(args.writes):
                 c.put(f"key{i}", f"value{i}")

@@ -29,6 +29,7 @@ from josefine.messages import (
     ClientStatusResp,
     ClientTransfer,
 )
+from josefine.security import KeyPair, apply_client_curve
 from josefine.transport.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     CodecError,
@@ -69,15 +70,19 @@ class ClientConnection:
         context: a ZeroMQ context to share; by default the connection makes its own
             (lazily) and ends it on `close`.
         max_frame_bytes: replies larger than this are refused.
+        curve: (this client's key pair, the node's server key) for a secure node; None
+            for plaintext.
     """
 
     def __init__(self, address: str, cluster_id: str, client_id: str, *,
                  context: zmq.Context | None = None,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 curve: tuple[KeyPair, bytes] | None = None) -> None:
         self.address = address
         self.cluster_id = cluster_id
         self.client_id = client_id
         self.max_frame_bytes = max_frame_bytes
+        self._curve = curve
         self._own_ctx = context is None
         self._ctx = context
         self._sock: zmq.Socket | None = None
@@ -151,6 +156,8 @@ class ClientConnection:
             if self._ctx is None:
                 self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.DEALER)
+            if self._curve is not None:
+                apply_client_curve(sock, *self._curve)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
             sock.connect(self.address)

@@ -19,6 +19,13 @@ House rules:
   thread (a bug, a callback raising) ends the thread and is reported through `on_fatal`;
   the node is expected to stop (DESIGN.md: no half-alive nodes).
 * Callbacks run on the I/O thread and must be quick (e.g. an actor `tell`).
+* Secure by default (`security`, see josefine/security.py): the ROUTER is a Curve server
+  whose ZAP handler admits only trusted keys, each DEALER a Curve client of its peer's key.
+  Every inbound frame is checked against the key its connection authenticated with: a peer
+  frame must come from the key of the node id it claims ("impersonation" otherwise), peer
+  frames need a peer key and client frames a client or admin key ("unauthorized"), a key
+  removed since the handshake is refused at its next frame ("untrusted_key"), and admin
+  requests from a plain client key are answered "admin key required".
 """
 from __future__ import annotations
 
@@ -47,9 +54,18 @@ from josefine.transport.codec import (
     decode_frame,
     frame_overhead,
 )
+from josefine.messages import ClientAdmin, ClientAdminResp, ClientTransfer
+from josefine.security import (
+    ZAP_DOMAIN,
+    KeyPair,
+    KeyRole,
+    NodeAuthenticator,
+    TrustedKeys,
+    apply_client_curve,
+)
 from josefine.transport.faults import FaultRules
 
-__all__ = ["DROP_REASONS", "ZmqTransport"]
+__all__ = ["DROP_REASONS", "TransportSecurity", "ZmqTransport"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,12 +76,26 @@ _RECV_BATCH = 256
 """Inbound frames handled per loop turn before outbound work gets a turn."""
 
 DROP_REASONS = tuple(sorted(REASONS)) + ("unknown_sender", "wrong_destination",
-                                        "unexpected_message")
+                                        "unexpected_message", "impersonation",
+                                        "unauthorized", "untrusted_key")
 """Why an inbound frame was dropped: the codec's reasons plus the transport's own."""
 
 _CLIENT_REQUESTS = frozenset(CLIENT_REQUEST_TYPES)
 _PEER_ITEM = "p"
 _CLIENT_ITEM = "c"
+_TRUST_ITEM = "t"
+_ADMIN_ONLY = (ClientAdmin, ClientTransfer)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+class TransportSecurity:
+    """A node's Curve identity and the keys it trusts (`trust` may be replaced at run time
+    through `ZmqTransport.set_trust`)."""
+
+    def __init__(self, pair: KeyPair, trust: TrustedKeys) -> None:
+        self.pair = pair
+        self.trust = trust
 
 
 class _NodeLog(logging.LoggerAdapter):
@@ -102,6 +132,8 @@ class ZmqTransport:
         on_client_batch: if given, receives all requests of one client frame at once
             (identity, [msg, ...]) instead of `on_client_request` per message, so the node
             can register a pipelining client's requests in one go.
+        security: Curve keys and trust; None is plaintext (``insecure = true``), which lets
+            anyone who reaches the port forge frames.
     """
 
     def __init__(
@@ -125,6 +157,7 @@ class ZmqTransport:
         context: zmq.Context | None = None,
         max_queued: int = 100_000,
         on_client_batch: Callable[[bytes, list], None] | None = None,
+        security: TransportSecurity | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -136,6 +169,8 @@ class ZmqTransport:
         self._on_client_request = on_client_request
         self._on_client_batch = on_client_batch
         self._on_fatal = on_fatal
+        self._security = security
+        self._auth: NodeAuthenticator | None = None
         self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
         self._heartbeat = (heartbeat_ivl_ms, heartbeat_timeout_ms)
         self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
@@ -167,6 +202,7 @@ class ZmqTransport:
         self._monitor: zmq.Socket | None = None
         self._dealers: dict[int, zmq.Socket] = {}
         self._dealer_monitors: dict[zmq.Socket, int] = {}
+        self._poller: zmq.Poller | None = None
         self._links_up: dict[int, bool] = dict.fromkeys(self.peers, False)
         self._delayed: list[tuple[float, int, int, bytes]] = []
         self._delay_seq = itertools.count()
@@ -178,7 +214,7 @@ class ZmqTransport:
             ("frames_in", "messages_in", "frames_out", "messages_out", "client_requests",
              "client_replies", "client_replies_dropped", "send_dropped", "outbound_oversized",
              "unknown_destination", "fault_dropped_out", "fault_dropped_in", "fault_delayed",
-             "inbound_connections", "inbound_disconnects"), 0)
+             "inbound_connections", "inbound_disconnects", "handshakes_failed"), 0)
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
 
     # ----------------------------------------------------------------- lifecycle (any thread)
@@ -289,6 +325,23 @@ class ZmqTransport:
             self._queue.append((_CLIENT_ITEM, identity, frame))
             self._wake()
 
+    def set_trust(self, trust: TrustedKeys) -> None:
+        """Replace the trusted keys (thread-safe): new handshakes and every later frame are
+        judged by `trust`; links to peers whose server key changed are rebuilt."""
+        sec = self._security
+        if sec is None:
+            raise RuntimeError("an insecure transport has no keys to trust")
+        sec.trust = trust
+        if self._auth is not None:
+            self._auth.trust = trust
+        if self._state == "running" and not self._stopping:
+            self._queue.append((_TRUST_ITEM, None, None))
+            self._wake()
+
+    @property
+    def secure(self) -> bool:
+        return self._security is not None
+
     def _accepting(self, n: int) -> bool:
         if self._state != "running" or self._stopping:
             return False
@@ -314,6 +367,8 @@ class ZmqTransport:
         out["queued"] = len(self._queue)
         out["queue_overflow"] = self._queue_overflow
         out["delayed_pending"] = len(self._delayed)
+        out["secure"] = self._security is not None
+        out["handshakes_refused"] = self._auth.refused if self._auth is not None else 0
         return out
 
     def _wake(self) -> None:
@@ -361,7 +416,17 @@ class ZmqTransport:
         ctx = self._ctx
         assert ctx is not None
         hb_ivl, hb_timeout = self._heartbeat
+        sec = self._security
+        if sec is not None:
+            # One ZAP handler per context; it must be up before the ROUTER binds.
+            self._auth = NodeAuthenticator(ctx, sec.trust, self.node_id)
+            self._auth.start()
         r = self._router = ctx.socket(zmq.ROUTER)
+        if sec is not None:
+            r.curve_secretkey = sec.pair.secret
+            r.curve_publickey = sec.pair.public
+            r.curve_server = True
+            r.zap_domain = ZAP_DOMAIN.encode()
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.SNDHWM, self._sndhwm)
         r.setsockopt(zmq.RCVHWM, self._rcvhwm)
@@ -372,21 +437,62 @@ class ZmqTransport:
         self.address = r.getsockopt_string(zmq.LAST_ENDPOINT)
         # libzmq does not say why it closed a connection (e.g. an oversized frame), so the
         # monitor can only count disconnections.
-        self._monitor = r.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        for peer, address in self.peers.items():
-            d = ctx.socket(zmq.DEALER)
-            self._dealers[peer] = d
-            d.setsockopt(zmq.LINGER, 0)
-            d.setsockopt(zmq.SNDHWM, self._sndhwm)
-            d.setsockopt(zmq.RCVHWM, 100)  # peers never answer on this link
-            d.setsockopt(zmq.IMMEDIATE, 1)
-            d.setsockopt(zmq.HEARTBEAT_IVL, hb_ivl)
-            d.setsockopt(zmq.HEARTBEAT_TIMEOUT, hb_timeout)
-            d.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
-            d.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect[1])
-            mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-            self._dealer_monitors[mon] = peer
-            d.connect(address)
+        self._monitor = r.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                                             | _HANDSHAKE_FAILED)
+        for peer in self.peers:
+            self._open_dealer(peer)
+
+    def _open_dealer(self, peer: int) -> zmq.Socket:
+        ctx = self._ctx
+        assert ctx is not None
+        hb_ivl, hb_timeout = self._heartbeat
+        address = self.peers[peer]
+        d = ctx.socket(zmq.DEALER)
+        self._dealers[peer] = d
+        sec = self._security
+        if sec is not None:
+            apply_client_curve(d, sec.pair, sec.trust.server_key(peer))
+        d.setsockopt(zmq.LINGER, 0)
+        d.setsockopt(zmq.SNDHWM, self._sndhwm)
+        d.setsockopt(zmq.RCVHWM, 100)  # peers never answer on this link
+        d.setsockopt(zmq.IMMEDIATE, 1)
+        d.setsockopt(zmq.HEARTBEAT_IVL, hb_ivl)
+        d.setsockopt(zmq.HEARTBEAT_TIMEOUT, hb_timeout)
+        d.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
+        d.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect[1])
+        mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                   | _HANDSHAKE_FAILED)
+        self._dealer_monitors[mon] = peer
+        d.connect(address)
+        return mon
+
+    def _close_dealer(self, peer: int) -> None:
+        d = self._dealers.pop(peer)
+        for mon, p in list(self._dealer_monitors.items()):
+            if p == peer:
+                del self._dealer_monitors[mon]
+                if self._poller is not None:
+                    self._poller.unregister(mon)
+                try:
+                    d.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                mon.close(linger=0)
+        d.close(linger=0)
+        self._links_up[peer] = False
+
+    def _apply_trust(self) -> None:
+        """Rebuild the links to peers whose server key changed (a rotated node key)."""
+        sec = self._security
+        assert sec is not None
+        for peer, d in list(self._dealers.items()):
+            want = sec.trust.server_key(peer)
+            if d.curve_serverkey != zmq.utils.z85.decode(want):
+                self._log.info("node %d's key changed: reconnecting with its new key", peer)
+                self._close_dealer(peer)
+                mon = self._open_dealer(peer)
+                if self._poller is not None:
+                    self._poller.register(mon, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
         monitored = [(self._router, self._monitor)]
@@ -405,10 +511,13 @@ class ZmqTransport:
         self._dealers = {}
         self._dealer_monitors = {}
         self._links_up = dict.fromkeys(self.peers, False)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def _loop(self) -> None:
         router, monitor, wake_r = self._router, self._monitor, self._wake_r
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
@@ -426,7 +535,7 @@ class ZmqTransport:
                 self._receive_some()
             if monitor in events:
                 self._drain_monitor()
-            for mon, peer in dealer_monitors.items():
+            for mon, peer in list(dealer_monitors.items()):
                 if mon in events:
                     self._drain_dealer_monitor(mon, peer)
             self._drain_wake()
@@ -450,6 +559,15 @@ class ZmqTransport:
 
     def _receive_some(self) -> None:
         router = self._router
+        if self._security is not None:
+            for _ in range(_RECV_BATCH):
+                try:
+                    frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                # The ZAP handler set each connection's User-Id to its Curve key.
+                self._handle_frame([f.bytes for f in frames], frames[-1].get("User-Id"))
+            return
         for _ in range(_RECV_BATCH):
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK)
@@ -457,7 +575,7 @@ class ZmqTransport:
                 return
             self._handle_frame(parts)
 
-    def _handle_frame(self, parts: list[bytes]) -> None:
+    def _handle_frame(self, parts: list[bytes], user: str | None = None) -> None:
         if len(parts) != 2:
             self._drop("malformed", "expected 1 frame part, got %d", len(parts) - 1)
             return
@@ -468,6 +586,29 @@ class ZmqTransport:
             self._drop(exc.reason, "%s", exc)
             return
         counts = self._counts
+        sec = self._security
+        if sec is not None:
+            role = sec.trust.role_of(user.encode("ascii")) if user else None
+            if role is None:
+                self._drop("untrusted_key", "frame from key %s, no longer trusted", user)
+                return
+            kind, key_node = role
+            if sender is None:
+                if kind is KeyRole.PEER:
+                    self._drop("unauthorized", "client frame from node %d's key", key_node)
+                    return
+                if kind is KeyRole.CLIENT:
+                    msgs = self._refuse_admin(parts[0], msgs)
+                    if not msgs:
+                        return
+            elif kind is not KeyRole.PEER:
+                self._drop("unauthorized", "peer frame claiming node %d from a %s key",
+                           sender, kind.value)
+                return
+            elif key_node != sender:
+                self._drop("impersonation", "frame claims node %d but node %d's key sent it",
+                           sender, key_node)
+                return
         if sender is None:
             for m in msgs:
                 if type(m) not in _CLIENT_REQUESTS:
@@ -496,6 +637,20 @@ class ZmqTransport:
             counts["messages_in"] += 1
             self._on_peer_message(m)
 
+    def _refuse_admin(self, identity: bytes, msgs: list) -> list:
+        """Answer admin requests sent with a plain client key; return the rest."""
+        kept = []
+        for m in msgs:
+            if type(m) in _ADMIN_ONLY and type(m) in _CLIENT_REQUESTS:
+                self._drop("unauthorized", "%s from a client key (admin key required)",
+                           type(m).__name__)
+                self._send_client(identity, encode_client_frame(self.cluster_id, [
+                    ClientAdminResp(client_id=m.client_id, read_id=m.read_id, ok=False,
+                                    error="admin key required")]))
+            else:
+                kept.append(m)
+        return kept
+
     def _drain_monitor(self) -> None:
         while True:
             try:
@@ -506,6 +661,10 @@ class ZmqTransport:
                 self._counts["inbound_connections"] += 1
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._counts["inbound_disconnects"] += 1
+            elif event["event"] & _HANDSHAKE_FAILED:
+                self._counts["handshakes_failed"] += 1
+                self._warn("handshake", "refused a connection from %s: %s", event["endpoint"],
+                           self._handshake_why(event))
 
     def _drain_dealer_monitor(self, mon: zmq.Socket, peer: int) -> None:
         while True:
@@ -513,10 +672,21 @@ class ZmqTransport:
                 event = parse_monitor_message(mon.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            if event["event"] & _HANDSHAKE_FAILED:
+                self._warn(f"handshake:{peer}", "handshake with node %d at %s failed: %s",
+                           peer, self.peers[peer], self._handshake_why(event))
+                continue
             up = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
             if up != self._links_up[peer]:
                 self._links_up[peer] = up
                 self._log.info("link to node %d %s", peer, "up" if up else "down")
+
+    def _handshake_why(self, event: dict) -> str:
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return "its key is not trusted (or it does not trust ours)"
+        mine = "Curve" if self._security is not None else "plaintext (insecure = true)"
+        return (f"security mismatch or protocol error; this node uses {mine}: are some nodes "
+                "insecure and others not? All nodes of a cluster must agree")
 
     def _drop(self, reason: str, fmt: str, *args: Any) -> None:
         self._dropped[reason] += 1
@@ -543,6 +713,9 @@ class ZmqTransport:
         faults, counts, queue = self.faults, self._counts, self._queue
         for _ in range(len(queue)):  # items queued meanwhile wait for the next turn
             item = queue.popleft()
+            if item[0] is _TRUST_ITEM:
+                self._apply_trust()
+                continue
             if item[0] is _CLIENT_ITEM:
                 self._send_client(item[1], item[2])
                 continue
