@@ -369,3 +369,33 @@ def forget_previous_keys(cluster_path: str | os.PathLike[str], node_id: int) -> 
     nodes[node_id] = dataclasses.replace(node, previous_keys=())
     _rewrite_cluster_file(path, dataclasses.replace(cc, nodes=nodes))
     return len(node.previous_keys)
+
+
+def make_cluster_keys(directory: str | os.PathLike[str], cluster_id: str,
+                      addresses: Mapping[int, str]) -> Path:
+    """For a cluster built in code (embedding, tests): make a key pair per node
+    (``node-<id>.key_secret``), a client and an admin key pair, and a ``cluster.toml``
+    listing their public keys, all in `directory`; existing key files are reused. Returns
+    the cluster file; node i's `NodeConfig` takes ``secret_key_file=directory/node-i.key_secret``
+    and ``cluster_file=`` the returned path."""
+    from josefine.config import ClusterConfig, ClusterNode
+    d = Path(directory)
+
+    def pair(name: str) -> KeyPair:
+        path = d / f"{name}.key_secret"
+        if path.exists():
+            return load_keypair(path)
+        kp = generate_keypair()
+        write_keypair(path, kp, comment=f"{name} of cluster {cluster_id}")
+        return kp
+
+    nodes = {i: ClusterNode(address=a, public_key=pair(f"node-{i}").public.decode())
+             for i, a in sorted(addresses.items())}
+    cc = ClusterConfig(cluster_id=cluster_id, nodes=nodes,
+                       client_keys=(pair("client").public.decode(),),
+                       admin_keys=(pair("admin").public.decode(),),
+                       client_key_file=str(d / "client.key_secret"),
+                       admin_key_file=str(d / "admin.key_secret"))
+    path = d / "cluster.toml"
+    _rewrite_cluster_file(path, cc)
+    return path

@@ -203,6 +203,7 @@ class ZmqTransport:
         self._dealers: dict[int, zmq.Socket] = {}
         self._dealer_monitors: dict[zmq.Socket, int] = {}
         self._poller: zmq.Poller | None = None
+        self._server_keys: dict[int, bytes] = {}
         self._links_up: dict[int, bool] = dict.fromkeys(self.peers, False)
         self._delayed: list[tuple[float, int, int, bytes]] = []
         self._delay_seq = itertools.count()
@@ -451,7 +452,8 @@ class ZmqTransport:
         self._dealers[peer] = d
         sec = self._security
         if sec is not None:
-            apply_client_curve(d, sec.pair, sec.trust.server_key(peer))
+            self._server_keys[peer] = sec.trust.server_key(peer)
+            apply_client_curve(d, sec.pair, self._server_keys[peer])
         d.setsockopt(zmq.LINGER, 0)
         d.setsockopt(zmq.SNDHWM, self._sndhwm)
         d.setsockopt(zmq.RCVHWM, 100)  # peers never answer on this link
@@ -485,9 +487,9 @@ class ZmqTransport:
         """Rebuild the links to peers whose server key changed (a rotated node key)."""
         sec = self._security
         assert sec is not None
-        for peer, d in list(self._dealers.items()):
+        for peer in list(self._dealers):
             want = sec.trust.server_key(peer)
-            if d.curve_serverkey != zmq.utils.z85.decode(want):
+            if self._server_keys.get(peer) != want:
                 self._log.info("node %d's key changed: reconnecting with its new key", peer)
                 self._close_dealer(peer)
                 mon = self._open_dealer(peer)
@@ -587,32 +589,14 @@ class ZmqTransport:
             return
         counts = self._counts
         sec = self._security
-        if sec is not None:
-            role = sec.trust.role_of(user.encode("ascii")) if user else None
-            if role is None:
-                self._drop("untrusted_key", "frame from key %s, no longer trusted", user)
-                return
-            kind, key_node = role
-            if sender is None:
-                if kind is KeyRole.PEER:
-                    self._drop("unauthorized", "client frame from node %d's key", key_node)
-                    return
-                if kind is KeyRole.CLIENT:
-                    msgs = self._refuse_admin(parts[0], msgs)
-                    if not msgs:
-                        return
-            elif kind is not KeyRole.PEER:
-                self._drop("unauthorized", "peer frame claiming node %d from a %s key",
-                           sender, kind.value)
-                return
-            elif key_node != sender:
-                self._drop("impersonation", "frame claims node %d but node %d's key sent it",
-                           sender, key_node)
-                return
         if sender is None:
             for m in msgs:
                 if type(m) not in _CLIENT_REQUESTS:
                     self._drop("unexpected_message", "%s from a client", type(m).__name__)
+                    return
+            if sec is not None:
+                msgs = self._authorize_client(sec, user, identity, msgs)
+                if not msgs:
                     return
             counts["client_requests"] += len(msgs)
             if self._on_client_batch is not None:
@@ -623,6 +607,8 @@ class ZmqTransport:
             return
         if sender not in self.peers:
             self._drop("unknown_sender", "frame from unknown node %d", sender)
+            return
+        if sec is not None and not self._authorize_peer(sec, user, sender):
             return
         for m in msgs:
             if m.dst != self.node_id:
@@ -637,11 +623,47 @@ class ZmqTransport:
             counts["messages_in"] += 1
             self._on_peer_message(m)
 
+    def _role(self, sec: TransportSecurity, user: str | None) -> tuple[KeyRole, int | None] | None:
+        role = sec.trust.role_of(user.encode("ascii")) if user else None
+        if role is None:
+            self._drop("untrusted_key", "frame from key %s, which is not trusted (any more)",
+                       user)
+        return role
+
+    def _authorize_peer(self, sec: TransportSecurity, user: str | None, sender: int) -> bool:
+        """A peer frame must come from the key bound to the node id it claims."""
+        role = self._role(sec, user)
+        if role is None:
+            return False
+        kind, key_node = role
+        if kind is not KeyRole.PEER:
+            self._drop("unauthorized", "peer frame claiming node %d from a %s key", sender,
+                       kind.value)
+            return False
+        if key_node != sender:
+            self._drop("impersonation", "frame claims node %d but node %d's key sent it",
+                       sender, key_node)
+            return False
+        return True
+
+    def _authorize_client(self, sec: TransportSecurity, user: str | None, identity: bytes,
+                          msgs: list) -> list:
+        """Client frames need a client or admin key; admin requests an admin key."""
+        role = self._role(sec, user)
+        if role is None:
+            return []
+        if role[0] is KeyRole.PEER:
+            self._drop("unauthorized", "client frame from node %d's key", role[1])
+            return []
+        if role[0] is KeyRole.CLIENT:
+            return self._refuse_admin(identity, msgs)
+        return msgs
+
     def _refuse_admin(self, identity: bytes, msgs: list) -> list:
         """Answer admin requests sent with a plain client key; return the rest."""
         kept = []
         for m in msgs:
-            if type(m) in _ADMIN_ONLY and type(m) in _CLIENT_REQUESTS:
+            if type(m) in _ADMIN_ONLY:
                 self._drop("unauthorized", "%s from a client key (admin key required)",
                            type(m).__name__)
                 self._send_client(identity, encode_client_frame(self.cluster_id, [

@@ -1,9 +1,13 @@
 """The embedding API: a node's actors inside the caller's process."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from josefine import KVStateMachine, Node, NodeConfig
+from josefine.config import ConfigError
+from josefine.security import generate_keypair, make_cluster_keys, write_keypair
 from josefine.errors import NotLeaderError
 from josefine.fsm.kv import kv_cas, kv_get, kv_put
 from josefine.launch.ports import free_port_block
@@ -12,8 +16,41 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _config(tmp_path, port: int, node_id: int = 1, peers=None) -> NodeConfig:  # noqa: ANN001
-    return NodeConfig(node_id=node_id, cluster_id="embed", address=f"tcp://127.0.0.1:{port}",
-                      peers=peers or {}, data_dir=str(tmp_path / f"n{node_id}"))
+    """A secure node (the default kind): keys for every node made with make_cluster_keys."""
+    address = f"tcp://127.0.0.1:{port}"
+    cluster_file = make_cluster_keys(tmp_path / "keys", "embed",
+                                     {**(peers or {}), node_id: address})
+    return NodeConfig(node_id=node_id, cluster_id="embed", address=address,
+                      peers=peers or {}, data_dir=str(tmp_path / f"n{node_id}"),
+                      secret_key_file=str(tmp_path / "keys" / f"node-{node_id}.key_secret"),
+                      cluster_file=str(cluster_file))
+
+
+def test_a_secure_node_without_keys_refuses_to_start_with_a_clear_error(tmp_path):
+    cfg = NodeConfig(node_id=1, cluster_id="embed", address=f"tcp://127.0.0.1:{free_port_block(1)}",
+                     peers={}, data_dir=str(tmp_path / "n1"))
+    with pytest.raises(ConfigError, match="secret_key_file.*insecure = true"):
+        Node.start(cfg, KVStateMachine())
+    bad = tmp_path / "loose.key_secret"
+    write_keypair(bad, generate_keypair())
+    bad.chmod(0o644)
+    cfg = dataclasses.replace(_config(tmp_path, free_port_block(1)), secret_key_file=str(bad))
+    with pytest.raises(ConfigError, match="accessible by group or others"):
+        Node.start(cfg, KVStateMachine())
+
+
+def test_an_insecure_node_runs_and_warns(tmp_path, caplog):
+    cfg = NodeConfig(node_id=1, cluster_id="embed", address=f"tcp://127.0.0.1:{free_port_block(1)}",
+                     peers={}, data_dir=str(tmp_path / "n1"), insecure=True)
+    with caplog.at_level("WARNING"):
+        node = Node.start(cfg, KVStateMachine())
+    try:
+        assert node.wait_for_leader(10) == 1
+        assert node.propose(kv_put("k", "v")).result(10) == {"ok": True}
+    finally:
+        node.stop()
+    assert any("INSECURE" in r.getMessage() and "node 1" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_single_node_propose_read_status_and_recovery(tmp_path):

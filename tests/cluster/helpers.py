@@ -23,18 +23,19 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
 
 
-def statuses(addresses: dict[int, str], cluster_id: str, timeout: float = 1.0) -> dict[int, dict]:
+def statuses(addresses: dict[int, str], cluster_id: str, timeout: float = 1.0,
+             credentials: Any = None) -> dict[int, dict]:
     out = {}
     for i, a in addresses.items():
         try:
-            out[i] = query_status(a, cluster_id, timeout)
+            out[i] = query_status(a, cluster_id, timeout, credentials=credentials)
         except Exception:
             out[i] = {"role": "unreachable"}
     return out
 
 
-def leader_of(addresses: dict[int, str], cluster_id: str) -> int | None:
-    st = statuses(addresses, cluster_id)
+def leader_of(addresses: dict[int, str], cluster_id: str, credentials: Any = None) -> int | None:
+    st = statuses(addresses, cluster_id, credentials=credentials)
     leaders = [i for i, s in st.items() if s.get("role") == "leader"]
     if len(leaders) == 1:
         return leaders[0]

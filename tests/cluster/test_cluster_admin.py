@@ -33,33 +33,37 @@ def launch(tmp_path):
 def test_fault_rules_are_refused_unless_enabled_at_start(launch):
     l = launch()
     addrs = {i: l.address(i) for i in l.node_ids}
-    wait_for(lambda: leader_of(addrs, l.cluster_id), 30, "a leader")
+    wait_for(lambda: leader_of(addrs, l.cluster_id, l.credentials()), 30, "a leader")
     with pytest.raises(RejectedError, match="fault injection is disabled"):
-        admin_request(addrs[1], l.cluster_id, "faults", {"blocked_out": [2]})
+        admin_request(addrs[1], l.cluster_id, "faults", {"blocked_out": [2]},
+                      credentials=l.credentials(admin=True))
 
 
 def test_isolating_the_leader_through_fault_rules_elects_another_and_heals(launch):
     l = launch(fault_injection=True)
     addrs = {i: l.address(i) for i in l.node_ids}
-    old = wait_for(lambda: leader_of(addrs, l.cluster_id), 30, "a leader")
+    old = wait_for(lambda: leader_of(addrs, l.cluster_id, l.credentials()), 30, "a leader")
     others = [i for i in addrs if i != old]
     # cut the leader off both ways: it blocks the others, they block it
-    admin_request(addrs[old], l.cluster_id, "faults", {"blocked_out": others, "blocked_in": others})
+    admin_request(addrs[old], l.cluster_id, "faults", {"blocked_out": others, "blocked_in": others},
+                      credentials=l.credentials(admin=True))
     for i in others:
-        admin_request(addrs[i], l.cluster_id, "faults", {"blocked_out": [old], "blocked_in": [old]})
+        admin_request(addrs[i], l.cluster_id, "faults", {"blocked_out": [old], "blocked_in": [old]},
+                      credentials=l.credentials(admin=True))
     wait_for(lambda: (lambda x: x if x in others else None)(
-        leader_of({i: addrs[i] for i in others}, l.cluster_id)), 30, "a leader among the rest")
-    with Client({i: addrs[i] for i in others}, l.cluster_id, timeout=20) as c:
+        leader_of({i: addrs[i] for i in others}, l.cluster_id, l.credentials())), 30, "a leader among the rest")
+    with Client({i: addrs[i] for i in others}, l.cluster_id, timeout=20, credentials=l.credentials()) as c:
         c.put("during", "partition")
     # the isolated old leader steps down (check-quorum) and cannot serve a linearizable read
-    wait_for(lambda: statuses({old: addrs[old]}, l.cluster_id)[old].get("role") != "leader",
+    wait_for(lambda: statuses({old: addrs[old]}, l.cluster_id, credentials=l.credentials())[old].get("role") != "leader",
              30, "the isolated leader to step down")
     for i in addrs:
-        admin_request(addrs[i], l.cluster_id, "clear_faults")
-    with Client(addrs, l.cluster_id, timeout=20) as c:
+        admin_request(addrs[i], l.cluster_id, "clear_faults",
+                      credentials=l.credentials(admin=True))
+    with Client(addrs, l.cluster_id, timeout=20, credentials=l.credentials()) as c:
         assert c.get("during") == "partition"
     st = wait_for(lambda: (lambda s: s if len({tuple(x.get("applied", ())) for x in s.values()})
-                           == 1 else None)(statuses(addrs, l.cluster_id)), 30, "convergence")
+                           == 1 else None)(statuses(addrs, l.cluster_id, credentials=l.credentials())), 30, "convergence")
     assert st[old]["role"] == "follower"
     assert st[old]["term"] == max(x["term"] for x in st.values())
 
@@ -72,7 +76,7 @@ def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_cli_put_get_cas_delete_status(launch):
     l = launch()
     addrs = {i: l.address(i) for i in l.node_ids}
-    wait_for(lambda: leader_of(addrs, l.cluster_id), 30, "a leader")
+    wait_for(lambda: leader_of(addrs, l.cluster_id, l.credentials()), 30, "a leader")
     env = {**os.environ, "JOSEFINE_CLUSTER": str(l.cluster_path)}
     assert _cli("put", "color", "blue", env=env).returncode == 0
     r = _cli("get", "color", env=env)

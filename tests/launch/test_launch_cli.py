@@ -25,7 +25,8 @@ def _josefine_cmd() -> list[str]:
 def cluster_file(tmp_path, monkeypatch):
     monkeypatch.delenv("JOSEFINE_CLUSTER", raising=False)
     path = tmp_path / "cluster.toml"
-    cluster = ClusterConfig("c1d2", {i: ClusterNode(f"tcp://127.0.0.1:{7000 + i}") for i in (1, 2, 3)})
+    cluster = ClusterConfig("c1d2", {i: ClusterNode(f"tcp://127.0.0.1:{7000 + i}") for i in (1, 2, 3)},
+                            insecure=True)   # these tests fake the client: no keys needed
     path.write_text(cluster.to_toml())
     return path
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from josefine.security import generate_keypair
+
 from josefine.config import (
     ClusterConfig,
     ClusterNode,
@@ -202,6 +204,7 @@ def test_cluster_config_round_trip(tmp_path):
             2: ClusterNode("tcp://127.0.0.1:7002", str(tmp_path / "n2" / "data"), str(tmp_path / "n2" / "node.toml")),
             1: ClusterNode("tcp://127.0.0.1:7001"),
         },
+        insecure=True,
     )
     path = tmp_path / "cluster.toml"
     path.write_text(cluster.to_toml())
@@ -243,3 +246,25 @@ def test_resolve_cluster_path(tmp_path, monkeypatch):
     monkeypatch.setenv("JOSEFINE_CLUSTER", str(tmp_path / "gone.toml"))
     with pytest.raises(ConfigError, match="from JOSEFINE_CLUSTER"):
         resolve_cluster_path(None)
+
+
+def test_secure_cluster_config_round_trip_with_keys(tmp_path):
+    keys = [generate_keypair().public.decode() for _ in range(5)]
+    cluster = ClusterConfig(
+        cluster_id="abc",
+        nodes={1: ClusterNode("tcp://127.0.0.1:7001", public_key=keys[0],
+                              previous_keys=(keys[1],)),
+               2: ClusterNode("tcp://127.0.0.1:7002", public_key=keys[2])},
+        client_keys=(keys[3],), admin_keys=(keys[4],),
+        client_key_file=str(tmp_path / "client.key_secret"),
+        admin_key_file=str(tmp_path / "admin.key_secret"))
+    path = tmp_path / "cluster.toml"
+    path.write_text(cluster.to_toml())
+    assert load_cluster_config(path) == cluster
+
+
+def test_a_secure_cluster_file_without_a_node_key_is_refused(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('cluster_id = "abc"\n[nodes."1"]\naddress = "tcp://127.0.0.1:7001"\n')
+    with pytest.raises(ConfigError, match="nodes.1.public_key.*insecure = true"):
+        load_cluster_config(path)

@@ -8,7 +8,10 @@ import time
 import msgpack  # test-only: to forge frames
 import pytest
 import zmq
-from transport_helpers import CLUSTER, chain_of, drain, free_port, wait_until
+from transport_helpers import (CLIENT_KEY, CLUSTER, NODE_KEYS, chain_of, curve_dealer, drain,
+                               free_port, wait_until)
+
+from josefine.security import KeyPair
 
 from josefine.messages import (
     AppendBlocks,
@@ -40,14 +43,14 @@ def hb(src: int, dst: int, seq: int) -> Heartbeat:
 
 @pytest.fixture
 def rogue():
-    """Factory for raw DEALER sockets (closed at teardown), like a hostile or buggy client."""
+    """Factory for raw DEALER sockets (closed at teardown), like a hostile or buggy client
+    or member: rogue(address, server_id, key) connects with Curve `key` (default: the
+    client key) to node `server_id` of a secure test cluster."""
     ctx = zmq.Context()
     socks = []
 
-    def make(address: str) -> zmq.Socket:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(address)
+    def make(address: str, server: int = 1, key: KeyPair | None = CLIENT_KEY) -> zmq.Socket:
+        s = curve_dealer(ctx, address, NODE_KEYS[server], key)
         socks.append(s)
         return s
 
@@ -132,7 +135,7 @@ def test_hostile_input_is_counted_and_dropped(cluster, rogue):
     nodes = cluster(2, max_frame_bytes=64 * 1024)
     target = nodes[2].t
     vote = VoteReq(src=1, dst=2, term=3, head=BlockId(1, 1))
-    bad = rogue(target.address)
+    bad = rogue(target.address, 2, NODE_KEYS[1])   # a member gone bad: node 1's own key
     sends = {
         "malformed": [b"\xc1garbage", msgpack.packb(["p", 1, CLUSTER, 1, [b"\x93"]]),
                       [b"two", b"parts"]],

@@ -118,3 +118,39 @@ class Node:
         self.t = transport
         self.inbox = inbox
         self.requests = requests
+
+
+# ------------------------------------------------------------------------------ Curve keys
+
+from josefine.security import KeyPair, TrustedKeys, generate_keypair  # noqa: E402
+from josefine.transport.zmq_transport import TransportSecurity  # noqa: E402
+
+NODE_KEYS: dict[int, KeyPair] = {i: generate_keypair() for i in range(1, 10)}
+"""Key pairs of nodes 1..9, made once per test session."""
+CLIENT_KEY = generate_keypair()
+ADMIN_KEY = generate_keypair()
+STRANGER_KEY = generate_keypair()
+"""A key nobody trusts."""
+
+
+def trust_for(n: int) -> TrustedKeys:
+    """What every node of an n-node test cluster trusts."""
+    return TrustedKeys({i: (NODE_KEYS[i].public,) for i in range(1, n + 1)},
+                       clients=(CLIENT_KEY.public,), admins=(ADMIN_KEY.public,))
+
+
+def security_for(node_id: int, n: int) -> TransportSecurity:
+    return TransportSecurity(NODE_KEYS[node_id], trust_for(n))
+
+
+def curve_dealer(ctx: Any, address: str, server: KeyPair | None, pair: KeyPair | None):
+    """A raw DEALER (no transport logic) to `address`: a Curve client with `pair` of a
+    server with `server`'s key, or plaintext when `pair` is None."""
+    import zmq
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    if pair is not None and server is not None:
+        s.curve_secretkey, s.curve_publickey = pair.secret, pair.public
+        s.curve_serverkey = server.public
+    s.connect(address)
+    return s
