@@ -503,10 +503,30 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK if all(row["reachable"] for row in rows) else EXIT_ERROR
 
 
+def _reload_one(node: Any, cluster_id: str, timeout: float, creds: dict[str, Any]) -> Any:
+    """Ask one node to reload its keys. A node whose key was just rotated still serves its
+    previous key until it restarts, so that key is tried too."""
+    import dataclasses
+
+    from josefine.client import admin_request
+    attempts = [creds]
+    c = creds.get("credentials")
+    if c is not None:
+        for old in node.previous_keys:
+            servers = {**c.server_keys, node.address: old.encode()}
+            attempts.append({"credentials": dataclasses.replace(c, server_keys=servers)})
+    for k, kw in enumerate(attempts):
+        try:
+            return admin_request(node.address, cluster_id, "reload_keys", timeout=timeout, **kw)
+        except TimeoutError:
+            if k == len(attempts) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _keys(args: argparse.Namespace) -> int:
     """``josefine keys reload | rotate NODE | forget NODE`` (see docs/security.md)."""
     from josefine import security
-    from josefine.client import admin_request
 
     try:
         path = resolve_cluster_path(args.cluster)
@@ -530,8 +550,7 @@ def _keys(args: argparse.Namespace) -> int:
     failed = 0
     for node_id, node in cluster.nodes.items():
         try:
-            result = admin_request(node.address, cluster.cluster_id, "reload_keys",
-                                   timeout=args.timeout, **creds)
+            result = _reload_one(node, cluster.cluster_id, args.timeout, creds)
             print(f"node {node_id}: reloaded ({result['nodes']} nodes, "
                   f"{result['client_keys']} client keys, {result['admin_keys']} admin keys)")
         except Exception as exc:  # noqa: BLE001 - reported per node
