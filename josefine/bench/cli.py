@@ -52,6 +52,12 @@ def _fmt(r: BenchResult) -> str:
 def _ratios(results: list[BenchResult]) -> dict[str, Any]:
     jose = next((r for r in results if r.system == "josefine"), None)
     pso = [r for r in results if r.system == "pysyncobj"]
+    plain = next((r for r in results if r.system == "josefine" and r is not jose
+                  and r.mode.endswith("-insecure")), None)
+    if jose is not None and plain is not None:
+        return {"throughput_curve_vs_insecure": _ratio(jose.writes_per_s, plain.writes_per_s),
+                "p50_curve_minus_insecure_ms": round(jose.latency_ms["p50"]
+                                                     - plain.latency_ms["p50"], 3)}
     if jose is None or not pso:
         return {}
     best = max(pso, key=lambda r: r.writes_per_s)
@@ -101,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
     ap.add_argument("--payload", type=int, default=10, help="value bytes per write")
     ap.add_argument("--no-fsync", action="store_true", help="Josefine without fsync")
-    ap.add_argument("--compare", choices=["pysyncobj"], default=None)
+    ap.add_argument("--compare", choices=["pysyncobj", "insecure"], default=None,
+                    help="pysyncobj: the same load on PySyncObj; insecure: the same load on "
+                         "Josefine without Curve, for the cost of encryption")
+    ap.add_argument("--insecure", action="store_true",
+                    help="Josefine without Curve (plaintext, unauthenticated)")
     ap.add_argument("--json", action="store_true", help="print JSON on stdout")
     ap.add_argument("--plot", metavar="FILE.png", default=None)
     ap.add_argument("--failover", action="store_true",
@@ -134,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                                   warm, progress=_Progress(label + " (Client)", show))]
     else:
         results = [run_josefine(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
-                                not a.no_fsync, warm, progress=_Progress(label, show))]
+                                not a.no_fsync, warm, progress=_Progress(label, show),
+                                insecure=a.insecure)]
+        if a.compare == "insecure" and not a.insecure:
+            results.append(run_josefine(a.nodes, a.clients, a.pipeline, a.duration,
+                                        a.payload, not a.no_fsync, warm,
+                                        progress=_Progress(label + " insecure", show),
+                                        insecure=True))
     if a.compare == "pysyncobj":
         try:
             import pysyncobj  # noqa: F401

@@ -120,18 +120,25 @@ def _split(total: int, parts: int) -> list[int]:
 
 def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, payload: int,
                  fsync: bool, warmup: float, procs: int = 0,
-                 progress: Callable[[float], None] | None = None) -> BenchResult:
+                 progress: Callable[[float], None] | None = None,
+                 insecure: bool = False) -> BenchResult:
+    """Josefine over its client protocol; Curve on unless `insecure` (mode gets
+    "-insecure"). Records launch-to-first-leader time, key generation included, as
+    latency_ms["first_leader"]."""
     from josefine.bench.load import josefine_worker
     from josefine.launch.cluster import Launcher
-    mode = "durable" if fsync else "no-fsync"
+    mode = ("durable" if fsync else "no-fsync") + ("-insecure" if insecure else "")
     res = BenchResult("josefine", mode, nodes, clients, pipeline, payload, duration, fsync)
     with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
-        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None)
+        t_launch = time.monotonic()
+        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None,
+                     insecure=insecure)
         l.start()
         try:
             addrs = {i: l.address(i) for i in l.node_ids}
             creds = l.credentials()
             _wait_leader(addrs, l.cluster_id, creds)
+            first_leader_ms = (time.monotonic() - t_launch) * 1000
             procs = procs or min(clients, 4)
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
@@ -163,6 +170,7 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
             for p in ps:
                 p.join(10)
             summarize(res, done_t, lat, t_start)
+            res.latency_ms["first_leader"] = round(first_leader_ms, 1)
         finally:
             l.stop()
     return res

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         node = Node.start(cfg, on_fatal=on_fatal)
+    except ConfigError as exc:   # e.g. a missing or too widely readable key file
+        log.critical("node %d: failed to start: %s", cfg.node_id, exc)
+        print(f"josefine node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except Exception as exc:
         log.critical("node %d: failed to start: %s", cfg.node_id, exc, exc_info=True)
         return EXIT_FATAL

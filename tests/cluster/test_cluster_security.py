@@ -250,3 +250,15 @@ def test_keys_reload_needs_the_admin_key(launch):
     client_key = load_cluster_config(l.cluster_path).client_key_file
     r = _cli("keys", "reload", "--key-file", client_key, cluster=l.cluster_path)
     assert r.returncode == 1 and "admin key required" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_a_node_whose_key_file_is_world_readable_does_not_start(tmp_path):
+    from josefine.launch.node import EXIT_CONFIG
+    l = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
+    l.write_configs()
+    key = tmp_path / "c" / "node-1" / "node.key_secret"
+    key.chmod(0o644)
+    r = subprocess.run([sys.executable, "-m", "josefine.launch.cli", "node", "--config",
+                        str(l.config_path(1))], capture_output=True, text=True, timeout=60)
+    assert r.returncode == EXIT_CONFIG
+    assert "accessible by group or others" in r.stderr and "chmod 600" in r.stderr
