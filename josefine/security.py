@@ -25,10 +25,11 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
@@ -253,7 +254,7 @@ def apply_client_curve(sock: zmq.Socket, pair: KeyPair, server_key: bytes) -> No
 # ----------------------------------------------------------------------------- from files
 
 
-def trusted_keys(cluster: "ClusterConfig", source: str = "cluster file") -> TrustedKeys:
+def trusted_keys(cluster: ClusterConfig, source: str = "cluster file") -> TrustedKeys:
     """The keys a node of `cluster` admits: every node's current and previous keys, the
     client keys and the admin keys.
 
@@ -271,7 +272,7 @@ def trusted_keys(cluster: "ClusterConfig", source: str = "cluster file") -> Trus
     return TrustedKeys(peers, clients, admins)
 
 
-def client_credentials(cluster: "ClusterConfig", *, admin: bool = False,
+def client_credentials(cluster: ClusterConfig, *, admin: bool = False,
                        key_file: str | os.PathLike[str] | None = None,
                        source: str = "cluster file") -> ClientCredentials | None:
     """Credentials for a client of `cluster`: None for an insecure cluster; else the key
@@ -297,7 +298,7 @@ def client_credentials(cluster: "ClusterConfig", *, admin: bool = False,
 
 
 
-def _rewrite_cluster_file(path: Path, cluster: "ClusterConfig") -> None:
+def _rewrite_cluster_file(path: Path, cluster: ClusterConfig) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(cluster.to_toml())

@@ -568,7 +568,7 @@ class ZmqTransport:
                 except zmq.Again:
                     return
                 # The ZAP handler set each connection's User-Id to its Curve key.
-                self._handle_frame([f.bytes for f in frames], frames[-1].get("User-Id"))
+                self._handle_frame([f.bytes for f in frames], str(frames[-1].get("User-Id")))
             return
         for _ in range(_RECV_BATCH):
             try:
@@ -703,7 +703,7 @@ class ZmqTransport:
                 self._links_up[peer] = up
                 self._log.info("link to node %d %s", peer, "up" if up else "down")
 
-    def _handshake_why(self, event: dict) -> str:
+    def _handshake_why(self, event: Any) -> str:
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return "its key is not trusted (or it does not trust ours)"
         mine = "Curve" if self._security is not None else "plaintext (insecure = true)"

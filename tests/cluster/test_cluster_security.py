@@ -11,12 +11,18 @@ import time
 import pytest
 import zmq
 
-from josefine.chain.block import BlockKind, Command, encode_commands, genesis, make_block
+from josefine.chain.block import (
+    BlockKind,
+    Command,
+    encode_commands,
+    genesis,
+    make_block,
+)
 from josefine.client import Client, query_status
 from josefine.config import load_cluster_config, load_node_config
 from josefine.errors import JosefineError
 from josefine.fsm.kv import kv_put
-from josefine.launch.cluster import LaunchError, Launcher
+from josefine.launch.cluster import Launcher, LaunchError
 from josefine.messages import AppendBlocks
 from josefine.security import KeyPair, apply_client_curve, load_keypair
 from josefine.transport.codec import encode_frame
@@ -114,7 +120,7 @@ def forged_frames(cluster_id: str, claim: int, dsts: list[int], blocks: int = 40
     return out
 
 
-def _fill(l: Launcher, creds) -> dict[int, dict]:  # noqa: ANN001
+def _fill(l: Launcher, creds) -> dict[int, dict]:
     addrs = {i: l.address(i) for i in l.node_ids}
     wait_for(lambda: leader_of(addrs, l.cluster_id, creds), 30, "a leader")
     with Client(addrs, l.cluster_id, timeout=30, credentials=creds) as c:
@@ -123,7 +129,7 @@ def _fill(l: Launcher, creds) -> dict[int, dict]:  # noqa: ANN001
     return statuses(addrs, l.cluster_id, credentials=creds)
 
 
-def _attack(l: Launcher, key: KeyPair | None, creds) -> None:  # noqa: ANN001
+def _attack(l: Launcher, key: KeyPair | None, creds) -> None:
     ctx = zmq.Context()
     try:
         socks = {}
@@ -146,7 +152,7 @@ def _attack(l: Launcher, key: KeyPair | None, creds) -> None:  # noqa: ANN001
         ctx.destroy(linger=2000)
 
 
-def _unchanged_and_serving(l: Launcher, before: dict[int, dict], creds) -> dict[int, dict]:  # noqa: ANN001
+def _unchanged_and_serving(l: Launcher, before: dict[int, dict], creds) -> dict[int, dict]:
     addrs = {i: l.address(i) for i in l.node_ids}
     with Client(addrs, l.cluster_id, timeout=60, credentials=creds) as c:
         for i in range(200):

@@ -9,12 +9,27 @@ import logging
 
 import pytest
 import zmq
-from transport_helpers import (ADMIN_KEY, CLIENT_KEY, CLUSTER, NODE_KEYS, STRANGER_KEY,
-                               curve_dealer, drain, free_port, security_for, trust_for,
-                               wait_until)
+from transport_helpers import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    CLUSTER,
+    NODE_KEYS,
+    STRANGER_KEY,
+    curve_dealer,
+    drain,
+    free_port,
+    security_for,
+    trust_for,
+    wait_until,
+)
 
-from josefine.messages import (ClientAdmin, ClientAdminResp, ClientStatus, ClientTransfer,
-                               Heartbeat)
+from josefine.messages import (
+    ClientAdmin,
+    ClientAdminResp,
+    ClientStatus,
+    ClientTransfer,
+    Heartbeat,
+)
 from josefine.security import TrustedKeys
 from josefine.transport.client_conn import ClientConnection
 from josefine.transport.codec import decode_frame, encode_client_frame, encode_frame
@@ -117,7 +132,7 @@ def test_a_client_without_the_client_key_can_neither_read_nor_write(cluster):
     with ClientConnection(addr, CLUSTER, "c1", curve=(CLIENT_KEY, NODE_KEYS[1].public)) as conn:
         conn._socket().send(encode_client_frame(CLUSTER, [ClientStatus(client_id="c1",
                                                                        read_id=2)]))
-        ident, msg = nodes[1].requests.get(timeout=10)
+        _, msg = nodes[1].requests.get(timeout=10)
     assert msg == ClientStatus(client_id="c1", read_id=2)
 
 
