@@ -112,6 +112,8 @@ class RaftCore:
         self._deposed_by: int | None = None
         self.uncommitted_bytes = 0
         self._kept_bytes = 0   # payload bytes of committed blocks still held in memory
+        self.refused_appends = 0   # tripwire (_contains_commit): see docs/protocol.md
+        self.refused_commits = 0
         self._r = Ready()
         self._reset_timer()
 
@@ -412,11 +414,14 @@ class RaftCore:
                                   seq=m.seq, rejected_prev=m.prev,
                                   hint=tree.term_summary(self.commit.height), commit=self.commit))
             return
+        tail = m.blocks[-1].id if m.blocks else m.prev
+        if not self._contains_commit(m, tail):
+            self._refuse_append(m, tail)
+            return
         r = self._r
         for b in m.blocks:
             if tree.add(b):
                 r.blocks.append(b)
-        tail = m.blocks[-1].id if m.blocks else m.prev
         if not tree.on_path(tail):
             tree.set_head(tail)
             r.head = tail
@@ -424,6 +429,37 @@ class RaftCore:
         r.events.append(("acked", self.term, tail))
         self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
                               match=tail))
+
+    def _contains_commit(self, m: AppendBlocks, tail: BlockId) -> bool:
+        """Tripwire: does the branch ending at `tail` (m.blocks on top of m.prev) hold our
+        commit, or, for a stale message below it, lie on our committed path?
+
+        A legitimate leader always passes: its chain holds every committed block (Leader
+        Completeness, Raft §5.4.1), and in a chain a block's ancestry is its parent links
+        (the chained form of Log Matching, §5.3). A forger or a bug does not, and
+        following it would move the head, then the commit, off committed history."""
+        c = self.commit
+        tree = self.tree
+        if tail.height < c.height:
+            return tree.on_path(tail)
+        if c.height > m.prev.height:
+            return m.blocks[c.height - m.prev.height - 1].id == c
+        if tree.on_path(m.prev):
+            return True        # the path holds the commit, and the branch leaves above it
+        return tree.is_ancestor(c, m.prev)
+
+    def _refuse_append(self, m: AppendBlocks, tail: BlockId) -> None:
+        """Drop the message: no blocks stored, head and commit unchanged, and no answer
+        (a rejection would start fork finding with the sender). The sender is not taken
+        for our leader either. Its term, if higher, has already been adopted by
+        `_receive`; keeping forgers out is authentication's job (docs/security.md)."""
+        self.refused_appends += 1
+        self.leader = None
+        n = self.refused_appends
+        if n <= 10 or n % 1000 == 0:
+            log.warning("node %d: refused AppendBlocks from %d (term %d, prev %s, tail %s): "
+                        "its branch does not hold our commit %s (%d refused so far)",
+                        self.id, m.src, m.term, m.prev, tail, self.commit, n)
 
     def _on_append_resp(self, m: AppendResp) -> None:
         p = self.prog.get(m.src)
@@ -502,8 +538,20 @@ class RaftCore:
                 self._release_deferred_reads()
 
     def _advance_commit_to(self, c: BlockId | None) -> None:
-        if c is not None and c.height > self.commit.height and self.tree.on_path(c):
+        if c is None:
+            return
+        tree = self.tree
+        if c.height > self.commit.height and tree.on_path(c):
             self._set_commit(c)
+        elif c.height <= tree.head.height and not tree.on_path(c):
+            # Tripwire: a commit we hold the height of, but on another branch. Never moved
+            # to (the commit only moves along the path); counted because a legitimate
+            # leader never sends one. A commit above our head is merely not known yet.
+            self.refused_commits += 1
+            n = self.refused_commits
+            if n <= 10 or n % 1000 == 0:
+                log.warning("node %d: refused commit %s: not on our path (head %s, commit "
+                            "%s; %d refused so far)", self.id, c, tree.head, self.commit, n)
 
     def _set_commit(self, c: BlockId) -> None:
         old = self.commit
@@ -720,7 +768,9 @@ class RaftCore:
         return {"id": self.id, "role": self.role.name.lower(), "term": self.term,
                 "voted_for": self.voted_for, "leader": self.leader, "head": list(self.head),
                 "commit": list(self.commit), "applied": list(self.applied),
-                "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values()))}
+                "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values())),
+                "tripwire": {"refused_appends": self.refused_appends,
+                             "refused_commits": self.refused_commits}}
 
 
 def step(state: RaftCore, inp: Any) -> tuple[RaftCore, Ready]:

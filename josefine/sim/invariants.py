@@ -133,6 +133,10 @@ class Invariants:
             if n is not None and not tree.on_path(self.committed[n - 1]):
                 raise InvariantViolation("B14", f"leader {node} of term {core.term} lacks "
                                                 f"committed {self.committed[n - 1]}")
+        if core.refused_appends or core.refused_commits:
+            raise InvariantViolation("B20", f"node {node}'s tripwire fired in a run with no "
+                                            f"forger: {core.refused_appends} appends, "
+                                            f"{core.refused_commits} commits refused")
         ack = self.acked.get(node)
         if ack is not None and ack[0] == core.term and not tree.on_path(ack[1]):
             raise InvariantViolation("B19", f"node {node} acked {ack[1]} in term {ack[0]} but "
