@@ -126,6 +126,22 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def _load_legacy_or_current(path: Path) -> ClusterConfig | None:
+    """The cluster file at `path`, or None if it was written before keys existed (no
+    `insecure` key and no node key at all): such a cluster ran plaintext."""
+    import tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = None
+    if isinstance(data, dict) and "insecure" not in data and "client_keys" not in data \
+            and isinstance(data.get("nodes"), dict) and data["nodes"] \
+            and "cluster_id" in data \
+            and not any(isinstance(n, dict) and "public_key" in n for n in data["nodes"].values()):
+        return None
+    return load_cluster_config(path)
+
+
 def _union(first: Sequence[str], more: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*first, *more]))
 
@@ -687,9 +703,11 @@ class Launcher:
         if not self.cluster_path.exists():
             return None
         try:
-            existing = load_cluster_config(self.cluster_path)
+            existing = _load_legacy_or_current(self.cluster_path)
         except ConfigError as exc:
             raise LaunchError(f"{exc}; fix or remove it to launch on {self.data_dir}") from None
+        if existing is None:   # written before keys existed: plaintext, no keys yet
+            return self._upgrade_legacy(nodes)
         if existing.insecure != self.insecure:
             was = "insecure" if existing.insecure else "secure"
             raise LaunchError(f"{self.cluster_path} describes a {was} cluster: relaunch it "
@@ -703,6 +721,19 @@ class Launcher:
                 "changing membership by relaunching is unsafe; use a fresh --data-dir"
             )
         return existing.cluster_id
+
+    def _upgrade_legacy(self, nodes: int) -> str:
+        """A cluster.toml from before Curve keys: keep its cluster id; a secure relaunch
+        makes the keys (every node restarts with them, so no node is left plaintext)."""
+        import tomllib
+        data = tomllib.loads(self.cluster_path.read_text(encoding="utf-8"))
+        ids = sorted(int(k) for k in data.get("nodes", {}))
+        if ids != list(range(1, nodes + 1)):
+            raise LaunchError(f"{self.cluster_path} describes nodes {ids}, not "
+                              f"{list(range(1, nodes + 1))}: use a fresh --data-dir")
+        self._say(f"josefine: {self.cluster_path} predates Curve keys; "
+                  + ("relaunching insecure" if self.insecure else "making keys for it"))
+        return str(data["cluster_id"])
 
     def _take_dir_lock(self) -> None:
         f = open(self.data_dir / "launcher.lock", "a+")

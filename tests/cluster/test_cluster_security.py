@@ -270,3 +270,17 @@ def test_a_node_whose_key_file_is_world_readable_does_not_start(tmp_path):
                         str(l.config_path(1))], capture_output=True, text=True, timeout=60)
     assert r.returncode == EXIT_CONFIG
     assert "accessible by group or others" in r.stderr and "chmod 600" in r.stderr
+
+
+def test_a_cluster_dir_from_before_keys_is_upgraded_on_relaunch(tmp_path):
+    from josefine.config import ClusterConfig, ClusterNode
+    d = tmp_path / "old"
+    d.mkdir()
+    legacy = ClusterConfig("0ld1d", {i: ClusterNode(f"tcp://127.0.0.1:{7000 + i}")
+                                     for i in (1, 2, 3)}, insecure=True).to_toml()
+    (d / "cluster.toml").write_text(legacy.replace("insecure = true\n", ""))
+    l = Launcher(3, d, free_port_block(3), out=None)
+    assert l.cluster_id == "0ld1d"
+    l.write_configs()
+    cc = load_cluster_config(d / "cluster.toml")
+    assert not cc.insecure and all(n.public_key for n in cc.nodes.values())
