@@ -312,7 +312,8 @@ class Launcher:
 
     def credentials(self, admin: bool = False) -> ClientCredentials | None:
         """What a `Client` of this cluster needs (None when insecure); `admin` for the
-        admin key (fault rules, key reload, leadership transfer)."""
+        admin key (fault rules, key reload, leadership transfer). Read once and cached:
+        after `josefine keys rotate`, use `Client.from_cluster_file` for the new keys."""
         cached = self._credentials.get(admin)
         if cached is None and not self.insecure:
             cached = self._credentials[admin] = client_credentials(
