@@ -31,6 +31,7 @@ class Invariants:
         self.wire_term: dict[int, int] = {}             # B4: highest term put on the wire
         self.acked: dict[int, tuple[int, BlockId]] = {}  # B19: node -> (term, highest acked)
         self.acked_all: dict[int, set[BlockId]] = {}    # B4: every block acked by node
+        self.deleted: dict[int, set[BlockId]] = {}      # B4: blocks a node's GC deleted
         self.committed: list[BlockId] = [GENESIS_ID]    # B11: the global committed path C
         self.c_at_election: dict[tuple[int, int], int] = {}  # B14: (node, term) -> len(C)
         self.applied: dict[int, tuple[BlockId, bytes]] = {}  # B15: height -> (id, sm digest)
@@ -170,9 +171,22 @@ class Invariants:
         if v is not None and core.voted_for != v:
             raise InvariantViolation("B4", f"node {node} forgot its vote for {v} in term "
                                            f"{core.term}")
+        deleted = self.deleted.get(node, set())
         for b in self.acked_all.get(node, ()):
-            if b not in store:
+            if b not in store and not (b in deleted and self._lost(b)):
                 raise InvariantViolation("B4", f"node {node} lost acked block {b}")
+
+    def on_deleted(self, node: int, ids: Any) -> None:
+        """The node durably deleted these blocks (garbage collection of dead branches)."""
+        self.deleted.setdefault(node, set()).update(ids)
+
+    def _lost(self, b: BlockId) -> bool:
+        """b's branch lost for good: the committed path C already holds another block at
+        b's height. An acked block that GC deleted is then no broken promise (it was
+        acked on a branch that lost); one deleted while C does not reach past it yet, or
+        one missing without a delete, still is."""
+        c = self.committed
+        return b.height < len(c) and c[b.height] != b
 
     def on_applied(self, node: int, block: Block, sm_digest: bytes,
                    effective: list[tuple[str, int]]) -> None:

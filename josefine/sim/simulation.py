@@ -181,6 +181,8 @@ class Simulation:
             c_len = len(self.inv.committed)
             n.store.write(hard_state=r.hard_state, blocks=r.blocks, head=r.head,
                           commit=r.commit, delete=r.delete)
+            if r.delete:
+                self.inv.on_deleted(n.id, r.delete)
             self.inv.check_commit_justified({i: x.store for i, x in self.nodes.items()}, c_len)
         if r.messages:
             self.inv.on_sent(n.id, r.messages)

@@ -56,3 +56,37 @@ def test_same_seed_replays_identically():
     assert a.stats == b.stats
     assert [n.store.load().head for n in a.nodes.values()] == \
         [n.store.load().head for n in b.nodes.values()]
+
+
+@pytest.mark.parametrize(("seed", "cfg"), [
+    (2500, SimConfig(nodes=3, steps=3000)),
+    (265, SimConfig(nodes=5, steps=3000, clients=4)),
+])
+def test_acked_blocks_deleted_with_their_losing_branch_are_no_b4(seed, cfg):
+    """The two soak seeds that cried wolf (issue 10): a block acked on a branch that later
+    lost and was garbage-collected is a legitimate deletion, not a lost promise."""
+    Simulation(seed, cfg).run()
+
+
+def test_b4_still_catches_an_acked_block_that_is_missing():
+    from josefine.chain.block import genesis
+    from josefine.sim.invariants import InvariantViolation, Invariants
+    from josefine.types import BlockId
+
+    class Core:  # the parts of a core on_restart reads
+        term, voted_for = 1, None
+    inv = Invariants(genesis("c"), frozenset({1, 2, 3}))
+    inv.committed += [BlockId(1, 1), BlockId(1, 2)]
+    lost, live = BlockId(1, 3), BlockId(1, 2)
+    inv.on_acked(1, 1, lost)
+    with pytest.raises(InvariantViolation, match="B4: node 1 lost acked block"):
+        inv.on_restart(1, Core(), set())          # missing, never deleted
+    inv.on_deleted(1, [lost])
+    with pytest.raises(InvariantViolation, match="B4"):
+        inv.on_restart(1, Core(), set())          # deleted, but C does not reach it yet
+    inv.committed.append(BlockId(2, 3))
+    inv.on_restart(1, Core(), set())              # deleted with a branch that lost: fine
+    inv.on_acked(1, 2, live)
+    inv.on_deleted(1, [live])
+    with pytest.raises(InvariantViolation, match="B4"):
+        inv.on_restart(1, Core(), set())          # deleted, but it is on C: a real loss
