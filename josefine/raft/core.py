@@ -405,19 +405,21 @@ class RaftCore:
         if self.role == Role.LEADER:
             log.error("node %d: AppendBlocks from %d in my own term %d", self.id, m.src, self.term)
             return
-        self.role, self.leader = Role.FOLLOWER, m.src
-        self._reset_timer()
         tree = self.tree
         parent = tree.lookup(m.prev)
         if parent is None or not self._well_formed(m, parent):
+            self.role, self.leader = Role.FOLLOWER, m.src
+            self._reset_timer()
             self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=False,
                                   seq=m.seq, rejected_prev=m.prev,
                                   hint=tree.term_summary(self.commit.height), commit=self.commit))
             return
         tail = m.blocks[-1].id if m.blocks else m.prev
-        if not self._contains_commit(m, tail):
-            self._refuse_append(m, tail)
+        if not self._keeps_commit(m, tail):
+            self._refuse_append(m, tail)   # before the sender counts as leader (timer, lease)
             return
+        self.role, self.leader = Role.FOLLOWER, m.src
+        self._reset_timer()
         r = self._r
         for b in m.blocks:
             if tree.add(b):
@@ -430,31 +432,50 @@ class RaftCore:
         self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
                               match=tail))
 
-    def _contains_commit(self, m: AppendBlocks, tail: BlockId) -> bool:
+    def _keeps_commit(self, m: AppendBlocks, tail: BlockId) -> bool:
         """Tripwire: does the branch ending at `tail` (m.blocks on top of m.prev) hold our
-        commit, or, for a stale message below it, lie on our committed path?
+        commit (or, for a stale message below it, lie on our committed path), and does it
+        hold the commit the message announces?
 
         A legitimate leader always passes: its chain holds every committed block (Leader
-        Completeness, Raft §5.4.1), and in a chain a block's ancestry is its parent links
-        (the chained form of Log Matching, §5.3). A forger or a bug does not, and
-        following it would move the head, then the commit, off committed history."""
+        Completeness, Raft §5.4.1), it sends only runs of that chain with its commit capped
+        at the run's tail, and in a chain a block's ancestry is its parent links (the
+        chained form of Log Matching, §5.3). A forger or a bug does not, and following it
+        would move the head, then the commit, off committed history."""
         c = self.commit
-        tree = self.tree
         if tail.height < c.height:
-            return tree.on_path(tail)
-        if c.height > m.prev.height:
-            return m.blocks[c.height - m.prev.height - 1].id == c
+            ours = self.tree.on_path(tail) and self._same_block(tail, m)
+        else:
+            ours = self._on_branch(c, m, tail)
+        return ours and (m.commit is None or self._on_branch(m.commit, m, tail))
+
+    def _same_block(self, x: BlockId, m: AppendBlocks) -> bool:
+        """Where m carries block x and we hold x too, the two digests agree: an id alone can
+        be forged, a digest chained over all ancestors cannot (§A.2)."""
+        i = x.height - m.prev.height - 1
+        if i < 0:
+            return True   # at or below m.prev: our own stored ancestry
+        ours = self.tree.lookup(x)
+        return ours is None or ours.digest == m.blocks[i].digest
+
+    def _on_branch(self, x: BlockId, m: AppendBlocks, tail: BlockId) -> bool:
+        """x ⪯ tail, along m's blocks and then the stored ancestry of m.prev."""
+        if x.height > tail.height:
+            return False
+        if x.height > m.prev.height:
+            return m.blocks[x.height - m.prev.height - 1].id == x and self._same_block(x, m)
+        tree = self.tree
         if tree.on_path(m.prev):
-            return True        # the path holds the commit, and the branch leaves above it
-        return tree.is_ancestor(c, m.prev)
+            return tree.on_path(x)
+        return tree.is_ancestor(x, m.prev)
 
     def _refuse_append(self, m: AppendBlocks, tail: BlockId) -> None:
         """Drop the message: no blocks stored, head and commit unchanged, and no answer
-        (a rejection would start fork finding with the sender). The sender is not taken
-        for our leader either. Its term, if higher, has already been adopted by
-        `_receive`; keeping forgers out is authentication's job (docs/security.md)."""
+        (a rejection would start fork finding with the sender and hand it our commit). The
+        election timer is not reset and a same-term leader stays our leader. A higher term
+        has already been adopted by `_receive` (Raft's term rule runs first); keeping
+        forgers out is authentication's job (docs/security.md)."""
         self.refused_appends += 1
-        self.leader = None
         n = self.refused_appends
         if n <= 10 or n % 1000 == 0:
             log.warning("node %d: refused AppendBlocks from %d (term %d, prev %s, tail %s): "
@@ -540,18 +561,22 @@ class RaftCore:
     def _advance_commit_to(self, c: BlockId | None) -> None:
         if c is None:
             return
-        tree = self.tree
-        if c.height > self.commit.height and tree.on_path(c):
+        if c.height > self.commit.height and self.tree.on_path(c):
             self._set_commit(c)
-        elif c.height <= tree.head.height and not tree.on_path(c):
-            # Tripwire: a commit we hold the height of, but on another branch. Never moved
-            # to (the commit only moves along the path); counted because a legitimate
-            # leader never sends one. A commit above our head is merely not known yet.
-            self.refused_commits += 1
-            n = self.refused_commits
-            if n <= 10 or n % 1000 == 0:
-                log.warning("node %d: refused commit %s: not on our path (head %s, commit "
-                            "%s; %d refused so far)", self.id, c, tree.head, self.commit, n)
+
+    def _commit_conflicts(self, c: BlockId | None) -> bool:
+        """Tripwire: a commit at a height we hold, but on another branch. A legitimate
+        leader never sends one (it caps the commit at what we acked); counted and logged.
+        A commit above our head is merely not known yet."""
+        tree = self.tree
+        if c is None or c.height > tree.head.height or tree.on_path(c):
+            return False
+        self.refused_commits += 1
+        n = self.refused_commits
+        if n <= 10 or n % 1000 == 0:
+            log.warning("node %d: refused commit %s: not on our path (head %s, commit %s; "
+                        "%d refused so far)", self.id, c, tree.head, self.commit, n)
+        return True
 
     def _set_commit(self, c: BlockId) -> None:
         old = self.commit
@@ -661,6 +686,8 @@ class RaftCore:
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if self.role == Role.LEADER:
             return
+        if self._commit_conflicts(m.commit):
+            return   # tripwire: dropped unanswered, like a refused AppendBlocks
         self.role, self.leader = Role.FOLLOWER, m.src
         self._reset_timer()
         self._advance_commit_to(m.commit)

@@ -43,7 +43,7 @@ def test_a_forged_branch_from_genesis_moves_neither_head_nor_commit():
     assert not any(f.tree.has(b.id) for b in forged)          # nothing stored
     assert r.blocks == [] and r.head is None and r.commit is None and r.apply == []
     assert not of_type(r.messages, AppendResp)                # and no answer at all
-    assert f.refused_appends == 1 and f.leader is None
+    assert f.refused_appends == 1
     assert f.status()["tripwire"] == {"refused_appends": 1, "refused_commits": 0}
     assert f.role == Role.FOLLOWER
 
@@ -86,13 +86,41 @@ def test_a_forged_branch_forking_below_the_commit_is_refused():
     assert f.refused_appends == 2 and f.head == BlockId(1, 7)
 
 
-def test_a_commit_on_another_branch_is_counted_and_not_taken():
+def test_a_same_term_forger_neither_replaces_the_leader_nor_resets_the_timer():
+    net = committed_cluster()
+    f = net.nodes[3]
+    net.tick(3, 3)
+    elapsed, term = f.elapsed, f.term
+    # Same ids as the real chain up to the commit and beyond, other contents: the digests
+    # give it away.
+    forged = chain(G, [term] * 10, tag=b"F")
+    assert forged[f.commit.height - 1].id == f.commit
+    net.step(3, forged_append(net, 3, forged, term=term))
+    assert (f.leader, f.elapsed, f.term, f.refused_appends) == (1, elapsed, term, 1)
+    assert f.tree.get(f.commit).digest != forged[f.commit.height - 1].digest
+    # ... and a forged run below the commit reusing our ids
+    net.step(3, forged_append(net, 3, forged[:3], term=term, commit=forged[2].id))
+    assert f.refused_appends == 2
+
+
+def test_an_append_announcing_a_commit_off_its_own_branch_is_refused_whole():
+    net = committed_cluster()
+    f = net.nodes[3]
+    head = f.head
+    nxt = chain(f.tree.get(head), [1], tag=b"n")          # a valid next block of the leader
+    r = net.step(3, AppendBlocks(src=1, dst=3, term=1, prev=head, blocks=tuple(nxt),
+                                 commit=BlockId(9, 2), seq=50))
+    assert f.refused_appends == 1 and f.head == head and not f.tree.has(nxt[0].id)
+    assert not of_type(r.messages, AppendResp)
+
+
+def test_a_commit_on_another_branch_is_counted_not_taken_and_not_answered():
     net = committed_cluster()
     f = net.nodes[3]
     commit = f.commit
     other = BlockId(7, commit.height)                    # our height, not our block
-    net.step(3, Heartbeat(src=1, dst=3, term=net.nodes[1].term, commit=other, seq=99))
-    assert f.commit == commit and f.refused_commits == 1
+    r = net.step(3, Heartbeat(src=1, dst=3, term=net.nodes[1].term, commit=other, seq=99))
+    assert f.commit == commit and f.refused_commits == 1 and r.messages == []
     # A commit above our head is merely not known yet: neither taken nor counted.
     net.step(3, Heartbeat(src=1, dst=3, term=net.nodes[1].term,
                           commit=BlockId(1, commit.height + 5), seq=100))
