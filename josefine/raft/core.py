@@ -112,7 +112,7 @@ class RaftCore:
         self._deposed_by: int | None = None
         self.uncommitted_bytes = 0
         self._kept_bytes = 0   # payload bytes of committed blocks still held in memory
-        self.refused_appends = 0   # tripwire (_contains_commit): see docs/protocol.md
+        self.refused_appends = 0   # tripwire (_keeps_commit): see docs/protocol.md
         self.refused_commits = 0
         self._r = Ready()
         self._reset_timer()
