@@ -181,12 +181,17 @@ class Invariants:
         self.deleted.setdefault(node, set()).update(ids)
 
     def _lost(self, b: BlockId) -> bool:
-        """b's branch lost for good: the committed path C already holds another block at
-        b's height. An acked block that GC deleted is then no broken promise (it was
-        acked on a branch that lost); one deleted while C does not reach past it yet, or
+        """b's branch lost for good: b's ancestor at the top height of the committed path
+        C (b itself when C reaches past it) is not C's block there, so b forked off C
+        below C's top. An acked block that GC deleted is then no broken promise (it was
+        acked on a branch that lost); one on C, one still above C on C's own branch, or
         one missing without a delete, still is."""
         c = self.committed
-        return b.height < len(c) and c[b.height] != b
+        h = min(b.height, len(c) - 1)
+        x: BlockId | None = b
+        while x is not None and x.height > h:
+            x = self.registry[x].parent
+        return x != c[h]
 
     def on_applied(self, node: int, block: Block, sm_digest: bytes,
                    effective: list[tuple[str, int]]) -> None:

@@ -61,6 +61,7 @@ def test_same_seed_replays_identically():
 @pytest.mark.parametrize(("seed", "cfg"), [
     (2500, SimConfig(nodes=3, steps=3000)),
     (265, SimConfig(nodes=5, steps=3000, clients=4)),
+    (2097, SimConfig(nodes=5, steps=3000, clients=4)),   # deleted above C's top, forked below
 ])
 def test_acked_blocks_deleted_with_their_losing_branch_are_no_b4(seed, cfg):
     """The two soak seeds that cried wolf (issue 10): a block acked on a branch that later
@@ -71,19 +72,23 @@ def test_acked_blocks_deleted_with_their_losing_branch_are_no_b4(seed, cfg):
 def test_b4_still_catches_an_acked_block_that_is_missing():
     from josefine.chain.block import genesis
     from josefine.sim.invariants import InvariantViolation, Invariants
-    from josefine.types import BlockId
+    from josefine.types import GENESIS_ID, BlockId
 
     class Core:  # the parts of a core on_restart reads
         term, voted_for = 1, None
     inv = Invariants(genesis("c"), frozenset({1, 2, 3}))
     inv.committed += [BlockId(1, 1), BlockId(1, 2)]
     lost, live = BlockId(1, 3), BlockId(1, 2)
+    from types import SimpleNamespace
+    for bid, parent in [(BlockId(1, 1), GENESIS_ID), (BlockId(1, 2), BlockId(1, 1)),
+                        (lost, BlockId(1, 2)), (BlockId(2, 3), BlockId(1, 2))]:
+        inv.registry[bid] = SimpleNamespace(parent=parent)   # what _lost walks
     inv.on_acked(1, 1, lost)
     with pytest.raises(InvariantViolation, match="B4: node 1 lost acked block"):
         inv.on_restart(1, Core(), set())          # missing, never deleted
     inv.on_deleted(1, [lost])
     with pytest.raises(InvariantViolation, match="B4"):
-        inv.on_restart(1, Core(), set())          # deleted, but C does not reach it yet
+        inv.on_restart(1, Core(), set())          # deleted, but still on C's own branch
     inv.committed.append(BlockId(2, 3))
     inv.on_restart(1, Core(), set())              # deleted with a branch that lost: fine
     inv.on_acked(1, 2, live)
