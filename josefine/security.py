@@ -307,6 +307,21 @@ def _rewrite_cluster_file(path: Path, cluster: ClusterConfig) -> None:
     os.replace(tmp, path)
 
 
+def _cluster_node(cluster_path: str | os.PathLike[str],
+                  node_id: int) -> tuple[Path, "ClusterConfig", Any]:
+    """The cluster file's path, its config and node `node_id`'s entry, for editing."""
+    from josefine.config import ConfigError, load_cluster_config
+    path = Path(cluster_path)
+    try:
+        cc = load_cluster_config(path)
+    except ConfigError as exc:
+        raise KeyFileError(str(exc)) from None
+    node = cc.nodes.get(node_id)
+    if node is None:
+        raise KeyFileError(f"{path}: no node {node_id}")
+    return path, cc, node
+
+
 def rotate_node_key(cluster_path: str | os.PathLike[str], node_id: int) -> Path:
     """Give node `node_id` a new key pair: write it to the node's `secret_key_file` (the
     old one is kept beside it as ``.previous``) and list it in the cluster file as the
@@ -319,16 +334,10 @@ def rotate_node_key(cluster_path: str | os.PathLike[str], node_id: int) -> Path:
     """
     import dataclasses
 
-    from josefine.config import ConfigError, load_cluster_config, load_node_config
-    path = Path(cluster_path)
-    try:
-        cc = load_cluster_config(path)
-    except ConfigError as exc:
-        raise KeyFileError(str(exc)) from None
-    node = cc.nodes.get(node_id)
-    if node is None or cc.insecure:
-        raise KeyFileError(f"{path}: no node {node_id}" if node is None
-                           else f"{path}: the cluster is insecure: it has no keys")
+    from josefine.config import ConfigError, load_node_config
+    path, cc, node = _cluster_node(cluster_path, node_id)
+    if cc.insecure:
+        raise KeyFileError(f"{path}: the cluster is insecure: it has no keys")
     if node.config_path is None:
         raise KeyFileError(f"{path}: nodes.{node_id} has no config_path, so its key file "
                            "is unknown; rotate by hand (docs/security.md)")
@@ -357,15 +366,7 @@ def forget_previous_keys(cluster_path: str | os.PathLike[str], node_id: int) -> 
     rotation); returns how many were dropped. Takes effect at the next key reload."""
     import dataclasses
 
-    from josefine.config import ConfigError, load_cluster_config
-    path = Path(cluster_path)
-    try:
-        cc = load_cluster_config(path)
-    except ConfigError as exc:
-        raise KeyFileError(str(exc)) from None
-    node = cc.nodes.get(node_id)
-    if node is None:
-        raise KeyFileError(f"{path}: no node {node_id}")
+    path, cc, node = _cluster_node(cluster_path, node_id)
     nodes = dict(cc.nodes)
     nodes[node_id] = dataclasses.replace(node, previous_keys=())
     _rewrite_cluster_file(path, dataclasses.replace(cc, nodes=nodes))
