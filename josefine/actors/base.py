@@ -1,14 +1,14 @@
-"""Pieces every actor of a node shares: failure policy, wiring and side queues."""
+"""Pieces every actor of a node shares: failure policy and wiring.
+
+The hand-overs between threads (side queues, the tick gate) are in josefine/runtime/channels.py."""
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from typing import Any, Callable
 
 import pykka
 
-from josefine.messages import Nudge
+from josefine.runtime.channels import SideQueue, TickGate  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -41,53 +41,6 @@ class Links:
             self.transport.tell(Outbound(msgs=tuple(msgs)))
 
 
-class SideQueue:
-    """A batch inbox next to an actor's mailbox: many puts, at most one pending Nudge.
-
-    The consumer drains everything waiting at once, which is how a burst of proposals
-    becomes one block and a burst of Readys one synchronous write (group commit)."""
-
-    def __init__(self) -> None:
-        self.items: deque = deque()
-        self._lock = threading.Lock()
-        self._nudged = False
-        self.target: pykka.ActorRef | None = None
-        self.unfinished = 0
-        self.latest_commit: Any = None
-        """Items put but not yet fully handled (the consumer calls `done`); read without
-        a lock by the producer, which only needs to know whether it is zero."""
-
-    def done(self, n: int) -> None:
-        with self._lock:
-            self.unfinished -= n
-
-    def put(self, item: Any) -> None:
-        self.put_many((item,))
-
-    def put_many(self, items: list | tuple) -> None:
-        """Queue a run of items with one wake-up check for all of them."""
-        with self._lock:
-            self.unfinished += len(items)
-        self.items.extend(items)
-        with self._lock:
-            if self._nudged:
-                return
-            self._nudged = True
-        self.target.tell(Nudge())  # type: ignore[union-attr]
-
-    def drain(self) -> list:
-        with self._lock:
-            self._nudged = False
-        q = self.items
-        out = []
-        while q:
-            out.append(q.popleft())
-        return out
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
 class NodeActor(pykka.ThreadingActor):
     """An unexpected exception in any actor stops the whole node (no half-alive nodes).
 
@@ -113,3 +66,29 @@ class NodeActor(pykka.ThreadingActor):
             ref.tell(msg)
         except pykka.ActorDeadError:
             log.debug("node %d: dropped %s to a stopped actor", self.node_id, type(msg).__name__)
+
+
+class ActorEffects:
+    """A plan's effects (josefine/runtime/executor.py) as the actors carry them out: the
+    store write on the calling thread, peer messages to the transport's send queue,
+    committed work to the FSM driver, `Persisted` to the role actor."""
+
+    __slots__ = ("actor", "store")
+
+    def __init__(self, actor: NodeActor, store: Any = None) -> None:
+        self.actor = actor
+        self.store = store
+
+    def write(self, w: Any) -> None:
+        self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
+                         commit=w.commit, delete=w.delete, sync=w.sync)
+
+    def send(self, msgs: list[Any]) -> None:
+        self.actor.links.send_msgs(msgs)
+
+    def apply(self, work: Any) -> None:
+        self.actor.tell(self.actor.links.fsm, work)
+
+    def persisted(self, head: Any) -> None:
+        from josefine.messages import Persisted
+        self.actor.tell(self.actor.links.role, Persisted(head=head))

@@ -1,4 +1,8 @@
-"""Role actor: holds the pure core, feeds it inputs and dispatches its Readys.
+"""Role actor: holds the pure core, feeds it inputs and routes its Readys.
+
+Routing is the runtime's `ReadyRouter` (josefine/runtime/executor.py): eager messages leave
+at once, a Ready with nothing to sync and nothing queued ahead is carried out on this
+thread, everything else goes to the chain actor through the `writes` channel.
 
 Proposals do not arrive as one pykka message each: the intake puts them in a side queue
 and the role actor drains everything waiting into ONE `Propose`, so a burst becomes one
@@ -9,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from josefine.actors.base import NodeActor, SideQueue
-from josefine.actors.timer import TickGate
-from josefine.messages import ApplyWork, Nudge, Propose, StatusQuery, Tick
+from josefine.actors.base import ActorEffects, NodeActor
+from josefine.messages import Nudge, Propose, StatusQuery, Tick
 from josefine.raft.core import RaftCore
 from josefine.raft.ready import Ready
+from josefine.runtime.channels import SideQueue, TickGate
+from josefine.runtime.executor import ReadyRouter, Route, carry_out
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ class RoleActor(NodeActor):
         self.proposals = proposals
         self.chain_inbox = chain_inbox
         self.status_extra = status_extra
+        self.router = ReadyRouter()
+        self.effects = ActorEffects(self)
 
     def on_start(self) -> None:
         self._dispatch(self.core.start())
@@ -47,25 +54,15 @@ class RoleActor(NodeActor):
         self._dispatch(self.core.step(message))
 
     def _dispatch(self, r: Ready) -> None:
-        links = self.links
-        if r.eager:
-            links.send_msgs(r.eager)
-        if r.needs_sync:
-            self.chain_inbox.put(r)
-        elif r.messages or r.apply or r.reads or r.outcomes or r.commit:
-            if self.chain_inbox.unfinished:
-                self.chain_inbox.put(r)   # keep Ready order behind pending writes
-            else:
-                # Nothing to sync and nothing ahead of it: skip the chain actor's hop. The
-                # commit marker is lazy (A.3); it rides along with the next durable write.
-                if r.commit is not None:
-                    self.chain_inbox.latest_commit = r.commit
-                if r.messages:
-                    links.send_msgs(r.messages)
-                if r.apply or r.reads or r.outcomes:
-                    self.tell(links.fsm, ApplyWork(blocks=tuple(r.apply), reads=tuple(r.reads),
-                                                   outcomes=tuple(r.outcomes),
-                                                   decoded=r.decoded))
+        routed = self.router.route(r, self.chain_inbox.backlog())
+        if routed.eager:
+            self.links.send_msgs(routed.eager)
+        if routed.route is Route.QUEUE:
+            self.chain_inbox.put_many(routed.queued)
+        elif routed.route is Route.SKIP:
+            # Nothing to sync and nothing queued ahead of it: carried out here, without the
+            # chain actor's hop (its commit marker rides along with the next write, A.3).
+            carry_out(routed.now, self.effects)  # type: ignore[arg-type]
         for ev in r.events:
             if ev[0] == "became_leader":
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])

@@ -10,19 +10,10 @@ import logging
 import threading
 
 from josefine.actors.base import NodeActor
+from josefine.runtime.channels import TickGate
 from josefine.messages import Tick
 
 log = logging.getLogger(__name__)
-
-
-class TickGate:
-    """One-slot flag shared with the role actor: set on send, cleared on processing."""
-
-    __slots__ = ("pending", "dropped")
-
-    def __init__(self) -> None:
-        self.pending = False
-        self.dropped = 0
 
 
 class TimerActor(NodeActor):
