@@ -539,7 +539,11 @@ class RaftCore:
 
     # ================================================================== commit (A.8)
     def _on_persisted(self, head: BlockId) -> None:
-        if self.tree.on_path(head) and head.height > self.durable_head.height:
+        # A durable head that the path has since left (a follower switched branches) says
+        # nothing about the new path: the first durable head on the path replaces it.
+        tree = self.tree
+        if tree.on_path(head) and (head.height > self.durable_head.height
+                                   or not tree.on_path(self.durable_head)):
             self.durable_head = head
             if self.role == Role.LEADER:
                 self._leader_advance_commit()
@@ -613,9 +617,16 @@ class RaftCore:
             self._evict_old_blocks()
 
     def _evict_old_blocks(self) -> None:
-        """Bound memory: drop old committed blocks beyond the count and byte budgets."""
+        """Bound memory: drop old committed blocks beyond the count and byte budgets.
+
+        Only blocks this node has itself made durable may go: a follower learns (and
+        applies) a commit from the leader before its own write of those blocks returns, so
+        below `applied` there can be blocks the store does not hold yet, and the loader
+        could not read them back (docs/protocol.md A.3: eviction)."""
         tree, cfg = self.tree, self.cfg
-        limit = self.applied.height - cfg.keep_blocks
+        dh = self.durable_head
+        durable = dh.height if tree.on_path(dh) else 0
+        limit = min(self.applied.height, durable) - cfg.keep_blocks
         h = tree.evicted_below
         if h >= limit or self._kept_bytes <= cfg.keep_bytes:
             return

@@ -2,10 +2,18 @@
 
 One `Simulation` runs N pure cores over a simulated network that drops, duplicates,
 delays and reorders messages, partitions nodes (symmetric, one-way, leader isolation) and
-crashes/restarts them. The "disk" is a `MemoryStore` per node, written only when the
-simulation completes that node's oldest pending sync, so a crash loses exactly what a real
-crash would: every Ready not yet synced. Eager messages (a leader's appends) leave before
-the sync; acks and votes only after it, as ready.py prescribes.
+crashes/restarts them.
+
+Readys are executed by the production runtime (josefine/runtime/executor.py), not by a
+copy of it: each node's `ReadyRouter` sends eager messages, carries out what skips the
+disk and queues the rest on the node's write channel; a `WritePlanner` merges everything
+queued into one write when the node's lagging disk starts it (group commit), and the write
+completes after a seeded delay, with `carry_out` releasing acks, votes, applies and
+`Persisted` only then. The disk is a `MemoryStore`; writes made without sync (the lazy
+commit marker) sit in a volatile buffer until a synced write follows, and a crash keeps
+only a random prefix of them, so a crash loses exactly what a real one may: queued and
+in-flight writes and unsynced markers. Cores read evicted blocks back through the store
+(a small memory budget makes them evict often), as production cores do.
 
 Clients run a key-value workload throughout (writes with unique values, cas, ReadIndex
 reads), retrying a write with the same (client id, seq) until it is answered. After every
@@ -27,10 +35,13 @@ from josefine.chain.block import Command, genesis
 from josefine.chain.memory import MemoryStore
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
-from josefine.messages import Persisted, Propose, ReadIndex, Status, Tick
+from josefine.messages import ApplyWork, Persisted, Propose, ReadIndex, Status, Tick
 from josefine.raft.core import CoreConfig, RaftCore, Role
 from josefine.raft.ready import Ready
+from josefine.runtime.executor import (CommitMarker, Plan, ReadyRouter, Route, StoreWrite,
+                                       WritePlanner, carry_out)
 from josefine.sim.invariants import Invariants, InvariantViolation
+from josefine.types import SafetyViolation
 
 CLUSTER = "sim"
 
@@ -58,6 +69,11 @@ class SimConfig:
     max_inflight: int = 4
     client_timeout: int = 120
     trace_len: int = 40
+    disk_lag: int = 6
+    """A started write completes at least this many steps later, at most 2x (seeded)."""
+    keep_blocks: int = 4
+    keep_bytes: int = 64
+    """Small memory budgets: cores evict committed blocks and read them back from disk."""
 
 
 @dataclass
@@ -81,8 +97,50 @@ class _Node:
     store: MemoryStore
     core: RaftCore | None = None
     applier: Applier | None = None
-    pending: deque = field(default_factory=deque)
+    router: ReadyRouter = field(default_factory=ReadyRouter)
+    planner: WritePlanner = field(default_factory=WritePlanner)
+    channel: list[Ready | CommitMarker] = field(default_factory=list)
+    """The node's write channel: what the router queued for the disk."""
+    inflight: Plan | None = None
+    done_at: int = 0
+    volatile: list[StoreWrite] = field(default_factory=list)
+    """Writes made without sync since the last synced one: a crash may lose them."""
     alive: bool = True
+
+    @property
+    def disk_busy(self) -> bool:
+        return bool(self.channel) or self.inflight is not None
+
+
+class _SimEffects:
+    """A node's plan effects in the simulation: the disk, the network, its applier."""
+
+    __slots__ = ("sim", "n")
+
+    def __init__(self, sim: "Simulation", n: _Node) -> None:
+        self.sim, self.n = sim, n
+
+    def write(self, w: StoreWrite) -> None:
+        n = self.n
+        if not w.sync:
+            n.volatile.append(w)
+            return
+        for v in n.volatile:   # an fsync makes everything logged before it durable too
+            self.sim._disk_write(n, v)
+        n.volatile.clear()
+        self.sim._disk_write(n, w)
+
+    def send(self, msgs: list[Any]) -> None:
+        self.sim.inv.on_sent(self.n.id, msgs)
+        for m in msgs:
+            self.sim._net_send(m)
+
+    def apply(self, work: ApplyWork) -> None:
+        self.sim._apply(self.n, work)
+
+    def persisted(self, head: Any) -> None:
+        if self.n.core is not None:
+            self.sim._step_node(self.n, Persisted(head=head))
 
 
 class SimulationFailure(AssertionError):
@@ -113,7 +171,8 @@ class Simulation:
         self.completed = 0
         self.draining = False
         self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "elections": 0,
-                      "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0}
+                      "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0,
+                      "group_commits": 0, "skipped": 0, "lazy_markers": 0, "evicted": 0}
         for n in self.nodes.values():
             self._boot(n)
 
@@ -123,21 +182,27 @@ class Simulation:
         return CoreConfig(node_id=nid, voters=self.voters, heartbeat_ticks=1,
                           election_ticks=c.election_ticks, pre_vote=c.pre_vote,
                           check_quorum=c.check_quorum, max_batch_blocks=c.max_batch_blocks,
-                          max_inflight=c.max_inflight, seed=self.seed * 1000 + self.now)
+                          max_inflight=c.max_inflight, seed=self.seed * 1000 + self.now,
+                          keep_blocks=c.keep_blocks, keep_bytes=c.keep_bytes)
 
     def _boot(self, n: _Node) -> None:
         st = n.store.load()
         n.core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
                           voted_for=st.hard_state.voted_for, blocks=st.blocks, head=st.head,
-                          commit=st.commit)
+                          commit=st.commit, loader=n.store.get_block)
         n.applier = Applier(KVStateMachine())
-        n.pending.clear()
+        n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
+        n.channel, n.inflight = [], None
         n.alive = True
         self._execute(n, n.core.start())
 
     def _crash(self, n: _Node) -> None:
         n.alive = False
-        n.pending.clear()
+        n.channel, n.inflight = [], None   # queued and in-flight writes are lost
+        kept = self.rng.randint(0, len(n.volatile))   # the OS may have flushed some
+        for v in n.volatile[:kept]:
+            self._disk_write(n, v)
+        n.volatile.clear()
         n.core = None
         n.applier = None
         self.stats["crashes"] += 1
@@ -168,27 +233,43 @@ class Simulation:
         if r.events:
             inv.on_events(n.id, n.core, r.events)
             self.stats["elections"] += sum(1 for e in r.events if e[0] == "became_leader")
-        if r.eager:
-            inv.on_sent(n.id, r.eager)
-            for m in r.eager:
+        routed = n.router.route(r, n.disk_busy)
+        if routed.eager:
+            inv.on_sent(n.id, routed.eager)
+            for m in routed.eager:
                 self._net_send(m)
-        if r.needs_sync or r.messages or r.apply or r.reads or r.outcomes or r.commit:
-            n.pending.append(r)
+        if routed.route is Route.QUEUE:
+            if type(routed.queued[0]) is CommitMarker:
+                self.stats["lazy_markers"] += 1
+            n.channel.extend(routed.queued)
+        elif routed.route is Route.SKIP:
+            self.stats["skipped"] += 1
+            carry_out(routed.now, _SimEffects(self, n))  # type: ignore[arg-type]
 
-    def _complete_sync(self, n: _Node) -> None:
-        r: Ready = n.pending.popleft()
-        if r.needs_sync or r.commit:
-            c_len = len(self.inv.committed)
-            n.store.write(hard_state=r.hard_state, blocks=r.blocks, head=r.head,
-                          commit=r.commit, delete=r.delete)
-            if r.delete:
-                self.inv.on_deleted(n.id, r.delete)
-            self.inv.check_commit_justified({i: x.store for i, x in self.nodes.items()}, c_len)
-        if r.messages:
-            self.inv.on_sent(n.id, r.messages)
-            for m in r.messages:
-                self._net_send(m)
-        for b in r.apply:
+    def _disk_step(self, n: _Node) -> None:
+        """The disk of node n makes progress: it starts a write of everything queued (group
+        commit), or completes the write in flight once its seeded delay has passed."""
+        if n.inflight is None:
+            items, n.channel = n.channel, []
+            n.inflight = n.planner.plan(items)
+            lag = self.cfg.disk_lag
+            n.done_at = self.now + self.rng.randint(lag, 2 * lag) if lag else self.now
+            if len(items) > 1:
+                self.stats["group_commits"] += 1
+        elif self.now >= n.done_at:
+            plan, n.inflight = n.inflight, None
+            carry_out(plan, _SimEffects(self, n))
+
+    def _disk_write(self, n: _Node, w: StoreWrite) -> None:
+        c_len = len(self.inv.committed)
+        n.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head, commit=w.commit,
+                      delete=w.delete)
+        if w.delete:
+            self.inv.on_deleted(n.id, w.delete)
+        self.inv.check_commit_justified({i: x.store for i, x in self.nodes.items()}, c_len)
+
+    def _apply(self, n: _Node, work: ApplyWork) -> None:
+        for b in work.blocks:
             results = n.applier.apply_block(b)
             eff = [(c.client_id, c.seq) for c, _ in results
                    if n.applier.sessions.get(c.client_id).height == b.id.height
@@ -197,12 +278,12 @@ class Simulation:
             if n.core.role == Role.LEADER:
                 for c, res in results:
                     self._client_reply(c.client_id, c.seq, Status.OK, res, n.id)
-        for read_id, _index in r.reads:
+        for read_id, _index in work.reads:
             op = self.reads.pop(read_id, None)
             if op is not None:
                 res = n.applier.query(kv_get(op.key))
                 self._finish(op, "ok", res.get("value") if isinstance(res, dict) else None)
-        for o in r.outcomes:
+        for o in work.outcomes:
             if o.kind == "propose":
                 self._client_reply(o.key[0], o.key[1], o.status, None, o.leader_hint)
             elif o.kind == "read":
@@ -210,8 +291,6 @@ class Simulation:
                 if op is not None:
                     op.read_id = None  # retry with a fresh read id
                     self._redirect(op, o.leader_hint)
-        if r.head is not None and n.core is not None:
-            self._step_node(n, Persisted(head=r.head))
 
     # ------------------------------------------------------------------ network
     def _net_send(self, m: Any) -> None:
@@ -371,9 +450,11 @@ class Simulation:
         x = rng.random()
         if (x < 0.45 or len(self.net) > 4 * len(self.nodes)) and self._deliver_one():
             return
-        syncing = [n for n in self.nodes.values() if n.pending]
-        if x < 0.7 and syncing:
-            self._complete_sync(rng.choice(syncing))
+        disks = [n for n in self.nodes.values() if n.alive and (
+            (n.inflight is None and n.channel) or
+            (n.inflight is not None and self.now >= n.done_at))]
+        if x < 0.7 and disks:
+            self._disk_step(rng.choice(disks))
             return
         y = rng.random()
         cfg = self.cfg
@@ -402,9 +483,13 @@ class Simulation:
                     self._heal_all()
             self._heal_all()
             self._check_liveness()
+            self.stats["evicted"] = sum(n.core.tree.evicted_below - 1
+                                        for n in self.nodes.values() if n.core is not None)
             self._check_linearizable()
         except InvariantViolation as exc:
             raise SimulationFailure(self._report(str(exc))) from exc
+        except SafetyViolation as exc:   # a production node stops on this: a failure too
+            raise SimulationFailure(self._report(f"SafetyViolation: {exc}")) from exc
         return self
 
     def _check_liveness(self) -> None:
