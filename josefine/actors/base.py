@@ -69,19 +69,19 @@ class NodeActor(pykka.ThreadingActor):
 
 
 class ActorEffects:
-    """A plan's effects (josefine/runtime/executor.py) as the actors carry them out: the
-    store write on the calling thread, peer messages to the transport's send queue,
-    committed work to the FSM driver, `Persisted` to the role actor."""
+    """A plan's effects (josefine/runtime/executor.py) as the actors carry them out: peer
+    messages to the transport's send queue, committed work to the FSM driver, `Persisted`
+    to the role actor (or, when the role actor ran the write itself, straight back into
+    its core through `on_persisted`). Writes go through the runtime's `Writer`."""
 
-    __slots__ = ("actor", "store")
+    __slots__ = ("actor", "on_persisted")
 
-    def __init__(self, actor: NodeActor, store: Any = None) -> None:
+    def __init__(self, actor: NodeActor, on_persisted: Callable[[Any], None] | None = None):
         self.actor = actor
-        self.store = store
+        self.on_persisted = on_persisted
 
     def write(self, w: Any) -> None:
-        self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
-                         commit=w.commit, delete=w.delete, sync=w.sync)
+        raise AssertionError("writes go through josefine.runtime.writer.Writer")
 
     def send(self, msgs: list[Any]) -> None:
         self.actor.links.send_msgs(msgs)
@@ -90,5 +90,8 @@ class ActorEffects:
         self.actor.tell(self.actor.links.fsm, work)
 
     def persisted(self, head: Any) -> None:
+        if self.on_persisted is not None:
+            self.on_persisted(head)
+            return
         from josefine.messages import Persisted
         self.actor.tell(self.actor.links.role, Persisted(head=head))

@@ -1,8 +1,8 @@
 """Chain actor: the only LevelDB writer, and the durability gate of the node.
 
-A thin shell over the runtime's `WritePlanner` (josefine/runtime/executor.py): on each
-nudge it drains the `writes` channel (Readys and lazy commit markers from the role actor)
-into ONE plan, writes it as one batch (group commit), and only after the write returns
+A thin shell over the runtime's `Writer` (josefine/runtime/writer.py): on each nudge it
+drains the `writes` channel (Readys and lazy commit markers from the role actor) into ONE
+plan, writes it as one batch (group commit), and only after the write returns
 releases what depended on it, in order: acks and votes to the transport, committed
 blocks / reads / outcomes to the FSM driver, `Persisted(head)` back to the role actor (a
 leader counts itself toward a quorum only then).
@@ -15,26 +15,18 @@ from typing import Any
 from josefine.actors.base import ActorEffects, NodeActor
 from josefine.messages import Nudge
 from josefine.runtime.channels import SideQueue
-from josefine.runtime.executor import WritePlanner, carry_out
+from josefine.runtime.executor import release
+from josefine.runtime.writer import Writer
 
 log = logging.getLogger(__name__)
 
 
 class ChainActor(NodeActor):
-    def __init__(self, node_id, links, fatal, store, fsync: bool, inbox: SideQueue) -> None:  # noqa: ANN001
+    def __init__(self, node_id, links, fatal, writer: Writer, inbox: SideQueue) -> None:  # noqa: ANN001
         super().__init__(node_id, links, fatal)
-        self.store = store
+        self.writer = writer
         self.inbox = inbox
-        self.planner = WritePlanner(fsync)
-        self.effects = ActorEffects(self, store)
-
-    @property
-    def batches(self) -> int:
-        return self.planner.writes
-
-    @property
-    def readys(self) -> int:
-        return self.planner.readys
+        self.effects = ActorEffects(self)
 
     def on_receive(self, message: Any) -> None:
         if type(message) is Nudge:
@@ -45,11 +37,14 @@ class ChainActor(NodeActor):
     def _flush(self, items: list) -> None:
         if not items:
             return
-        carry_out(self.planner.plan(items), self.effects)
+        release(self.writer.write(items), self.effects)
         self.inbox.done(len(items))
 
     def on_stop(self) -> None:
         try:
             self._flush(self.inbox.drain())
         finally:
-            self.store.close()
+            self.writer.store.close()
+
+
+__all__ = ["ChainActor"]

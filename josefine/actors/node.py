@@ -40,6 +40,7 @@ from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose,
                                ClientTransfer, ReadIndex, Status, StatusQuery,
                                TransferLeadership)
 from josefine.procstat import rss_bytes
+from josefine.runtime.writer import Writer
 from josefine.raft.core import CoreConfig, RaftCore
 from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
@@ -216,7 +217,8 @@ class Node:
                                max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults,
                                security=security)
         self.store = store
-        links.chain = ChainActor.start(self.id, links, fatal, store, cfg.fsync, self.chain_inbox)
+        self.writer = Writer(store, cfg.fsync)
+        links.chain = ChainActor.start(self.id, links, fatal, self.writer, self.chain_inbox)
         self._refs.append(links.chain)
         self.chain_inbox.target = links.chain
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
@@ -228,7 +230,8 @@ class Node:
         self._refs.append(links.transport)
         self._role_actor_status = None
         links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
-                                     self.proposal_inbox, self.chain_inbox, self._status_extra)
+                                     self.proposal_inbox, self.chain_inbox, self.writer,
+                                     self._status_extra)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
         links.timer = TimerActor.start(self.id, links, fatal, cfg.tick_ms, self.gate)
@@ -434,7 +437,11 @@ class Node:
                 "transport": zs, "fsync": self.config.fsync,
                 "waiting_proposals": len(self.proposals),
                 "rss_bytes": rss_bytes(os.getpid()),
-                "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"]}
+                "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"],
+                "writes": {"total": self.writer.planner.writes,
+                           "synced": self.writer.planner.synced_writes,
+                           "by_role_thread": self.writer.inline_writes,
+                           "readys": self.writer.planner.readys}}
 
     # ------------------------------------------------------------------ embedding API
     def propose(self, data: bytes) -> Future:

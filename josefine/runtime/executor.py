@@ -33,7 +33,7 @@ from josefine.raft.ready import Ready
 from josefine.types import BlockId, HardState
 
 __all__ = ["CommitMarker", "Plan", "Route", "Routed", "ReadyRouter", "StoreWrite",
-           "WritePlanner", "Effects", "carry_out", "apply_work"]
+           "WritePlanner", "Effects", "carry_out", "release", "apply_work"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +217,11 @@ def carry_out(plan: Plan, fx: Effects) -> None:
     so nothing that depended on it leaves (the node then stops: no half-alive nodes)."""
     if plan.write is not None:
         fx.write(plan.write)
+    release(plan, fx)
+
+
+def release(plan: Plan, fx: Effects) -> None:
+    """What follows a plan's write, once that write has returned."""
     if plan.messages:
         fx.send(plan.messages)
     if plan.work is not None:

@@ -23,6 +23,7 @@ from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_put
 from josefine.messages import AppendBlocks, AppendResp, Outbound, Status, Tick
 from josefine.raft.core import CoreConfig, RaftCore
+from josefine.runtime.writer import Writer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,12 +83,13 @@ def node():
         proposals, reads, transfers = Waiters(), Waiters(), Waiters()
         chain_inbox, prop_inbox = SideQueue(), SideQueue()
         links.transport = FakeTransport.start(journal)
-        links.chain = ChainActor.start(node_id, links, fatal, store, True, chain_inbox)
+        writer = Writer(store, True)
+        links.chain = ChainActor.start(node_id, links, fatal, writer, chain_inbox)
         chain_inbox.target = links.chain
         links.fsm = FsmActor.start(node_id, links, fatal, Applier(KVStateMachine()),
                                    proposals, reads, transfers)
         links.role = RoleActor.start(node_id, links, fatal, core, TickGate(), prop_inbox,
-                                     chain_inbox)
+                                     chain_inbox, writer)
         prop_inbox.target = links.role
         n = type("N", (), dict(journal=journal, store=store, links=links, fatal=fatal_calls,
                                proposals=proposals, prop_inbox=prop_inbox, core=core))
