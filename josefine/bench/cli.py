@@ -5,7 +5,8 @@ PySyncObj in the same invocation.
                    [--no-fsync] [--compare pysyncobj] [--json] [--plot FILE.png]
                    [--failover [--trials N]] [--embedded | --client-api]
 
-JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...},
+JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...}, "floor":
+{"durable": {...}, "no-fsync": {...}} with --floor (else null),
 "failover": {...} | null}; each result has system, mode, nodes, clients, pipeline, payload,
 duration_s, fsync, writes, writes_per_s, latency_ms{p50,p90,p99,p99.9,max},
 cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p50]],
@@ -124,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="generate Josefine's load inside node 1's process through the "
                          "embedding API (Node.propose), as PySyncObj's load runs inside its "
                          "leader: the like-for-like latency comparison")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run the bare commit loop (josefine.bench.bare_loop: the same "
+                         "processes' replication and LevelDB writes without Raft or actors) "
+                         "sequentially, durable and without fsync, in the same run, and print "
+                         "Josefine's p50 as a multiple of each")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     a = ap.parse_args(argv)
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --duration > 0, --payload >= 0")
@@ -165,14 +171,25 @@ def main(argv: list[str] | None = None) -> int:
                                              show)))
     failover = run_failover_cli(a, show) if a.failover else None
     ratios = _ratios(results)
+    floor = None
+    if a.floor:
+        floor = run_floor(a.nodes, a.duration, a.payload, warm)
+        ratios.update(_floor_ratios(results[0], floor))
     if a.plot:
         _plot(results, a.plot)
     if a.json:
         print(json.dumps({"version": 1, "results": [r.to_dict() for r in results],
-                          "ratios": ratios, "failover": failover}, indent=1))
+                          "ratios": ratios, "failover": failover, "floor": floor},
+                         indent=1))
     else:
         for r in results:
             print(_fmt(r))
+        for mode, r in (floor or {}).items():
+            lat = r["commit_latency_ms"] or {}
+            p50, p99 = lat.get("p50"), lat.get("p99")
+            print(f"bare loop {mode:<9} {r['proposals_per_s']:>10,.0f} w/s  p50 "
+                  f"{'-' if p50 is None else f'{p50:7.2f}'} p99 "
+                  f"{'-' if p99 is None else f'{p99:7.2f}'} ms  (batch 1, window 1)")
         for k, v in ratios.items():
             print(f"{k}: {v}")
         if failover:
@@ -180,6 +197,28 @@ def main(argv: list[str] | None = None) -> int:
                   f"({failover['median_in_election_timeouts']} election timeouts), "
                   f"samples {failover['samples_ms']}")
     return 0
+
+
+def run_floor(nodes: int, duration: float, payload: int, warmup: float) -> dict[str, dict]:
+    """The floor under Josefine's sequential latency: the bare loop, one write at a time,
+    durable and without fsync, on this machine in this run."""
+    from josefine.bench.bare_loop import run_bare
+    return {mode: run_bare(nodes=nodes, batch=1, window=1, duration=duration,
+                           payload=payload, fsync=fsync, warmup=warmup)
+            for mode, fsync in (("durable", True), ("no-fsync", False))}
+
+
+def _floor_ratios(jose: BenchResult, floor: dict[str, dict]) -> dict[str, Any]:
+    """Josefine's p50 over each floor's p50 (the issue's target: <= 1.5x the durable
+    floor for a durable sequential run)."""
+    out: dict[str, Any] = {}
+    p50 = jose.latency_ms.get("p50")
+    for mode, r in floor.items():
+        lat = r.get("commit_latency_ms") or {}
+        key = f"p50_over_bare_{mode.replace('-', '_')}"
+        out[key] = (round(p50 / lat["p50"], 2)
+                    if p50 is not None and lat.get("p50") else None)
+    return out
 
 
 def run_failover_cli(a: argparse.Namespace, show: bool) -> dict:

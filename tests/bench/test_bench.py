@@ -55,6 +55,27 @@ def test_bench_json_both_systems(tmp_path):
     assert plot.exists() and plot.stat().st_size > 1000
 
 
+def test_bench_floor_runs_the_bare_loop_in_the_same_run():
+    """--floor: the bare loop, durable and without fsync, one write at a time, beside
+    Josefine's run, and Josefine's p50 as a multiple of each floor's p50."""
+    out = subprocess.run(
+        [sys.executable, "-m", "josefine.launch.cli", "bench", "--nodes", "3", "--clients", "1",
+         "--pipeline", "1", "--duration", "1.5", "--warmup", "0.5", "--floor", "--json",
+         "--no-progress"], capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    floor = doc["floor"]
+    assert set(floor) == {"durable", "no-fsync"}
+    assert floor["durable"]["fsync"] is True and floor["no-fsync"]["fsync"] is False
+    for r in floor.values():
+        assert r["batch"] == 1 and r["window"] == 1 and r["proposals"] > 0
+    p50 = doc["results"][0]["latency_ms"]["p50"]
+    for mode, key in (("durable", "p50_over_bare_durable"),
+                      ("no-fsync", "p50_over_bare_no_fsync")):
+        assert doc["ratios"][key] == pytest.approx(
+            p50 / floor[mode]["commit_latency_ms"]["p50"], abs=0.01)
+
+
 def test_bench_rejects_bad_arguments():
     out = subprocess.run([sys.executable, "-m", "josefine.launch.cli", "bench", "--clients", "0"],
                          capture_output=True, text=True, timeout=60)
