@@ -39,9 +39,12 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from josefine.errors import JosefineError
+
+if TYPE_CHECKING:
+    from josefine.raft.core import CoreConfig
 
 __all__ = [
     "CLUSTER_ENV_VAR",
@@ -352,6 +355,22 @@ class NodeConfig:
         return "\n".join(lines) + "\n"
 
 
+def _default(key: str) -> Any:
+    """A NodeConfig field's default: declared once, on the dataclass."""
+    return NodeConfig.__dataclass_fields__[key].default
+
+
+def core_config(source: Any, **fixed: Any) -> "CoreConfig":
+    """The core's settings taken by name from `source` (a NodeConfig, the simulation's
+    config): a CoreConfig field that `source` also has is passed on as it is, so a new
+    core setting needs no mapping code anywhere; `fixed` sets the rest (node id, voters,
+    seed)."""
+    from josefine.raft.core import CoreConfig
+    names = CoreConfig.__dataclass_fields__.keys()
+    kw = {k: getattr(source, k) for k in names if k not in fixed and hasattr(source, k)}
+    return CoreConfig(**kw, **fixed)
+
+
 def _check_node(v: Mapping[str, Any], source: str) -> None:
     """Validate every NodeConfig field; raise ConfigError naming the first bad key."""
     _expect_int(source, "node_id", v["node_id"], lo=1)
@@ -374,10 +393,10 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
             raise _fail(source, key, f"address {addr} is already used by node {seen[addr]}")
         seen[addr] = peer_id
 
-    _expect_int(source, "tick_ms", v.get("tick_ms", 20), lo=1, hi=60_000)
-    _expect_int(source, "heartbeat_ticks", v.get("heartbeat_ticks", 2), lo=1)
-    _expect_int(source, "election_ticks", v.get("election_ticks", 10), lo=2)
-    hb, el = v.get("heartbeat_ticks", 2), v.get("election_ticks", 10)
+    _expect_int(source, "tick_ms", v.get("tick_ms", _default("tick_ms")), lo=1, hi=60_000)
+    _expect_int(source, "heartbeat_ticks", v.get("heartbeat_ticks", _default("heartbeat_ticks")), lo=1)
+    _expect_int(source, "election_ticks", v.get("election_ticks", _default("election_ticks")), lo=2)
+    hb, el = v.get("heartbeat_ticks", _default("heartbeat_ticks")), v.get("election_ticks", _default("election_ticks"))
     if el <= hb:
         raise _fail(source, "election_ticks", f"must be greater than heartbeat_ticks ({hb}), got {el}")
     for key in ("secret_key_file", "cluster_file"):
@@ -386,11 +405,11 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     for key in ("fsync", "fault_injection", "pre_vote", "check_quorum", "insecure"):
         if key in v:
             _expect_bool(source, key, v[key])
-    _expect_int(source, "max_frame_bytes", v.get("max_frame_bytes", 16 * _MIB), lo=1024)
-    _expect_int(source, "max_batch_blocks", v.get("max_batch_blocks", 64), lo=1)
-    _expect_int(source, "max_inflight", v.get("max_inflight", 64), lo=1)
-    _expect_int(source, "max_uncommitted_bytes", v.get("max_uncommitted_bytes", 64 * _MIB), lo=1)
-    level = v.get("log_level", "INFO")
+    _expect_int(source, "max_frame_bytes", v.get("max_frame_bytes", _default("max_frame_bytes")), lo=1024)
+    _expect_int(source, "max_batch_blocks", v.get("max_batch_blocks", _default("max_batch_blocks")), lo=1)
+    _expect_int(source, "max_inflight", v.get("max_inflight", _default("max_inflight")), lo=1)
+    _expect_int(source, "max_uncommitted_bytes", v.get("max_uncommitted_bytes", _default("max_uncommitted_bytes")), lo=1)
+    level = v.get("log_level", _default("log_level"))
     _expect_str(source, "log_level", level)
     if level.upper() not in _LOG_LEVELS:
         raise _fail(source, "log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")

@@ -29,7 +29,7 @@ from josefine.actors.transport import TransportActor
 from josefine.actors.waiters import Waiters
 from josefine.chain.block import Command, genesis
 from josefine.chain.leveldb import LevelDBStore
-from josefine.config import ConfigError, NodeConfig, load_cluster_config
+from josefine.config import ConfigError, NodeConfig, core_config, load_cluster_config
 from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderError,
                              RejectedError, UnavailableError, UnknownOutcomeError)
 from josefine.fsm.api import StateMachine
@@ -41,7 +41,7 @@ from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose,
                                TransferLeadership)
 from josefine.procstat import rss_bytes
 from josefine.runtime.writer import Writer
-from josefine.raft.core import CoreConfig, RaftCore
+from josefine.raft.core import RaftCore
 from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
 from josefine.security import KeyFileError, TrustedKeys, load_keypair, trusted_keys
@@ -191,14 +191,9 @@ class Node:
         store = LevelDBStore(data / "chain", cfg.cluster_id)
         stored = store.load()
         voters = frozenset(cfg.nodes)
+        seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "big")
         core = RaftCore(
-            CoreConfig(node_id=cfg.node_id, voters=voters, heartbeat_ticks=cfg.heartbeat_ticks,
-                       election_ticks=cfg.election_ticks, pre_vote=cfg.pre_vote,
-                       check_quorum=cfg.check_quorum, max_batch_blocks=cfg.max_batch_blocks,
-                       max_inflight=cfg.max_inflight,
-                       max_uncommitted_bytes=cfg.max_uncommitted_bytes,
-                       seed=cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4),
-                                                                                  "big")),
+            core_config(cfg, node_id=cfg.node_id, voters=voters, seed=seed),
             genesis(cfg.cluster_id), term=stored.hard_state.term,
             voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
             commit=stored.commit, loader=store.get_block)

@@ -36,6 +36,7 @@ from josefine.chain.memory import MemoryStore
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
 from josefine.messages import ApplyWork, Persisted, Propose, ReadIndex, Status, Tick
+from josefine.config import core_config
 from josefine.raft.core import CoreConfig, RaftCore, Role
 from josefine.raft.ready import Ready
 from josefine.runtime.executor import (CommitMarker, Plan, ReadyRouter, Route, StoreWrite,
@@ -62,8 +63,10 @@ class SimConfig:
     """Faults happen only in the first fraction of steps; the rest is for healing."""
     liveness_steps: int = 4000
     """After faults stop and everything heals: steps within which every op must finish."""
+    # Core settings: any field named like a CoreConfig field is passed to every core.
     pre_vote: bool = True
     check_quorum: bool = True
+    heartbeat_ticks: int = 1
     election_ticks: int = 10
     max_batch_blocks: int = 4
     max_inflight: int = 4
@@ -178,12 +181,8 @@ class Simulation:
 
     # ------------------------------------------------------------------ node lifecycle
     def _core_config(self, nid: int) -> CoreConfig:
-        c = self.cfg
-        return CoreConfig(node_id=nid, voters=self.voters, heartbeat_ticks=1,
-                          election_ticks=c.election_ticks, pre_vote=c.pre_vote,
-                          check_quorum=c.check_quorum, max_batch_blocks=c.max_batch_blocks,
-                          max_inflight=c.max_inflight, seed=self.seed * 1000 + self.now,
-                          keep_blocks=c.keep_blocks, keep_bytes=c.keep_bytes)
+        return core_config(self.cfg, node_id=nid, voters=self.voters,
+                           seed=self.seed * 1000 + self.now)
 
     def _boot(self, n: _Node) -> None:
         st = n.store.load()
