@@ -8,38 +8,14 @@ least its index.
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Callable
 
 from josefine.actors.base import NodeActor
-from josefine.actors.waiters import Waiters
+from josefine.runtime.intake import ReplyBatch
+from josefine.runtime.waiters import Waiters
 from josefine.fsm.applier import Applier
 from josefine.messages import ApplyWork, Status
 
 log = logging.getLogger(__name__)
-
-
-class ReplyBatch:
-    """While the FSM actor handles one ApplyWork, remote replies are gathered per client
-    (`pending` is a dict) and flushed together at the end; outside it, `pending` is None.
-    Only the FSM actor's thread opens a batch, so other threads see None and send at once."""
-
-    def __init__(self, flush: Callable[[dict], None] | None = None) -> None:
-        self.pending: dict | None = None
-        self._flush = flush
-        self._owner: int | None = None
-
-    def begin(self) -> None:
-        self._owner = threading.get_ident()
-        self.pending = {}
-
-    def owned_here(self) -> bool:
-        return self._owner == threading.get_ident()
-
-    def end(self) -> None:
-        batch, self.pending = self.pending, None
-        if batch and self._flush is not None:
-            self._flush(batch)
 
 
 class FsmActor(NodeActor):

@@ -8,7 +8,6 @@ transport's I/O thread, stops the whole node and reports it through `on_fatal`.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -22,12 +21,11 @@ import pykka
 
 from josefine.actors.base import Links, SideQueue
 from josefine.actors.chain import ChainActor
-from josefine.actors.fsm import FsmActor, ReplyBatch
+from josefine.actors.fsm import FsmActor
 from josefine.actors.role import RoleActor
 from josefine.actors.timer import TickGate, TimerActor
 from josefine.actors.transport import TransportActor
-from josefine.actors.waiters import Waiters
-from josefine.chain.block import Command, genesis
+from josefine.chain.block import genesis
 from josefine.chain.leveldb import LevelDBStore
 from josefine.config import ConfigError, NodeConfig, core_config, load_cluster_config
 from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderError,
@@ -35,14 +33,12 @@ from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderEr
 from josefine.fsm.api import StateMachine
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
-from josefine.messages import (ClientAdmin, ClientAdminResp, ClientPropose,
-                               ClientRead, ClientReadResp, ClientStatus, ClientStatusResp,
-                               ClientTransfer, ReadIndex, Status, StatusQuery,
-                               TransferLeadership)
+from josefine.messages import Status, StatusQuery, TransferLeadership
 from josefine.procstat import rss_bytes
+from josefine.runtime.channels import PROPOSALS, WRITES
+from josefine.runtime.intake import STOPPED, ClientIntake
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
-from josefine.transport.codec import encode_propose_reply
 from josefine.transport.faults import FaultRules
 from josefine.security import KeyFileError, TrustedKeys, load_keypair, trusted_keys
 from josefine.transport.zmq_transport import TransportSecurity, ZmqTransport
@@ -50,8 +46,7 @@ from josefine.transport.zmq_transport import TransportSecurity, ZmqTransport
 log = logging.getLogger(__name__)
 
 
-_STOPPED = "stopped"
-"""Local-only outcome for a request made to a node that has been stopped."""
+_STOPPED = STOPPED
 
 
 def status_error(status: Status | str, hint: int | None,
@@ -156,17 +151,15 @@ class Node:
         self._stop_lock = threading.Lock()
         self.fatal_error: BaseException | None = None
         self.links = Links()
-        self.proposals = Waiters(on_remote=self._answer_remote_proposal)
-        self.reads = Waiters()
-        self.transfers = Waiters()
-        self._read_ids = itertools.count(1)
-        self._client_id = f"node{self.id}-{uuid.uuid4().hex[:12]}"
-        self._seq = itertools.count(1)
-        self._seq_lock = threading.Lock()
-        self._transfer_lock = threading.Lock()
+        self.proposal_inbox = SideQueue(PROPOSALS)
+        self.intake = ClientIntake(self.id, self.proposal_inbox, self._stopped, self._admin,
+                                   self.MAX_QUEUED_PROPOSALS,
+                                   f"node{self.id}-{uuid.uuid4().hex[:12]}")
+        self.proposals = self.intake.proposals
+        self.reads = self.intake.reads
+        self.transfers = self.intake.transfers
         self.state_machine = state_machine if state_machine is not None else KVStateMachine()
         self._refs: list[pykka.ActorRef] = []
-        self.reply_batch = ReplyBatch(self._flush_replies)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -201,13 +194,12 @@ class Node:
                  core.term, core.voted_for, core.head, core.commit, len(stored.blocks))
         del stored   # the core keeps only recent blocks; older ones are read back on demand
         self.applier = Applier(self.state_machine)
-        self.chain_inbox = SideQueue()
-        self.proposal_inbox = SideQueue()
+        self.chain_inbox = SideQueue(WRITES)
         self.gate = TickGate()
         self.faults = FaultRules(seed=cfg.seed)
         self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.address, cfg.peers,
-                               self._on_peer_message, self._on_client_request,
-                               on_client_batch=self._on_client_batch,
+                               self._on_peer_message, self.intake.on_client_request,
+                               on_client_batch=self.intake.on_client_batch,
                                on_fatal=lambda exc: fatal("transport I/O thread", exc),
                                max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults,
                                security=security)
@@ -217,9 +209,10 @@ class Node:
         self._refs.append(links.chain)
         self.chain_inbox.target = links.chain
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
-                                   self.reads, self.transfers, self.reply_batch)
+                                   self.reads, self.transfers, self.intake.reply_batch)
         self._refs.append(links.fsm)
         self.zt.start()
+        self.intake.transport = self.zt
         links.send = self.zt.send
         links.transport = TransportActor.start(self.id, links, fatal, self.zt)
         self._refs.append(links.transport)
@@ -229,6 +222,7 @@ class Node:
                                      self._status_extra)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
+        self.intake.role_ref = links.role
         links.timer = TimerActor.start(self.id, links, fatal, cfg.tick_ms, self.gate)
         self._refs.append(links.timer)
         log.info("node %d: listening on %s", self.id, self.zt.address or cfg.address)
@@ -253,8 +247,7 @@ class Node:
         store = getattr(self, "store", None)
         if store is not None:
             store.close()
-        for w in (self.proposals, self.reads, self.transfers):
-            w.fail_all()
+        self.intake.fail_all()
 
     @property
     def stopped(self) -> bool:
@@ -280,88 +273,6 @@ class Node:
                 role.tell(msg)
             except pykka.ActorDeadError:
                 pass
-
-    def _on_client_request(self, identity: bytes, msg: Any) -> None:
-        zt = self.zt
-        t = type(msg)
-        if t is ClientPropose:
-            self._submit_remote(identity, [msg])
-        elif t is ClientRead:
-            cid, rid = msg.client_id, msg.read_id
-
-            def reply_read(status, result, hint):  # noqa: ANN001
-                self._reply(identity, ClientReadResp(client_id=cid, read_id=rid,
-                                                         status=status, result=result,
-                                                         leader_hint=hint))
-            self._read(msg.query, reply_read)
-        elif t is ClientStatus:
-            cid, rid = msg.client_id, msg.read_id
-            self._tell_role(StatusQuery(reply=lambda st: zt.reply_client(
-                identity, ClientStatusResp(client_id=cid, read_id=rid, status=st))))
-        elif t is ClientTransfer:
-            cid, rid = msg.client_id, msg.read_id
-
-            def reply_transfer(status, result, hint):  # noqa: ANN001
-                zt.reply_client(identity, ClientAdminResp(
-                    client_id=cid, read_id=rid, ok=status == Status.OK,
-                    result={"status": int(status), "leader_hint": hint},
-                    error="" if status == Status.OK else Status(status).name))
-            self._add_transfer_waiter(msg.target, reply_transfer)
-            self._tell_role(TransferLeadership(target=msg.target))
-        elif t is ClientAdmin:
-            ok, result, error = self._admin(msg.op, msg.args)
-            zt.reply_client(identity, ClientAdminResp(client_id=msg.client_id,
-                                                      read_id=msg.read_id, ok=ok,
-                                                      result=result, error=error))
-
-    def _on_client_batch(self, identity: bytes, msgs: list) -> None:
-        """All requests of one client frame, in order; runs of proposals are registered
-        together (one lock, one wake-up of the role actor for the whole run)."""
-        run: list = []
-        for m in msgs:
-            if type(m) is ClientPropose:
-                run.append(m)
-                continue
-            if run:
-                self._submit_remote(identity, run)
-                run = []
-            self._on_client_request(identity, m)
-        if run:
-            self._submit_remote(identity, run)
-
-    def _submit_remote(self, identity: bytes, msgs: list) -> None:
-        if self._stopped.is_set() or len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
-            stopped = self._stopped.is_set()
-            status, hint = (Status.NOT_LEADER, None) if stopped else (Status.BUSY, self.id)
-            for m in msgs:
-                self._answer_remote_proposal(identity, (m.client_id, m.seq), status, None, hint)
-            return
-        cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
-        self.proposals.add_remote_many([(c.client_id, c.seq) for c in cmds], identity)
-        self.proposal_inbox.put_many(cmds)
-
-    def _answer_remote_proposal(self, identity: bytes, key: tuple, status: Status,
-                                result: Any, hint: int | None) -> None:
-        self._reply(identity, encode_propose_reply(key[0], key[1], status, result, hint))
-
-    def _reply(self, identity: bytes, msg: Any) -> None:
-        """Answer a remote client (`msg` a message, or one already encoded as bytes); inside
-        an FSM batch, replies to one client are gathered and leave as one frame when the
-        batch ends (see FsmActor)."""
-        rb = self.reply_batch
-        batch = rb.pending
-        if batch is not None and rb.owned_here():
-            lst = batch.get(identity)
-            if lst is None:
-                batch[identity] = [msg]
-            else:
-                lst.append(msg)
-        else:
-            self.zt.reply_client(identity, msg)
-
-    def _flush_replies(self, batch: dict[bytes, list]) -> None:
-        for identity, msgs in batch.items():
-            self.zt.reply_client_many(identity, msgs)
 
     def _admin(self, op: str, args: dict) -> tuple[bool, Any, str]:
         if op in ("faults", "clear_faults", "get_faults"):
@@ -400,29 +311,6 @@ class Node:
         return {"nodes": len(trust.peers), "client_keys": len(trust.clients),
                 "admin_keys": len(trust.admins)}
 
-    def _tell_role(self, msg: Any) -> None:
-        if self.links.role is None:
-            return
-        try:
-            self.links.role.tell(msg)
-        except pykka.ActorDeadError:
-            pass
-
-    def _submit(self, cmd: Command, waiter: Callable) -> None:
-        if self._stopped.is_set():
-            waiter(_STOPPED, None, None)
-            return
-        if len(self.proposal_inbox) >= self.MAX_QUEUED_PROPOSALS:
-            waiter(Status.BUSY, None, self.id)
-            return
-        self.proposals.add((cmd.client_id, cmd.seq), waiter)
-        self.proposal_inbox.put(cmd)
-
-    def _read(self, query: bytes, waiter: Callable) -> None:
-        rid = next(self._read_ids)
-        self.reads.add(rid, waiter, query)
-        self._tell_role(ReadIndex(read_id=rid))
-
     def _status_extra(self) -> dict:
         zs = self.zt.stats()
         return {"address": self.config.address, "pid": os.getpid(),
@@ -448,10 +336,7 @@ class Node:
         fut: Future = Future()
         waiter = _future_waiter(fut, "propose")
         data = bytes(data)
-        # Numbering and queueing under one lock: all proposals of this node share one
-        # session, and a seq queued behind a higher one would be applied as stale.
-        with self._seq_lock:
-            self._submit(Command(self._client_id, next(self._seq), data), waiter)
+        self.intake.propose_local(data, waiter)
         return fut
 
     def read(self, query: bytes) -> Future:
@@ -460,7 +345,7 @@ class Node:
         if self._stopped.is_set():
             fut.set_exception(status_error(_STOPPED, None, "read"))
             return fut
-        self._read(bytes(query), _future_waiter(fut, "read"))
+        self.intake.read(bytes(query), _future_waiter(fut, "read"))
         return fut
 
     def transfer_leadership(self, to: int) -> Future:
@@ -469,24 +354,9 @@ class Node:
         if self._stopped.is_set():
             fut.set_exception(status_error(_STOPPED, None, "transfer"))
             return fut
-        self._add_transfer_waiter(to, _future_waiter(fut, "transfer", to))
-        self._tell_role(TransferLeadership(target=to))
+        self.intake.add_transfer_waiter(to, _future_waiter(fut, "transfer", to))
+        self.intake.tell_role(TransferLeadership(target=to))
         return fut
-
-    def _add_transfer_waiter(self, target: int, waiter: Callable) -> None:
-        """Transfers are answered per target: a second request for the same target joins
-        the first (both get its outcome) instead of replacing it."""
-        with self._transfer_lock:
-            prev = self.transfers.pop(target)
-            if prev is not None:
-                first = prev[0]
-
-                def both(status, result, hint):  # noqa: ANN001
-                    first(status, result, hint)
-                    waiter(status, result, hint)
-                self.transfers.add(target, both)
-            else:
-                self.transfers.add(target, waiter)
 
     def wait_for_leader(self, timeout: float = 10.0) -> int:
         """Block until this node knows a leader (itself or a peer); return its id."""
@@ -506,7 +376,7 @@ class Node:
         if self._stopped.is_set() or self.links.role is None:
             return {"id": self.id, "role": "stopped"}
         fut: Future = Future()
-        self._tell_role(StatusQuery(reply=fut.set_result))
+        self.intake.tell_role(StatusQuery(reply=fut.set_result))
         try:
             return fut.result(timeout)
         except FutureTimeout:

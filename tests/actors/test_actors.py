@@ -16,7 +16,7 @@ from josefine.actors.chain import ChainActor
 from josefine.actors.fsm import FsmActor
 from josefine.actors.role import RoleActor
 from josefine.actors.timer import TickGate
-from josefine.actors.waiters import Waiters
+from josefine.runtime.waiters import Waiters
 from josefine.chain.block import BlockKind, Command, genesis, make_block
 from josefine.chain.memory import MemoryStore
 from josefine.fsm.applier import Applier

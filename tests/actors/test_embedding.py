@@ -121,7 +121,7 @@ def test_a_client_frame_gets_one_answer_per_request_key(tmp_path):
         assert node.wait_for_leader(10) == 1
         node.zt.reply_client_many = capture
         node.zt.reply_client = capture
-        node._on_client_batch(b"id-1", [
+        node.intake.on_client_batch(b"id-1", [
             ClientPropose(client_id="w", seq=1, command=kv_put("k", "1")),
             ClientPropose(client_id="w2", seq=1, command=kv_put("k", "2")),
             ClientRead(client_id="r", read_id=5, query=kv_get("k")),
@@ -185,10 +185,10 @@ def test_proposals_beyond_the_intake_bound_are_answered_busy(tmp_path):
     node = Node.start(_config(tmp_path, port), KVStateMachine())
     try:
         node.wait_for_leader(10)
-        node.MAX_QUEUED_PROPOSALS = 0    # every queue "full"
+        node.intake.max_queued = 0    # every queue "full"
         with pytest.raises(BusyError):
             node.propose(kv_put("k", "v")).result(5)
-        node.MAX_QUEUED_PROPOSALS = Node.MAX_QUEUED_PROPOSALS
+        node.intake.max_queued = Node.MAX_QUEUED_PROPOSALS
         assert node.propose(kv_put("k", "v")).result(10) == {"ok": True}
     finally:
         node.stop()
@@ -197,7 +197,7 @@ def test_proposals_beyond_the_intake_bound_are_answered_busy(tmp_path):
 def test_waiters_expire_local_requests_with_an_answer_and_drop_remote_ones(monkeypatch):
     """A request nobody answered for the expiry time is taken out of the registry; a local
     one (a Future) is told UNKNOWN instead of hanging forever."""
-    from josefine.actors import waiters as wmod
+    from josefine.runtime import waiters as wmod
     from josefine.messages import Status
     w = wmod.Waiters(on_remote=lambda *a: remote.append(a))
     remote: list = []
