@@ -37,6 +37,7 @@ from josefine.messages import Status, StatusQuery, TransferLeadership
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
+from josefine.runtime.status import NodeStatus
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
 from josefine.transport.faults import FaultRules
@@ -371,10 +372,11 @@ class Node:
             time.sleep(0.02)
         raise UnavailableError(f"no leader known to node {self.id} within {timeout} s")
 
-    def status(self, timeout: float = 5.0) -> dict:
-        """Role, term, leader, head, commit, applied and counters of this node."""
+    def status(self, timeout: float = 5.0) -> NodeStatus:
+        """Role, term, leader, head, commit, applied and counters of this node (also
+        readable as a mapping of `NodeStatus.to_dict()`'s keys)."""
         if self._stopped.is_set() or self.links.role is None:
-            return {"id": self.id, "role": "stopped"}
+            return NodeStatus(id=self.id, role="stopped")
         fut: Future = Future()
         self.intake.tell_role(StatusQuery(reply=fut.set_result))
         try:

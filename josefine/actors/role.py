@@ -23,6 +23,7 @@ from josefine.raft.core import RaftCore, Role
 from josefine.raft.ready import Ready
 from josefine.runtime.channels import SideQueue, TickGate
 from josefine.runtime.executor import ReadyRouter, Route, carry_out, release
+from josefine.runtime.status import NodeStatus
 from josefine.runtime.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,10 @@ class RoleActor(NodeActor):
     def _persisted_here(self, head: Any) -> None:
         self._dispatch(self.core.step(Persisted(head=head)))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
         st = self.core.status()
         st["queued_proposals"] = len(self.proposals)
         st["dropped_ticks"] = self.gate.dropped
         if self.status_extra is not None:
             st.update(self.status_extra())
-        return st
+        return NodeStatus(**st)

@@ -102,7 +102,7 @@ class ClientIntake:
         elif t is ClientStatus:
             cid, rid = msg.client_id, msg.read_id
             self.tell_role(StatusQuery(reply=lambda st: zt.reply_client(
-                identity, ClientStatusResp(client_id=cid, read_id=rid, status=st))))
+                identity, ClientStatusResp(client_id=cid, read_id=rid, status=st.to_dict()))))
         elif t is ClientTransfer:
             cid, rid = msg.client_id, msg.read_id
 

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 
+from josefine.runtime.status import NodeStatus
 from josefine import KVStateMachine, Node, NodeConfig
 from josefine.config import ConfigError
 from josefine.security import generate_keypair, make_cluster_keys, write_keypair
@@ -64,10 +65,14 @@ def test_single_node_propose_read_status_and_recovery(tmp_path):
         st = node.status()
         assert st["role"] == "leader" and st["id"] == 1 and st["applied"] == st["commit"]
         assert st["rss_bytes"] > 1 << 20 and st["leveldb_memory_bytes"] > 0   # diagnostics
+        assert isinstance(st, NodeStatus) and st.role == "leader" and st.term >= 1
+        assert st.to_dict()["head"] == st.head and set(st) == set(st.to_dict())
+        assert st.writes["synced"] >= 2 and st.writes["total"] >= st.writes["synced"]
         assert node.transfer_leadership(1).result(10) == 1   # to itself: a no-op
     finally:
         node.stop()
     assert node.status()["role"] == "stopped"
+    assert node.status().to_dict() == {"id": 1, "role": "stopped"}
     # a new node on the same data dir replays the committed chain into a fresh machine
     node = Node.start(_config(tmp_path, port), KVStateMachine())
     try:

@@ -1,0 +1,61 @@
+"""`NodeStatus`: what a node says about itself, typed.
+
+The role actor assembles it (core state, its own queues, the node's transport, store and
+writer counters) when asked, on its own thread, so the figures are one consistent moment
+of the core. On the wire (`ClientStatusResp`) and in `josefine status --json` it travels
+as `to_dict()`, whose keys are the stable contract; for embedding code written against the
+former plain dict, it also reads as a read-only mapping of those keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NodeStatus(Mapping[str, Any]):
+    id: int
+    role: str
+    """follower, precandidate, candidate, leader; or stopped."""
+    term: int | None = None
+    voted_for: int | None = None
+    leader: int | None = None
+    head: list[int] | None = None
+    commit: list[int] | None = None
+    applied: list[int] | None = None
+    """[term, height] of the last block the state machine applied."""
+    blocks: int | None = None
+    """Blocks the core holds in memory."""
+    pending: int | None = None
+    """Commands proposed here and not yet committed (a leader's)."""
+    tripwire: dict[str, int] | None = None
+    queued_proposals: int | None = None
+    dropped_ticks: int | None = None
+    address: str | None = None
+    pid: int | None = None
+    sm_digest: str | None = None
+    dropped_frames: int | None = None
+    transport: dict[str, Any] | None = None
+    fsync: bool | None = None
+    waiting_proposals: int | None = None
+    rss_bytes: int | None = None
+    leveldb_memory_bytes: int | None = None
+    writes: dict[str, int] | None = None
+    """total, synced, by_role_thread (writes the role actor ran itself), readys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: every field, stopped nodes only their id and role."""
+        if self.role == "stopped":
+            return {"id": self.id, "role": self.role}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
