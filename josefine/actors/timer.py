@@ -3,6 +3,10 @@
 The core owns the (seeded) randomized election timeout in ticks, so this actor only keeps
 the beat. A fire is dropped while the previous Tick is still unprocessed — a busy role
 actor must not find a backlog of ticks that would expire its election timer at once.
+
+Honestly described: this actor's mailbox receives nothing in normal operation. It is the
+unit of ownership of the beat thread (started and joined with the actor, in the node's
+start and stop order); its output is the `ticks` channel (josefine/runtime/channels.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,13 @@
-"""Transport actor: owns the ZeroMQ transport and sends what the other actors hand it.
+"""Transport actor: owns the ZeroMQ transport's lifecycle.
 
-Inbound traffic is decoded on the transport's I/O thread and handed straight to the role
-actor (peer messages) or to the node's request intake (client requests).
+Honestly described: in a running node this actor's mailbox carries nothing. Its real
+inbox is the transport's own thread-safe send queue (the `peer-out` and `client-out`
+channels of josefine/runtime/channels.py), which the role and chain actors and the FSM
+driver hand messages to directly, one hop fewer than through a mailbox; the I/O thread
+behind it is the only user of the sockets. Inbound traffic is decoded on that I/O thread
+and handed straight to the role actor (`peer-in`) or to the client intake. `Outbound`
+messages are still accepted, for wiring without a send queue (tests with a fake
+transport). The actor stops the transport when the node stops.
 """
 from __future__ import annotations
 
