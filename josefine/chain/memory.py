@@ -133,6 +133,15 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to release; the contents survive so a simulated restart can `load()`."""
 
+    def snapshot(self) -> tuple:
+        """The contents as of now, for `restore`: how the simulation takes back writes a
+        crash loses (those made without sync)."""
+        return dict(self._blocks), self._hard, self._head, self._commit
+
+    def restore(self, snap: tuple) -> None:
+        blocks, self._hard, self._head, self._commit = snap
+        self._blocks = dict(blocks)
+
     def __repr__(self) -> str:
         return (f"MemoryStore({self.cluster_id!r}, blocks={len(self._blocks)}, "
                 f"head={self._head}, commit={self._commit}, term={self._hard.term})")

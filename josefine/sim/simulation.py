@@ -10,9 +10,9 @@ disk and queues the rest on the node's write channel; a `WritePlanner` merges ev
 queued into one write when the node's lagging disk starts it (group commit), and the write
 completes after a seeded delay, with `carry_out` releasing acks, votes, applies and
 `Persisted` only then. The disk is a `MemoryStore`; writes made without sync (the lazy
-commit marker) sit in a volatile buffer until a synced write follows, and a crash keeps
-only a random prefix of them, so a crash loses exactly what a real one may: queued and
-in-flight writes and unsynced markers. Cores read evicted blocks back through the store
+commit marker) are visible at once but stay volatile until a synced write follows, and a
+crash keeps only a random prefix of them, so a crash loses exactly what a real one may:
+queued and in-flight writes and unsynced ones. Cores read evicted blocks back through the store
 (a small memory budget makes them evict often), as production cores do.
 
 Clients run a key-value workload throughout (writes with unique values, cas, ReadIndex
@@ -108,6 +108,8 @@ class _Node:
     done_at: int = 0
     volatile: list[StoreWrite] = field(default_factory=list)
     """Writes made without sync since the last synced one: a crash may lose them."""
+    volatile_base: tuple | None = None
+    """The store as of the last synced write, when unsynced writes followed it."""
     alive: bool = True
 
     @property
@@ -125,12 +127,13 @@ class _SimEffects:
 
     def write(self, w: StoreWrite) -> None:
         n = self.n
-        if not w.sync:
+        if w.sync:   # an fsync makes everything logged before it durable too
+            n.volatile.clear()
+            n.volatile_base = None
+        else:        # visible at once (page cache), lost by a crash unless flushed
+            if n.volatile_base is None:
+                n.volatile_base = n.store.snapshot()
             n.volatile.append(w)
-            return
-        for v in n.volatile:   # an fsync makes everything logged before it durable too
-            self.sim._disk_write(n, v)
-        n.volatile.clear()
         self.sim._disk_write(n, w)
 
     def send(self, msgs: list[Any]) -> None:
@@ -198,10 +201,14 @@ class Simulation:
     def _crash(self, n: _Node) -> None:
         n.alive = False
         n.channel, n.inflight = [], None   # queued and in-flight writes are lost
-        kept = self.rng.randint(0, len(n.volatile))   # the OS may have flushed some
-        for v in n.volatile[:kept]:
-            self._disk_write(n, v)
-        n.volatile.clear()
+        if n.volatile_base is not None:   # the OS may have flushed some unsynced writes
+            kept = self.rng.randint(0, len(n.volatile))
+            n.store.restore(n.volatile_base)
+            for v in n.volatile[:kept]:
+                n.store.write(hard_state=v.hard_state, blocks=v.blocks, head=v.head,
+                              commit=v.commit, delete=v.delete)
+            n.volatile.clear()
+            n.volatile_base = None
         n.core = None
         n.applier = None
         self.stats["crashes"] += 1

@@ -103,3 +103,40 @@ def test_reads_served_without_confirming_leadership_are_caught(monkeypatch):
     monkeypatch.setattr(RaftCore, "_read_index", unconfirmed)
     seed, report = _first_failure(SimConfig(check_quorum=False))
     assert "B17" in report, report
+
+
+# Bugs in the runtime's executor, which the simulation shares with the production actors
+# (josefine/runtime/executor.py): each must be caught like a bug in the core.
+
+def test_a_planner_that_never_asks_for_sync_is_caught(monkeypatch):
+    """A.3: what an ack or a vote promises must be synced. The simulated disk keeps unsynced
+    writes in a volatile buffer that a crash may lose, as an OS page cache does."""
+    from josefine.runtime.executor import StoreWrite, WritePlanner
+    orig = WritePlanner.plan
+
+    def never_sync(self, items):  # noqa: ANN001, ANN202
+        plan = orig(self, items)
+        w = plan.write
+        if w is not None:
+            plan.write = StoreWrite(w.hard_state, w.blocks, w.head, w.commit, w.delete, False)
+        return plan
+    monkeypatch.setattr(WritePlanner, "plan", never_sync)
+    seed, report = _first_failure()
+    assert any(c in report for c in ("B4", "B1", "B2", "B11", "B13")), report
+
+
+def test_a_router_that_sends_promises_before_the_write_is_caught(monkeypatch):
+    """A.3: acks and votes of a Ready that needs a sync leave only after the write. Here the
+    router hands them out with the eager messages, which leave at once."""
+    from josefine.runtime.executor import ReadyRouter, Route
+    orig = ReadyRouter.route
+
+    def promise_early(self, r, backlog):  # noqa: ANN001, ANN202
+        routed = orig(self, r, backlog)
+        if routed.route is Route.QUEUE and r.needs_sync and r.messages:
+            routed.eager = list(routed.eager) + r.messages
+            r.messages = []
+        return routed
+    monkeypatch.setattr(ReadyRouter, "route", promise_early)
+    seed, report = _first_failure()
+    assert any(c in report for c in ("B4", "B1", "B2", "B11", "B13")), report
