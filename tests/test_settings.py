@@ -43,3 +43,13 @@ def test_the_simulation_config_reaches_its_cores():
     sim = Simulation(1, cfg)
     core_cfg = sim.nodes[1].core.cfg
     assert (core_cfg.election_ticks, core_cfg.max_inflight, core_cfg.keep_blocks) == (13, 2, 9)
+
+
+def test_docs_runtime_lists_every_channel():
+    """docs/runtime.md's channel table names every channel the code declares."""
+    from pathlib import Path
+
+    from josefine.runtime.channels import CHANNELS
+    text = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text()
+    for ch in CHANNELS:
+        assert f"| `{ch.name}` |" in text, ch.name
