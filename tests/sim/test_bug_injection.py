@@ -140,3 +140,24 @@ def test_a_router_that_sends_promises_before_the_write_is_caught(monkeypatch):
     monkeypatch.setattr(ReadyRouter, "route", promise_early)
     seed, report = _first_failure()
     assert any(c in report for c in ("B4", "B1", "B2", "B11", "B13")), report
+
+
+def test_a_leader_counting_itself_before_its_own_write_is_caught(monkeypatch):
+    """A.3/A.8: a leader counts itself toward a commit quorum only after `Persisted`. Counting
+    its head instead commits blocks a quorum has not made durable (B13, checked the moment
+    the committed path C grows)."""
+    def count_head(self):  # noqa: ANN001, ANN202
+        hs = [self.tree.head.height]
+        for v in self.peers:
+            m = self.prog[v].match
+            hs.append(m.height if m is not None else -1)
+        hs.sort(reverse=True)
+        h = hs[self.quorum - 1]
+        if h > self.commit.height:
+            c = self.tree.at(h)
+            if c.term == self.term:
+                self._set_commit(c)
+                self._release_deferred_reads()
+    monkeypatch.setattr(RaftCore, "_leader_advance_commit", count_head)
+    seed, report = _first_failure()
+    assert "B13" in report, report
