@@ -1,4 +1,5 @@
-"""Fault injection for one node's transport: loss, delay, partitions, one-way links.
+"""Fault injection for one node's transport: loss, delay, partitions, one-way links, and
+lost answers to clients.
 
 Rules are local: a node applies them to what it sends and receives, so a two-sided
 partition between A and B needs only one of them to block the other in both directions
@@ -69,6 +70,12 @@ def _peer_id(p: Any) -> int:
     return n
 
 
+def _count(n: Any, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{name} must be a count >= 0, got {n!r}")
+    return n
+
+
 class FaultRules:
     """Per-peer fault rules, changeable at runtime.
 
@@ -85,6 +92,7 @@ class FaultRules:
         self._blocked_in: set[int] = set()
         self._links: dict[int, LinkRule] = {}
         self._default = LinkRule()
+        self._drop_client_replies = 0
         self._active = False
 
     # ------------------------------------------------------------------- changing rules
@@ -137,6 +145,14 @@ class FaultRules:
                 self._links[_peer_id(peer)] = rule
             self._refresh()
 
+    def drop_client_replies(self, n: int) -> None:
+        """Drop the next `n` reply frames to clients: answers lost on their way back after
+        the request took effect, which only a retry under the same key can recover."""
+        n = _count(n, "drop_client_replies")
+        with self._lock:
+            self._drop_client_replies = n
+            self._refresh()
+
     def clear_link(self, peer: int | None) -> None:
         """Remove the rule for `peer` (or reset the default if None)."""
         with self._lock:
@@ -153,11 +169,12 @@ class FaultRules:
             self._blocked_in.clear()
             self._links.clear()
             self._default = LinkRule()
+            self._drop_client_replies = 0
             self._active = False
 
     def _refresh(self) -> None:
         self._active = bool(self._blocked_out or self._blocked_in or self._links
-                            or not self._default.is_noop())
+                            or not self._default.is_noop() or self._drop_client_replies)
 
     # ------------------------------------------------------------------------ decisions
 
@@ -198,6 +215,17 @@ class FaultRules:
             rule = self._links.get(peer, self._default)
             return not (rule.drop_in and self._rng.random() < rule.drop_in)
 
+    def client_reply(self) -> bool:
+        """Decide one reply frame to a client: True to send it."""
+        if not self._active:
+            return True
+        with self._lock:
+            if self._drop_client_replies:
+                self._drop_client_replies -= 1
+                self._refresh()
+                return False
+            return True
+
     # -------------------------------------------------------------------- admin format
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,8 +234,11 @@ class FaultRules:
             links: dict[str, Any] = {str(p): r.to_dict() for p, r in sorted(self._links.items())}
             if not self._default.is_noop():
                 links[_DEFAULT_KEY] = self._default.to_dict()
-            return {"seed": self.seed, "blocked_out": sorted(self._blocked_out),
-                    "blocked_in": sorted(self._blocked_in), "links": links}
+            d = {"seed": self.seed, "blocked_out": sorted(self._blocked_out),
+                 "blocked_in": sorted(self._blocked_in), "links": links}
+            if self._drop_client_replies:
+                d["drop_client_replies"] = self._drop_client_replies
+            return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FaultRules:
@@ -223,7 +254,7 @@ class FaultRules:
         """
         if not isinstance(d, Mapping):
             raise ValueError("fault rules must be a map")
-        unknown = set(d) - {"seed", "blocked_out", "blocked_in", "links"}
+        unknown = set(d) - {"seed", "blocked_out", "blocked_in", "links", "drop_client_replies"}
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
         seed = d.get("seed")
@@ -231,6 +262,7 @@ class FaultRules:
             raise ValueError(f"seed must be an int, got {seed!r}")
         blocked_out = {_peer_id(p) for p in d.get("blocked_out", ())}
         blocked_in = {_peer_id(p) for p in d.get("blocked_in", ())}
+        client_drops = _count(d.get("drop_client_replies", 0), "drop_client_replies")
         links_in = d.get("links", {})
         if not isinstance(links_in, Mapping):
             raise ValueError("links must be a map")
@@ -250,6 +282,7 @@ class FaultRules:
                 self._rng = random.Random(seed)
             self._blocked_out, self._blocked_in = blocked_out, blocked_in
             self._links, self._default = links, default
+            self._drop_client_replies = client_drops
             self._refresh()
 
     def __repr__(self) -> str:

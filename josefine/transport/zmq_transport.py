@@ -215,6 +215,7 @@ class ZmqTransport:
             ("frames_in", "messages_in", "frames_out", "messages_out", "client_requests",
              "client_replies", "client_replies_dropped", "send_dropped", "outbound_oversized",
              "unknown_destination", "fault_dropped_out", "fault_dropped_in", "fault_delayed",
+             "fault_dropped_client",
              "inbound_connections", "inbound_disconnects", "handshakes_failed"), 0)
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
 
@@ -798,6 +799,10 @@ class ZmqTransport:
         self._counts["messages_out"] += len(batch)
 
     def _send_client(self, identity: bytes, frame: bytes) -> None:
+        faults = self.faults
+        if faults.active and not faults.client_reply():
+            self._counts["fault_dropped_client"] += 1
+            return
         try:
             self._router.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.Again:

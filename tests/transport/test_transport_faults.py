@@ -90,6 +90,8 @@ def test_dict_round_trip_and_load_in_place():
     {"blocked_in": ["a"]},
     {"blocked_out": [-1]},
     {"seed": "1"},
+    {"drop_client_replies": -1},
+    {"drop_client_replies": True},
     {"partitions": [1]},
     [1, 2],
 ])
@@ -108,6 +110,21 @@ def test_clear_removes_everything():
     r.set_link(None, drop_in=0.5)
     r.clear()
     assert not r.active and r.to_dict()["links"] == {} and r.inbound(2)
+
+
+def test_client_replies_are_dropped_as_many_times_as_asked_then_flow_again():
+    r = FaultRules(seed=1)
+    assert r.client_reply()
+    r.drop_client_replies(2)
+    assert r.active and r.to_dict()["drop_client_replies"] == 2
+    assert FaultRules.from_dict(r.to_dict()).to_dict() == r.to_dict()
+    assert [r.client_reply() for _ in range(3)] == [False, False, True]
+    assert not r.active and "drop_client_replies" not in r.to_dict()
+    r.drop_client_replies(1)
+    r.clear()
+    assert r.client_reply()
+    with pytest.raises(ValueError):
+        r.drop_client_replies(-1)
 
 
 def test_link_rule_validation():
