@@ -1,11 +1,16 @@
 """Every typed message of the system: the vocabulary (PROTOCOL.md A.4).
 
-Peer messages travel between nodes (encoded by `josefine.transport.codec`, each with a
-stable numeric tag there). Client messages travel between a `Client` and a node. Local
-inputs never leave a process: they are how time, client requests and storage completions
-reach the pure core.
+Peer messages travel between nodes and client messages between a `Client` and a node;
+`josefine.codec` gives each a stable numeric tag and derives its wire field map from the
+dataclass below, so a field added here travels (and is checked on decode) by its declared
+type. Every class is listed in exactly one of `WIRE_MESSAGE_TYPES` and
+`LOCAL_MESSAGE_TYPES` (tests/test_codec.py holds new classes to that). Local inputs never
+leave a process: they are how time, client requests and storage completions reach the
+pure core.
 
 Every peer message carries `src`, `dst` and `term`. Sequences are tuples; payloads bytes.
+Classes are plain `@dataclass(frozen=True, slots=True, kw_only=True)` so that type
+checkers see their fields and constructors.
 """
 from __future__ import annotations
 
@@ -16,13 +21,10 @@ from typing import Any, Union
 from josefine.chain.block import Block, Command
 from josefine.types import BlockId
 
-_dc = dataclass(frozen=True, slots=True, kw_only=True)
-
-
 # --------------------------------------------------------------------------- peer messages
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PreVoteReq:
     """Would you vote for me? Changes no state anywhere (thesis §9.6). term = sender's + 1."""
 
@@ -32,7 +34,7 @@ class PreVoteReq:
     head: BlockId
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PreVoteResp:
     """Pre-vote answer; a grant carries the request's term, a refusal the voter's."""
 
@@ -42,7 +44,7 @@ class PreVoteResp:
     granted: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VoteReq:
     """Candidate asks for a vote (Raft §5.2, §5.4.1); head decides up-to-dateness."""
 
@@ -54,7 +56,7 @@ class VoteReq:
     """Set only after TimeoutNow: bypasses the follower lease (thesis §3.10)."""
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VoteResp:
     src: int
     dst: int
@@ -62,7 +64,7 @@ class VoteResp:
     granted: bool
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppendBlocks:
     """Replicate a contiguous run of blocks whose first parent is `prev` (may be empty)."""
 
@@ -76,7 +78,7 @@ class AppendBlocks:
     seq: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AppendResp:
     """Follower's answer to AppendBlocks; a success is sent only after the blocks are synced."""
 
@@ -92,7 +94,7 @@ class AppendResp:
     commit: BlockId | None = None
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat:
     src: int
     dst: int
@@ -101,7 +103,7 @@ class Heartbeat:
     seq: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatResp:
     src: int
     dst: int
@@ -109,7 +111,7 @@ class HeartbeatResp:
     seq: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TimeoutNow:
     """Leader tells an up-to-date target to campaign at once (leadership transfer)."""
 
@@ -144,7 +146,7 @@ class Status(IntEnum):
     """Malformed or unacceptable request (bad command, unknown target)."""
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientPropose:
     """A client's write; (client_id, seq) make retries apply once."""
 
@@ -153,7 +155,7 @@ class ClientPropose:
     command: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientProposeResp:
     client_id: str
     seq: int
@@ -162,7 +164,7 @@ class ClientProposeResp:
     leader_hint: int | None = None
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientRead:
     """A linearizable read, served through ReadIndex (A.10)."""
 
@@ -171,7 +173,7 @@ class ClientRead:
     query: bytes
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientReadResp:
     client_id: str
     read_id: int
@@ -180,7 +182,7 @@ class ClientReadResp:
     leader_hint: int | None = None
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientStatus:
     """Ask a node for its status dictionary."""
 
@@ -188,31 +190,31 @@ class ClientStatus:
     read_id: int = 0
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientStatusResp:
     client_id: str
     read_id: int
-    status: dict = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientTransfer:
     client_id: str
     read_id: int
     target: int
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientAdmin:
     """Admin request, e.g. fault-injection rules; accepted only when enabled at start."""
 
     client_id: str
     read_id: int
     op: str
-    args: dict = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientAdminResp:
     client_id: str
     read_id: int
@@ -221,36 +223,45 @@ class ClientAdminResp:
     error: str = ""
 
 
+CLIENT_REQUEST_TYPES: tuple[type, ...] = (ClientPropose, ClientRead, ClientStatus,
+                                          ClientTransfer, ClientAdmin)
+CLIENT_RESPONSE_TYPES: tuple[type, ...] = (ClientProposeResp, ClientReadResp, ClientStatusResp,
+                                           ClientAdminResp)
+WIRE_MESSAGE_TYPES: tuple[type, ...] = (PEER_MESSAGE_TYPES + CLIENT_REQUEST_TYPES
+                                        + CLIENT_RESPONSE_TYPES)
+"""Every class that leaves a process; each has a tag in `josefine.codec.TAGS`."""
+
+
 # --------------------------------------------------------------------------- local inputs
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tick:
     """One unit of logical time (A.1); the timer actor turns wall time into ticks."""
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Propose:
     """A batch of client commands to pack into one block (the role actor batches)."""
 
     commands: tuple[Command, ...]
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReadIndex:
     """Ask the core for a linearizable read point; read_id is opaque to the core."""
 
     read_id: Any
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Persisted:
     """Storage completion: everything up to this head is durable (leader self-ack, A.3)."""
 
     head: BlockId
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferLeadership:
     target: int
 
@@ -261,19 +272,19 @@ CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLead
 # ------------------------------------------------------- actor messages (never on the wire)
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outbound:
     """Role/Chain -> Transport: peer messages to send, in order."""
 
     msgs: tuple
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Nudge:
     """Something is waiting in the receiver's side queue (proposals, persist work)."""
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyWork:
     """Chain -> Fsm: committed blocks to apply, then reads to serve, then outcomes."""
 
@@ -284,8 +295,13 @@ class ApplyWork:
     """BlockId -> the commands of that block as this node proposed them (Ready.decoded)."""
 
 
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatusQuery:
     """Ask the role actor for a status snapshot; `reply` is called with the dict."""
 
     reply: Any
+
+
+LOCAL_MESSAGE_TYPES: tuple[type, ...] = (Tick, Propose, ReadIndex, Persisted, TransferLeadership,
+                                         Outbound, Nudge, ApplyWork, StatusQuery)
+"""Every class that never leaves its process (the codec refuses to encode them)."""

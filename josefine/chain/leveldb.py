@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import plyvel
+import plyvel  # type: ignore[import-untyped]
 
 from josefine.chain.block import Block, genesis, verify_digest
 from josefine.chain.store import (
@@ -37,7 +37,7 @@ from josefine.chain.store import (
     decode_block,
     encode_block,
 )
-from josefine.transport.codec import packb, unpackb
+from josefine.codec import packb, unpackb
 from josefine.types import GENESIS_ID, BlockId
 
 __all__ = ["LevelDBStore", "block_key"]

@@ -9,7 +9,7 @@ Kept deliberately cheap: a write that adds blocks to the tip costs a few dict op
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 from josefine.chain.block import Block, genesis
 from josefine.chain.store import (
@@ -64,6 +64,7 @@ class MemoryStore:
                 hard_state = HardState(hard_state.term, hard_state.voted_for)
             if hard_state != self._hard:
                 check_hard_state(self._hard, hard_state)
+        dels: Collection[BlockId]
         if delete or len(blocks) > 1:
             new, dels = check_batch(_digest_getter(stored), blocks, delete)
         else:

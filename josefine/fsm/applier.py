@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from josefine.chain.block import Block, BlockKind, Command, decode_commands
+from josefine.codec import packb, unpackb
 from josefine.fsm.api import StateMachine
 from josefine.fsm.sessions import SessionTable, Verdict
-from josefine.transport.codec import packb, unpackb
 from josefine.types import GENESIS_ID, BlockId
 
 __all__ = ["Applier"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterator
 
-from josefine.transport.codec import packb, unpackb
+from josefine.codec import packb, unpackb
 
 __all__ = ["KVStateMachine", "kv_put", "kv_delete", "kv_cas", "kv_get"]
 

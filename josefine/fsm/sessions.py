@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterator
 
-from josefine.transport.codec import packb
+from josefine.codec import packb
 
 __all__ = ["Session", "SessionTable", "Verdict", "STALE_RESULT"]
 

@@ -7,7 +7,7 @@ import pytest
 from josefine.chain.block import BlockKind, genesis, make_block
 from josefine.chain.leveldb import LevelDBStore, block_key
 from josefine.chain.store import CorruptStoreError, HardState, encode_block
-from josefine.transport.codec import packb, unpackb
+from josefine.codec import packb, unpackb
 from josefine.types import GENESIS_ID, BlockId, SafetyViolation
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,9 +1,9 @@
 """The built-in key-value state machine."""
 import pytest
 
+from josefine.codec import packb
 from josefine.fsm.api import DigestStateMachine, SnapshotStateMachine, StateMachine
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_delete, kv_get, kv_put
-from josefine.transport.codec import packb
 
 pytestmark = pytest.mark.timeout(60)
 

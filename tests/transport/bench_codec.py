@@ -9,9 +9,15 @@ import timeit
 
 from transport_helpers import CLUSTER, chain_of
 
-from josefine.messages import AppendBlocks, Heartbeat
-from josefine.transport.codec import decode_frame, decode_message, encode_frame, encode_message
-from josefine.transport import codec
+from josefine import codec  # the vocabulary codec (owns the block row cache)
+from josefine.messages import AppendBlocks, ClientPropose, Heartbeat, Status
+from josefine.transport.codec import (
+    decode_frame,
+    decode_message,
+    encode_frame,
+    encode_message,
+    encode_propose_reply,
+)
 
 
 def best_us(fn, number: int = 20000, repeat: int = 7) -> float:
@@ -31,6 +37,7 @@ def main() -> None:
         return encode_message(msg)
 
     hb = Heartbeat(src=1, dst=2, term=3, commit=g.id, seq=1)
+    propose = encode_message(ClientPropose(client_id="c-1", seq=9, command=b"x" * size))
     rows = [
         (f"encode AppendBlocks x{n} (block rows cached)", lambda: encode_message(msg)),
         (f"encode AppendBlocks x{n} (cold cache)", cold),
@@ -39,6 +46,9 @@ def main() -> None:
         (f"decode_frame [AppendBlocks x{n}]", lambda: decode_frame(frame, CLUSTER)),
         ("encode Heartbeat", lambda: encode_message(hb)),
         ("decode Heartbeat", lambda: decode_message(encode_message(hb))),
+        ("build Heartbeat", lambda: Heartbeat(src=1, dst=2, term=3, commit=g.id, seq=1)),
+        ("decode ClientPropose", lambda: decode_message(propose)),
+        ("encode_propose_reply", lambda: encode_propose_reply("c-1", 9, Status.OK, None, None)),
     ]
     print(f"AppendBlocks with {n} blocks of {size}-byte payload: {len(data)} bytes encoded")
     for name, fn in rows:
