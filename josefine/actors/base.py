@@ -22,6 +22,8 @@ class Links:
         self.fsm: pykka.ActorRef | None = None
         self.transport: pykka.ActorRef | None = None
         self.timer: pykka.ActorRef | None = None
+        self.run_role_here: Callable[[SideQueue], None] | None = None
+        """The role actor's `run_here`, once it has started (see RoleActor.run_here)."""
         self.send: Callable[[dict[int, list]], None] | None = None
         """The transport's thread-safe outbound queue (its real mailbox): the hot path
         hands peer messages straight to it instead of through one more actor hop."""

@@ -35,7 +35,7 @@ from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
 from josefine.messages import Status, StatusQuery, TransferLeadership
 from josefine.procstat import rss_bytes
-from josefine.runtime.channels import PROPOSALS, WRITES
+from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
 from josefine.runtime.status import NodeStatus
 from josefine.runtime.writer import Writer
@@ -196,6 +196,7 @@ class Node:
         del stored   # the core keeps only recent blocks; older ones are read back on demand
         self.applier = Applier(self.state_machine)
         self.chain_inbox = SideQueue(WRITES)
+        self.peer_inbox = SideQueue(PEER_IN)
         self.gate = TickGate()
         self.faults = FaultRules(seed=cfg.seed)
         self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.address, cfg.peers,
@@ -220,10 +221,12 @@ class Node:
         self._role_actor_status = None
         links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
                                      self.proposal_inbox, self.chain_inbox, self.writer,
-                                     self._status_extra)
+                                     self._status_extra, self.peer_inbox)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
+        self.peer_inbox.target = links.role
         self.intake.role_ref = links.role
+        self.intake.run_here = self._run_role_here
         links.timer = TimerActor.start(self.id, links, fatal, cfg.tick_ms, self.gate)
         self._refs.append(links.timer)
         log.info("node %d: listening on %s", self.id, self.zt.address or cfg.address)
@@ -268,12 +271,19 @@ class Node:
 
     # ------------------------------------------------------------------ inbound
     def _on_peer_message(self, msg: Any) -> None:
-        role = self.links.role
-        if role is not None:
-            try:
-                role.tell(msg)
-            except pykka.ActorDeadError:
-                pass
+        """On the transport's I/O thread: into the `peer-in` channel, handled right here
+        when the role actor is idle (RoleActor.run_here), else by the role actor."""
+        if self.peer_inbox.target is None:
+            return   # the role actor does not exist yet: dropped, as Raft allows
+        self.peer_inbox.put_many((msg,), nudge=False)
+        self._run_role_here(self.peer_inbox)
+
+    def _run_role_here(self, queue: SideQueue) -> None:
+        run_here = self.links.run_role_here
+        if run_here is None:
+            queue.nudge()   # the role actor is still starting: it drains when it runs
+        else:
+            run_here(queue)
 
     def _admin(self, op: str, args: dict) -> tuple[bool, Any, str]:
         if op in ("faults", "clear_faults", "get_faults"):
@@ -324,7 +334,7 @@ class Node:
                 "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"],
                 "writes": {"total": self.writer.planner.writes,
                            "synced": self.writer.planner.synced_writes,
-                           "by_role_thread": self.writer.inline_writes,
+                           "inline": self.writer.inline_writes,
                            "readys": self.writer.planner.readys}}
 
     # ------------------------------------------------------------------ embedding API

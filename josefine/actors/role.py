@@ -15,6 +15,7 @@ block while a lone proposal still goes out at once (no fixed batching tick).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 from josefine.actors.base import ActorEffects, NodeActor
@@ -32,13 +33,21 @@ log = logging.getLogger(__name__)
 class RoleActor(NodeActor):
     def __init__(self, node_id, links, fatal, core: RaftCore, gate: TickGate,  # noqa: ANN001
                  proposals: SideQueue, chain_inbox: SideQueue, writer: Writer | None = None,
-                 status_extra: Callable[[], dict] | None = None) -> None:
+                 status_extra: Callable[[], dict] | None = None,
+                 peer_inbox: SideQueue | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.core = core
         self.gate = gate
         self.proposals = proposals
         self.chain_inbox = chain_inbox
+        self.peer_inbox = peer_inbox if peer_inbox is not None else SideQueue()
         self.status_extra = status_extra
+        self._state_lock = threading.Lock()
+        """Held by whichever thread touches this actor's state (core, router): the actor's
+        own thread for every mailbox message, or a producer's thread in `run_here`."""
+        self._alive = False
+        self.ran_here = 0
+        """Input batches handled on a producer's thread (`run_here`), not this actor's."""
         self.writer = writer
         """With a writer, the role actor runs a write itself when the chain actor is idle
         and its own mailbox empty (josefine/runtime/writer.py); None: always hand over."""
@@ -47,21 +56,54 @@ class RoleActor(NodeActor):
         self.inline_effects = ActorEffects(self, on_persisted=self._persisted_here)
 
     def on_start(self) -> None:
-        self._dispatch(self.core.start())
+        with self._state_lock:
+            self._alive = True
+            self._dispatch(self.core.start())
+        self.links.run_role_here = self.run_here
+
+    def on_stop(self) -> None:
+        with self._state_lock:
+            self._alive = False
 
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
-        t = type(message)
-        if t is Nudge:
-            cmds = self.proposals.drain()
-            if cmds:
-                self._dispatch(self.core.step(Propose(commands=tuple(cmds))))
+        with self._state_lock:
+            t = type(message)
+            if t is Nudge:
+                self._drain_inputs()
+                return
+            if t is Tick:
+                self.gate.pending = False
+            elif t is StatusQuery:
+                message.reply(self.status())
+                return
+            self._dispatch(self.core.step(message))
+
+    def run_here(self, queue: SideQueue) -> None:
+        """Called by a producer (the transport's I/O thread) right after it put items on
+        `queue` (the `peer-in` or `proposals` channel) without a nudge: when this actor is
+        idle, its inputs are handled on the caller's thread at once, saving two thread
+        hand-offs on the write path; otherwise the actor is nudged as usual. Inputs of one
+        channel are drained in order by whoever holds the state lock, so they are handled
+        in the order they were put, on whichever thread."""
+        if not self._state_lock.acquire(blocking=False):
+            queue.nudge()
             return
-        if t is Tick:
-            self.gate.pending = False
-        elif t is StatusQuery:
-            message.reply(self.status())
-            return
-        self._dispatch(self.core.step(message))
+        try:
+            if self._alive:
+                self.ran_here += 1
+                self._drain_inputs()
+        except BaseException as exc:   # same policy as on this actor's own thread
+            self._fatal(type(self).__name__, exc)
+        finally:
+            self._state_lock.release()
+
+    def _drain_inputs(self) -> None:
+        core = self.core
+        for m in self.peer_inbox.drain():
+            self._dispatch(core.step(m))
+        cmds = self.proposals.drain()
+        if cmds:
+            self._dispatch(core.step(Propose(commands=tuple(cmds))))
 
     def _dispatch(self, r: Ready) -> None:
         routed = self.router.route(r, self.chain_inbox.backlog())
@@ -73,7 +115,8 @@ class RoleActor(NodeActor):
         if routed.route is Route.QUEUE:
             plan = None
             if self.writer is not None and self.core.role is not Role.LEADER \
-                    and self.actor_inbox.empty() and not self.chain_inbox.backlog():
+                    and self.actor_inbox.empty() and not self.peer_inbox.items \
+                    and not self.chain_inbox.backlog():
                 plan = self.writer.try_write(routed.queued)
             if plan is None:
                 self.chain_inbox.put_many(routed.queued)
@@ -91,6 +134,7 @@ class RoleActor(NodeActor):
         st = self.core.status()
         st["queued_proposals"] = len(self.proposals)
         st["dropped_ticks"] = self.gate.dropped
+        st["ran_on_io_thread"] = self.ran_here
         if self.status_extra is not None:
             st.update(self.status_extra())
         return NodeStatus(**st)

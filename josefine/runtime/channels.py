@@ -28,8 +28,10 @@ class ChannelSpec:
 
 
 PEER_IN = ChannelSpec(
-    "peer-in", "transport I/O thread", "role actor", "decoded peer messages (mailbox)",
-    "the transport's frame limits; Raft tolerates loss, nothing waits on a reply")
+    "peer-in", "transport I/O thread", "role actor",
+    "decoded peer messages (SideQueue; drained by the I/O thread itself when the role "
+    "actor is idle)",
+    "what one frame holds (frame limits); Raft tolerates loss, nothing waits on a reply")
 PROPOSALS = ChannelSpec(
     "proposals", "client intake (transport I/O thread, embedding callers)", "role actor",
     "client commands (SideQueue: a burst becomes one block)",
@@ -95,11 +97,17 @@ class SideQueue:
     def put(self, item: Any) -> None:
         self.put_many((item,))
 
-    def put_many(self, items: list | tuple) -> None:
-        """Queue a run of items with one wake-up check for all of them."""
+    def put_many(self, items: list | tuple, nudge: bool = True) -> None:
+        """Queue a run of items with one wake-up check for all of them. With nudge=False
+        the caller promises to either drain the queue itself or call `nudge()`."""
         with self._lock:
             self.unfinished += len(items)
         self.items.extend(items)
+        if nudge:
+            self.nudge()
+
+    def nudge(self) -> None:
+        """Make sure the consumer will look: at most one Nudge is pending at a time."""
         with self._lock:
             if self._nudged:
                 return

@@ -65,6 +65,9 @@ class ClientIntake:
         self.transport: Any = None
         """The node's transport (reply_client, reply_client_many), set once it exists."""
         self.role_ref: pykka.ActorRef | None = None
+        self.run_here: Callable[[SideQueue], None] | None = None
+        """Set once the role actor runs: remote proposals (on the transport's I/O thread)
+        are then handled at once on that thread when the role actor is idle."""
         self.proposals = Waiters(on_remote=self.answer_remote_proposal)
         self.reads = Waiters()
         self.transfers = Waiters()
@@ -143,7 +146,12 @@ class ClientIntake:
             return
         cmds = [Command(m.client_id, m.seq, m.command) for m in msgs]
         self.proposals.add_remote_many([(c.client_id, c.seq) for c in cmds], identity)
-        self.proposal_inbox.put_many(cmds)
+        run_here = self.run_here
+        if run_here is None:
+            self.proposal_inbox.put_many(cmds)
+        else:
+            self.proposal_inbox.put_many(cmds, nudge=False)
+            run_here(self.proposal_inbox)
 
     def answer_remote_proposal(self, identity: bytes, key: tuple, status: Status,
                                 result: Any, hint: int | None) -> None:

@@ -33,6 +33,8 @@ class NodeStatus(Mapping[str, Any]):
     tripwire: dict[str, int] | None = None
     queued_proposals: int | None = None
     dropped_ticks: int | None = None
+    ran_on_io_thread: int | None = None
+    """Input batches the role actor's state handled on the transport's I/O thread."""
     address: str | None = None
     pid: int | None = None
     sm_digest: str | None = None
@@ -43,7 +45,8 @@ class NodeStatus(Mapping[str, Any]):
     rss_bytes: int | None = None
     leveldb_memory_bytes: int | None = None
     writes: dict[str, int] | None = None
-    """total, synced, by_role_thread (writes the role actor ran itself), readys."""
+    """total, synced, inline (writes run by whichever thread held the role actor's state,
+    without the hand-off to the chain actor), readys (Readys they carried)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: every field, stopped nodes only their id and role."""

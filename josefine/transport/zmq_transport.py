@@ -172,6 +172,8 @@ class ZmqTransport:
         self._security = security
         self._auth: NodeAuthenticator | None = None
         self._sndhwm, self._rcvhwm = sndhwm, rcvhwm
+        self._receiving: int | None = None
+        """The I/O thread's ident while it runs receive callbacks, else None."""
         self._heartbeat = (heartbeat_ivl_ms, heartbeat_timeout_ms)
         self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
         self._own_ctx = context is None
@@ -377,6 +379,8 @@ class ZmqTransport:
         # One byte per wake-up at most: the I/O thread clears the flag after it drains, and
         # flushes the queue after that, so whatever was queued before the flag was seen set
         # is sent by that flush.
+        if self._receiving == threading.get_ident():
+            return   # on the I/O thread, inside a receive: the flush after it sends
         with self._wake_lock:
             if self._wake_pending or self._wake_w is None:
                 return
@@ -535,7 +539,13 @@ class ZmqTransport:
             if self._stopping:
                 break
             if router in events:
-                self._receive_some()
+                # Sends queued by what runs during the receive (the role actor's state may
+                # be stepped right here) are flushed below: they need no wake-up byte.
+                self._receiving = threading.get_ident()
+                try:
+                    self._receive_some()
+                finally:
+                    self._receiving = None
             if monitor in events:
                 self._drain_monitor()
             for mon, peer in list(dealer_monitors.items()):
