@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pykka
+
 from josefine.messages import Nudge
 
 
@@ -112,7 +114,10 @@ class SideQueue:
             if self._nudged:
                 return
             self._nudged = True
-        self.target.tell(Nudge())  # type: ignore[union-attr]
+        try:
+            self.target.tell(Nudge())  # type: ignore[union-attr]
+        except pykka.ActorDeadError:
+            pass   # the consumer has stopped (node shutdown): nobody left to wake
 
     def drain(self) -> list:
         with self._lock:

@@ -181,3 +181,17 @@ def test_an_actor_failure_is_fatal_for_the_node(node):
         time.sleep(0.01)
     assert n.fatal and n.fatal[0][0] == "ChainActor"
     assert isinstance(n.fatal[0][1], OSError)
+
+
+def test_a_side_queue_whose_consumer_stopped_does_not_raise_into_the_producer():
+    """Shutdown: the transport's I/O thread may still put peer messages or proposals after
+    the role actor stopped; the nudge must not raise into that thread (it would be taken
+    for a fatal transport error)."""
+    class Sink(pykka.ThreadingActor):
+        def on_receive(self, message):  # noqa: ANN001
+            pass
+    q = SideQueue()
+    q.target = Sink.start()
+    q.target.stop()
+    q.put_many([1, 2])          # must not raise
+    assert q.drain() == [1, 2]
