@@ -35,7 +35,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Union
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from josefine.chain.block import Block, BlockKind
 from josefine.messages import (

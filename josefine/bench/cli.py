@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in results:
             print(_fmt(r))
-        for mode, r in (floor or {}).items():
-            lat = r["commit_latency_ms"] or {}
+        for mode, bare in (floor or {}).items():
+            lat = bare["commit_latency_ms"] or {}
             p50, p99 = lat.get("p50"), lat.get("p99")
-            print(f"bare loop {mode:<9} {r['proposals_per_s']:>10,.0f} w/s  p50 "
+            print(f"bare loop {mode:<9} {bare['proposals_per_s']:>10,.0f} w/s  p50 "
                   f"{'-' if p50 is None else f'{p50:7.2f}'} p99 "
                   f"{'-' if p99 is None else f'{p99:7.2f}'} ms  (batch 1, window 1)")
         for k, v in ratios.items():

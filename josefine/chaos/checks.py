@@ -294,7 +294,8 @@ def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[
         inv = invokes.pop(proc, None)
         if inv is None or inv.get("f") not in ("write", "cas"):
             continue
-        key, value = inv.get("key"), inv.get("value")
+        key = inv.get("key")
+        value: Any = inv.get("value")   # JSON: a cas's is [expected, new]
         new = value[1] if inv["f"] == "cas" else value
         what = f"{inv['f']} {key}={new!r} by process {rec.get('process')}"
         t = rec.get("type")

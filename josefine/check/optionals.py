@@ -99,8 +99,8 @@ class Optionals:
                         frontier.append(self.a[j])
         out = []
         for v in become:
-            g = self.writes.get(v)
-            if g is not None and (j := first(g, olin, t)) >= 0:
+            wg = self.writes.get(v)
+            if wg is not None and (j := first(wg, olin, t)) >= 0:
                 out.append(j)
         for g in self.cas_by_exp.get(state, ()):
             j = first(g, olin, t)

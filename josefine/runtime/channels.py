@@ -104,7 +104,9 @@ class SideQueue:
             if self._nudged:
                 return
             self._nudged = True
-        self.target.tell(Nudge())  # type: ignore[union-attr]
+        target = self.target
+        assert target is not None, "the consumer is wired in before anything is put"
+        target.tell(Nudge())
 
     def drain(self) -> list:
         with self._lock:
