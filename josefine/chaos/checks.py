@@ -194,7 +194,7 @@ def check_commits(samples: Iterable[Mapping[str, Any]], paths: Mapping[int, list
         elif seen[0] != term:
             problems.append(f"height {height} committed as term {seen[0]} by node {seen[1]} "
                             f"but as term {term} by node {node}")
-    for node, (height, t) in sorted(final.items()):
+    for node, (height, _t) in sorted(final.items()):
         if height < top[node][0]:
             problems.append(f"node {node}: last reported commit height {height} is below the "
                             f"{top[node][0]} it reported at t={top[node][1]:.3f}")
@@ -219,7 +219,7 @@ def check_leaders(samples: Iterable[Mapping[str, Any]], logs: Mapping[int, Path]
         if s.get("role") == "leader":
             leaders[int(s["term"])].add(int(s["node"]))
     from_logs = 0
-    for node, path in logs.items():
+    for path in logs.values():
         try:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
         except OSError:

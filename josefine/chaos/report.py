@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def longest_unavailability(history: Sequence[Mapping[str, Any]], start_ns: int, 
                  and start_ns <= int(r.get("time", 0)) <= end_ns)
     points = [start_ns] + oks + [end_ns]
     best = (0, start_ns, start_ns)
-    for a, b in zip(points, points[1:]):
+    for a, b in pairwise(points):
         if b - a > best[0]:
             best = (b - a, a, b)
     s, e = (best[1] - start_ns) / 1e9, (best[2] - start_ns) / 1e9

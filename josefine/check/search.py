@@ -141,10 +141,10 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     optionals = Optionals(opt, canon)
     if type(initial) is not AnyValue:
         # A read or cas expecting a value that nothing ever writes can never happen.
-        made = {initial, *(a for k, a in zip(kind, arg_a) if k == WRITE),
-                *(b for k, b in zip(kind, arg_b) if k == CAS),
-                *(a for k, a in zip(optionals.kind, optionals.a) if k == WRITE),
-                *(b for k, b in zip(optionals.kind, optionals.b) if k == CAS)}
+        made = {initial, *(a for k, a in zip(kind, arg_a, strict=True) if k == WRITE),
+                *(b for k, b in zip(kind, arg_b, strict=True) if k == CAS),
+                *(a for k, a in zip(optionals.kind, optionals.a, strict=True) if k == WRITE),
+                *(b for k, b in zip(optionals.kind, optionals.b, strict=True) if k == CAS)}
         for i, k in enumerate(kind):
             if (k == READ or k == CAS) and arg_a[i] not in made:
                 return SearchOutcome(VIOLATION, 0, time.monotonic() - started, req[i])
