@@ -35,7 +35,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Union
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from josefine.chain.block import Block, BlockKind
 from josefine.messages import (
@@ -264,7 +264,7 @@ def _fixed(fs: tuple[Validator, ...]) -> Validator:
     def check(v: Any) -> tuple[Any, ...]:
         if type(v) is not list or len(v) != len(fs):
             raise _bad(f"array of {len(fs)}", v)
-        return tuple([f(x) for f, x in zip(fs, v)])
+        return tuple([f(x) for f, x in zip(fs, v, strict=True)])
 
     return check
 

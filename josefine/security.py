@@ -165,6 +165,9 @@ class TrustedKeys:
     peers: Mapping[int, tuple[bytes, ...]]
     clients: tuple[bytes, ...] = ()
     admins: tuple[bytes, ...] = ()
+    # Derived from the three lists above in __post_init__; not part of equality.
+    _roles: dict[bytes, tuple[KeyRole, int | None]] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         roles: dict[bytes, tuple[KeyRole, int | None]] = {}
@@ -184,7 +187,7 @@ class TrustedKeys:
 
     def role_of(self, key: bytes) -> tuple[KeyRole, int | None] | None:
         """(role, node id for a peer key) of a Z85 key, or None if it is not trusted."""
-        return self._roles.get(key)  # type: ignore[attr-defined, no-any-return]
+        return self._roles.get(key)
 
     def server_key(self, node_id: int) -> bytes:
         """The key to expect from node `node_id`'s ROUTER."""

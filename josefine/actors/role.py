@@ -125,7 +125,8 @@ class RoleActor(NodeActor):
         elif routed.route is Route.SKIP:
             # Nothing to sync and nothing queued ahead of it: carried out here, without the
             # chain actor's hop (its commit marker rides along with the next write, A.3).
-            carry_out(routed.now, self.effects)  # type: ignore[arg-type]
+            assert routed.now is not None, "a SKIP route carries its plan"
+            carry_out(routed.now, self.effects)
 
     def _persisted_here(self, head: Any) -> None:
         self._dispatch(self.core.step(Persisted(head=head)))

@@ -120,7 +120,7 @@ def _leader_loop(ports: list[int], path: str, batch: int, duration: float, paylo
             frame = packb([seq, []])
             for s in socks:
                 s.send(frame)
-            for s, port in zip(socks, ports):
+            for s, port in zip(socks, ports, strict=True):
                 if not s.poll(int(_HANDSHAKE_TIMEOUT_S * 1000)):
                     raise RuntimeError(f"follower on port {port} did not answer seq {seq}")
                 (got,) = unpackb(s.recv())

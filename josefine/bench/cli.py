@@ -40,14 +40,14 @@ class _Progress:
 
 
 def _fmt(r: BenchResult) -> str:
-    l = r.latency_ms
+    lat = r.latency_ms
     cpu = " ".join(f"{v:.2f}" for v in r.cpu_per_node.values())
     rss = " ".join(f"{v:.0f}" for v in r.peak_rss_mib.values())
-    return (f"{r.system:9} {r.mode:9} {r.writes_per_s:10.0f} w/s  p50 {l['p50']:7.2f} "
-            f"p90 {l['p90']:7.2f} p99 {l['p99']:7.2f} p99.9 {l['p99.9']:7.2f} ms  "
+    return (f"{r.system:9} {r.mode:9} {r.writes_per_s:10.0f} w/s  p50 {lat['p50']:7.2f} "
+            f"p90 {lat['p90']:7.2f} p99 {lat['p99']:7.2f} p99.9 {lat['p99.9']:7.2f} ms  "
             f"cpu/node [{cpu}]  peak RSS MiB [{rss}]  errors {r.errors}"
-            + (f"  first leader {l['first_leader']:.0f} ms after launch"
-               if "first_leader" in l else ""))
+            + (f"  first leader {lat['first_leader']:.0f} ms after launch"
+               if "first_leader" in lat else ""))
 
 
 def _ratios(results: list[BenchResult]) -> dict[str, Any]:
@@ -82,7 +82,8 @@ def _plot(results: list[BenchResult], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("josefine bench: --plot needs matplotlib (pip install 'josefine[bench]')")
+        raise SystemExit(
+            "josefine bench: --plot needs matplotlib (pip install 'josefine[bench]')") from None
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for r in results:
         ts = [t for t, _, _ in r.timeline]
@@ -184,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in results:
             print(_fmt(r))
-        for mode, r in (floor or {}).items():
-            lat = r["commit_latency_ms"] or {}
+        for mode, bare in (floor or {}).items():
+            lat = bare["commit_latency_ms"] or {}
             p50, p99 = lat.get("p50"), lat.get("p99")
-            print(f"bare loop {mode:<9} {r['proposals_per_s']:>10,.0f} w/s  p50 "
+            print(f"bare loop {mode:<9} {bare['proposals_per_s']:>10,.0f} w/s  p50 "
                   f"{'-' if p50 is None else f'{p50:7.2f}'} p99 "
                   f"{'-' if p99 is None else f'{p99:7.2f}'} ms  (batch 1, window 1)")
         for k, v in ratios.items():

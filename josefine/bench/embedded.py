@@ -263,50 +263,52 @@ def run_josefine_embedded(nodes: int, clients: int, pipeline: int, duration: flo
         embedded = [sys.executable, "-m", "josefine.bench.embedded",
                     "--load", str(clients * pipeline), "--payload", str(payload),
                     "--warmup", str(warmup), "--duration", str(duration), "--out", str(out)]
-        l: Launcher | None = None
+        launcher: Launcher | None = None
 
         def node_cmd(config_path: Path) -> list[str]:
-            assert l is not None
-            if Path(config_path) == l.config_path(1):
+            assert launcher is not None
+            if Path(config_path) == launcher.config_path(1):
                 return [*embedded, "--config", str(config_path)]
             return default(config_path)
 
-        l = Launcher(nodes, Path(d) / "cluster", free_port_block(nodes), restart=False,
-                     fsync=fsync, out=None, node_cmd=node_cmd)
+        launcher = Launcher(nodes, Path(d) / "cluster", free_port_block(nodes), restart=False,
+                            fsync=fsync, out=None, node_cmd=node_cmd)
         pids: dict[str, int] = {}
         try:
-            l.start()
-            pids.update({f"node{i}": p for i, p in l.pids().items() if p})
+            launcher.start()
+            pids.update({f"node{i}": p for i, p in launcher.pids().items() if p})
             deadline = time.monotonic() + 90
             while not marker.exists():
-                if time.monotonic() > deadline or l.pid(1) is None:
+                if time.monotonic() > deadline or launcher.pid(1) is None:
                     raise RuntimeError("embedded Josefine node 1 did not become leader "
-                                       f"(exit {l.last_exit(1)}; log {l.log_path(1)})")
+                                       f"(exit {launcher.last_exit(1)}; "
+                                       f"log {launcher.log_path(1)})")
                 time.sleep(0.05)
             time.sleep(0.05)
             t0 = float(marker.read_text())
             m0 = time.monotonic() + (t0 - time.time())
             m1 = m0 + duration
-            sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
+            sampler = ProcSampler(lambda: {f"node{i}": launcher.pid(i) for i in launcher.node_ids})
             _sleep_until(m0, progress, m0 - warmup, m1)
             sampler.start()
             _sleep_until(m1, progress, m0 - warmup, m1)
             sampler.stop(duration, res)
             deadline = time.monotonic() + 60
             while not out.exists():
-                if time.monotonic() > deadline or (l.pid(1) is None and not out.exists()):
+                if time.monotonic() > deadline or (launcher.pid(1) is None and not out.exists()):
                     raise RuntimeError("embedded Josefine node 1 did not report "
-                                       f"(exit {l.last_exit(1)}; log {l.log_path(1)})")
+                                       f"(exit {launcher.last_exit(1)}; "
+                                       f"log {launcher.log_path(1)})")
                 time.sleep(0.05)
             data = json.loads(out.read_text())
             deadline = time.monotonic() + 20   # node 1 stops itself once it has reported
-            while l.pid(1) is not None and time.monotonic() < deadline:
+            while launcher.pid(1) is not None and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
-            l.stop()
+            launcher.stop()
             if procs_out is not None:
                 procs_out["pids"] = pids
-                procs_out["node1_exit"] = l.last_exit(1)
+                procs_out["node1_exit"] = launcher.last_exit(1)
     res.errors = data["errors"]
     # completion times are wall-clock, as in run_pysyncobj; summarize wants a common origin
     summarize(res, data["done_t"], [x * 1000 for x in data["lat_ms"]], data["t_start"])

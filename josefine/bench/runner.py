@@ -57,8 +57,8 @@ def summarize(res: BenchResult, done_t: list[float], lat_us: list[float], t0: fl
                       "p99": percentile(lat, 0.99), "p99.9": percentile(lat, 0.999),
                       "max": lat[-1] if lat else float("nan")}
     buckets: dict[int, list[float]] = {}
-    for t, l in zip(done_t, lat_us):
-        buckets.setdefault(int((t - t0) / 0.5), []).append(l / 1000.0)
+    for t, us in zip(done_t, lat_us, strict=True):
+        buckets.setdefault(int((t - t0) / 0.5), []).append(us / 1000.0)
     res.timeline = [(b * 0.5, len(v), percentile(sorted(v), 0.5))
                     for b, v in sorted(buckets.items())]
 
@@ -131,13 +131,13 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
     res = BenchResult("josefine", mode, nodes, clients, pipeline, payload, duration, fsync)
     with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
         t_launch = time.monotonic()
-        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None,
-                     insecure=insecure)
-        l.start()
+        launcher = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None,
+                            insecure=insecure)
+        launcher.start()
         try:
-            addrs = {i: l.address(i) for i in l.node_ids}
-            creds = l.credentials()
-            _wait_leader(addrs, l.cluster_id, creds)
+            addrs = {i: launcher.address(i) for i in launcher.node_ids}
+            creds = launcher.credentials()
+            _wait_leader(addrs, launcher.cluster_id, creds)
             first_leader_ms = (time.monotonic() - t_launch) * 1000
             procs = procs or min(clients, 4)
             ctx = mp.get_context("spawn")
@@ -147,12 +147,12 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
             ps = []
             for w, n in enumerate(_split(clients, procs)):
                 if n:
-                    p = ctx.Process(target=josefine_worker, args=(w, addrs, l.cluster_id,
-                                                                 n * pipeline, payload,
-                                                                 t_start, t_end, q, creds))
+                    p = ctx.Process(target=josefine_worker,
+                                    args=(w, addrs, launcher.cluster_id, n * pipeline, payload,
+                                          t_start, t_end, q, creds))
                     p.start()
                     ps.append(p)
-            sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
+            sampler = ProcSampler(lambda: {f"node{i}": launcher.pid(i) for i in launcher.node_ids})
             _sleep_until(t_start, progress, t_start - warmup - 1.0, t_end)
             sampler.start()
             _sleep_until(t_end, progress, t_start - warmup - 1.0, t_end)
@@ -172,7 +172,7 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
             summarize(res, done_t, lat, t_start)
             res.latency_ms["first_leader"] = round(first_leader_ms, 1)
         finally:
-            l.stop()
+            launcher.stop()
     return res
 
 
@@ -278,12 +278,12 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
     res = BenchResult("josefine", "client-api" + ("" if fsync else "-no-fsync"), nodes, clients,
                       1, payload, duration, fsync)
     with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
-        l = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None)
+        launcher = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None)
         t_launch = time.monotonic()
-        l.start()
+        launcher.start()
         try:
-            addrs = {i: l.address(i) for i in l.node_ids}
-            _wait_leader(addrs, l.cluster_id, l.credentials())
+            addrs = {i: launcher.address(i) for i in launcher.node_ids}
+            _wait_leader(addrs, launcher.cluster_id, launcher.credentials())
             first_leader_ms = (time.monotonic() - t_launch) * 1000
             value = "x" * payload
             t_start = time.monotonic() + warmup
@@ -291,7 +291,8 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
             done_t: list[float] = []
             lat: list[float] = []
             lock = threading.Lock()
-            with Client(addrs, l.cluster_id, timeout=30, credentials=l.credentials()) as c:
+            with Client(addrs, launcher.cluster_id, timeout=30,
+                        credentials=launcher.credentials()) as c:
                 def worker(w: int) -> None:
                     n = 0
                     mine_t, mine_l = [], []
@@ -311,7 +312,8 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
                 ts = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
                 for t in ts:
                     t.start()
-                sampler = ProcSampler(lambda: {f"node{i}": l.pid(i) for i in l.node_ids})
+                sampler = ProcSampler(
+                    lambda: {f"node{i}": launcher.pid(i) for i in launcher.node_ids})
                 _sleep_until(t_start, progress, t_start - warmup, t_end)
                 sampler.start()
                 _sleep_until(t_end, progress, t_start - warmup, t_end)
@@ -321,5 +323,5 @@ def run_client_api(nodes: int, clients: int, duration: float, payload: int, fsyn
             summarize(res, done_t, lat, t_start)
             res.latency_ms["first_leader"] = round(first_leader_ms, 1)
         finally:
-            l.stop()
+            launcher.stop()
     return res

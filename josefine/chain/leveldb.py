@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import plyvel  # type: ignore[import-untyped]
+import plyvel
 
 from josefine.chain.block import Block, genesis, verify_digest
 from josefine.chain.store import (

@@ -194,7 +194,7 @@ def check_commits(samples: Iterable[Mapping[str, Any]], paths: Mapping[int, list
         elif seen[0] != term:
             problems.append(f"height {height} committed as term {seen[0]} by node {seen[1]} "
                             f"but as term {term} by node {node}")
-    for node, (height, t) in sorted(final.items()):
+    for node, (height, _t) in sorted(final.items()):
         if height < top[node][0]:
             problems.append(f"node {node}: last reported commit height {height} is below the "
                             f"{top[node][0]} it reported at t={top[node][1]:.3f}")
@@ -219,7 +219,7 @@ def check_leaders(samples: Iterable[Mapping[str, Any]], logs: Mapping[int, Path]
         if s.get("role") == "leader":
             leaders[int(s["term"])].add(int(s["node"]))
     from_logs = 0
-    for node, path in logs.items():
+    for path in logs.values():
         try:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -294,7 +294,8 @@ def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[
         inv = invokes.pop(proc, None)
         if inv is None or inv.get("f") not in ("write", "cas"):
             continue
-        key, value = inv.get("key"), inv.get("value")
+        key = inv.get("key")
+        value: Any = inv.get("value")   # JSON: a cas's is [expected, new]
         new = value[1] if inv["f"] == "cas" else value
         what = f"{inv['f']} {key}={new!r} by process {rec.get('process')}"
         t = rec.get("type")

@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def longest_unavailability(history: Sequence[Mapping[str, Any]], start_ns: int, 
                  and start_ns <= int(r.get("time", 0)) <= end_ns)
     points = [start_ns] + oks + [end_ns]
     best = (0, start_ns, start_ns)
-    for a, b in zip(points, points[1:]):
+    for a, b in pairwise(points):
         if b - a > best[0]:
             best = (b - a, a, b)
     s, e = (best[1] - start_ns) / 1e9, (best[2] - start_ns) / 1e9
@@ -124,9 +125,9 @@ class ChaosReport:
             lines.append(f"run error: {self.error}")
         lines.append(f"operations in {self.workload_seconds:.1f} s: {self.total_operations} "
                      f"({self.ok_operations} ok, {self.ops_per_second:.1f} ok/s)")
-        for f, c in self.operations.items():
-            lines.append(f"  {f:<6} ok {c['ok']:>6}  fail {c['fail']:>5}  info {c['info']:>5}  "
-                         f"refused {c['refused']:>5}")
+        for op_name, tally in self.operations.items():
+            lines.append(f"  {op_name:<6} ok {tally['ok']:>6}  fail {tally['fail']:>5}  "
+                         f"info {tally['info']:>5}  refused {tally['refused']:>5}")
         lines.append(f"faults: {len(self.faults)} ({self.faults_per_minute:.1f}/min)")
         for f in self.faults:
             end = f"{f['end']:.1f}" if f["end"] is not None else "?"

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import warnings
+from typing import NoReturn
 
 from josefine.check.checker import DEFAULT_MAX_STATES, check_history, format_result
 from josefine.check.history import HistoryError, load_history
@@ -25,7 +26,7 @@ class _UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     # argparse exits with 2 on bad usage, which would read as "unknown"; raise instead.
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{self.prog}: error: {message}")
 
 

@@ -104,7 +104,7 @@ def _make(inv_rec: Mapping[str, Any], inv: int, comp: Mapping[str, Any] | None,
     f = inv_rec.get("f")
     outcome = "pending" if comp is None else comp.get("type")
     key = inv_rec.get("key")
-    common = dict(process=inv_rec.get("process"), key=key, f=f,
+    common: dict[str, Any] = dict(process=inv_rec.get("process"), key=key, f=f,
                   invoke_time=inv_rec.get("time"),
                   complete_time=None if comp is None else comp.get("time"))
     unknown = outcome in ("info", "pending")

@@ -41,7 +41,7 @@ class Optionals:
         self.writes: dict[Hashable, int] = {}  # value -> write group
         self.cas_by_exp: dict[Hashable, list[int]] = {}
         self.cas_by_new: dict[Hashable, list[int]] = {}
-        for j, (kind, a, b) in enumerate(zip(self.kind, self.a, self.b)):
+        for j, (kind, a, b) in enumerate(zip(self.kind, self.a, self.b, strict=True)):
             sig = (kind, a, b)
             g = by_sig.get(sig)
             if g is None:
@@ -77,7 +77,7 @@ class Optionals:
             return sorted(j for g in range(len(self.group_mask)) if (j := first(g, olin, t)) >= 0)
         become: set[Hashable] = set()   # values some pending op needs the register to hold
         leave: set[Hashable] = set()    # values some pending op needs the register to leave
-        for k, a in zip(kinds, args):
+        for k, a in zip(kinds, args, strict=True):
             if k == READ or k == CAS:
                 become.add(a)
             elif k == CAS_FAIL:
@@ -99,8 +99,8 @@ class Optionals:
                         frontier.append(self.a[j])
         out = []
         for v in become:
-            g = self.writes.get(v)
-            if g is not None and (j := first(g, olin, t)) >= 0:
+            wg = self.writes.get(v)
+            if wg is not None and (j := first(wg, olin, t)) >= 0:
                 out.append(j)
         for g in self.cas_by_exp.get(state, ()):
             j = first(g, olin, t)

@@ -43,6 +43,9 @@ __all__ = ["ANY", "AnyValue", "SearchOutcome", "search", "OK", "VIOLATION", "UNK
 
 OK, VIOLATION, UNKNOWN = "ok", "violation", "unknown"
 
+# A configuration minus its optional bitset; see the memo key in `search`.
+_Base = tuple[int, int, Hashable, Hashable, "frozenset[Hashable] | None"]
+
 
 @dataclass(frozen=True)
 class SearchOutcome:
@@ -68,8 +71,11 @@ def _entry_list(req: list[Operation]) -> tuple[list[int], list[int], list[bool],
     concurrent: it can hide, never invent, a violation.
     """
     n = len(req)
-    raw = sorted([(op.inv, 0, i) for i, op in enumerate(req)]
-                 + [(op.ret, 1, i) for i, op in enumerate(req)])
+    raw = [(op.inv, 0, i) for i, op in enumerate(req)]
+    for i, op in enumerate(req):
+        assert op.ret is not None, "only required operations (known returns) are listed"
+        raw.append((op.ret, 1, i))
+    raw.sort()
     m = 2 * n
     nxt = list(range(1, m + 2)) + [m + 1]
     prv = [0] + list(range(0, m + 1))
@@ -135,10 +141,10 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     optionals = Optionals(opt, canon)
     if type(initial) is not AnyValue:
         # A read or cas expecting a value that nothing ever writes can never happen.
-        made = {initial, *(a for k, a in zip(kind, arg_a) if k == WRITE),
-                *(b for k, b in zip(kind, arg_b) if k == CAS),
-                *(a for k, a in zip(optionals.kind, optionals.a) if k == WRITE),
-                *(b for k, b in zip(optionals.kind, optionals.b) if k == CAS)}
+        made = {initial, *(a for k, a in zip(kind, arg_a, strict=True) if k == WRITE),
+                *(b for k, b in zip(kind, arg_b, strict=True) if k == CAS),
+                *(a for k, a in zip(optionals.kind, optionals.a, strict=True) if k == WRITE),
+                *(b for k, b in zip(optionals.kind, optionals.b, strict=True) if k == CAS)}
         for i, k in enumerate(kind):
             if (k == READ or k == CAS) and arg_a[i] not in made:
                 return SearchOutcome(VIOLATION, 0, time.monotonic() - started, req[i])
@@ -146,10 +152,10 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
     # Memo key: ((run of low linearized required ops, rest of that bitset, value, value
     # before the last move if it was optional, values seen in the current run of optional
     # moves), optional bitset).
-    cache: set[tuple[tuple[int, int, Hashable, Hashable, frozenset | None], int]] = set()
+    cache: set[tuple[_Base, int]] = set()
     # Configurations already fully explored without success, by everything but the
     # optional bitset: one that used a subset of our optional ops dominates us.
-    failed: dict[tuple[int, int, Hashable, Hashable, frozenset | None], list[int]] = {}
+    failed: dict[_Base, list[int]] = {}
     stack: list[tuple[int, int, Hashable, int, int, Hashable, frozenset | None, tuple]] = []
     state: Hashable = initial
     lin = 0           # bitset of linearized required ops
@@ -222,7 +228,7 @@ def search(required: Sequence[Operation], optional: Sequence[Operation] = (), *,
                 if ok:
                     nlin = lin | bit[i]
                     low = (~nlin & (nlin + 1)).bit_length() - 1
-                    base = (low, nlin >> low, new, no_prev, None)
+                    base: _Base = (low, nlin >> low, new, no_prev, None)
                     key = (base, olin)
                     # An op that succeeds now and changes nothing (a read, a failed
                     # comparison) can go first in any completion: take it, try nothing else.

@@ -71,12 +71,12 @@ class Windows:
         if not required:
             return False
         first_inv = ops[members[0]].inv
-        last_ret = max(op.ret for op in required)
+        last_ret = max(op.ret for op in required if op.ret is not None)  # all, being required
         optional = [ops[i] for i in members if not ops[i].required]
         context = {i for i in self.unknown_writers if i < lo}
         context.update(i for i in range(max(0, lo - self.reach), lo)
-                       if ops[i].changes_state and ops[i].ret is not None
-                       and ops[i].ret > first_inv)  # the rest is covered by the free start
+                       if ops[i].changes_state and (ret := ops[i].ret) is not None
+                       and ret > first_inv)  # the rest is covered by the free start
         context.update(i for i in dropped if ops[i].changes_state)
         # Ops invoked after every required window op ended cannot matter.
         context.update(i for i in range(hi, bisect.bisect_right(self.invs, last_ret))

@@ -24,7 +24,7 @@ from typing import Any
 
 from josefine.chain.block import Block, BlockKind, Command, decode_commands
 from josefine.codec import packb, unpackb
-from josefine.fsm.api import StateMachine
+from josefine.fsm.api import SnapshotStateMachine, StateMachine
 from josefine.fsm.sessions import SessionTable, Verdict
 from josefine.types import GENESIS_ID, BlockId
 
@@ -117,7 +117,7 @@ class Applier:
     def snapshot(self) -> bytes:
         """applied id + sessions + `sm.snapshot()`; the SM must support snapshots."""
         return packb([_SNAPSHOT_TAG, [self.applied.term, self.applied.height],
-                      self.sessions.dump(), self.sm.snapshot()])  # type: ignore[attr-defined]
+                      self.sessions.dump(), self._snapshotting().snapshot()])
 
     def restore(self, data: bytes) -> None:
         """Replace applied id, sessions and SM state by a `snapshot()`; ValueError if invalid."""
@@ -132,9 +132,16 @@ class Applier:
             sessions.load(rows)
         except Exception as exc:
             raise ValueError(f"not an applier snapshot: {exc}") from None
-        self.sm.restore(sm_state)  # type: ignore[attr-defined]
+        self._snapshotting().restore(sm_state)
         self.sessions = sessions
         self.applied = BlockId(*applied)
+
+    def _snapshotting(self) -> SnapshotStateMachine:
+        sm = self.sm
+        if not isinstance(sm, SnapshotStateMachine):
+            raise TypeError(f"{type(sm).__name__} has no snapshot()/restore(): "
+                            "it cannot be snapshotted")
+        return sm
 
     def stats(self) -> dict:
         return {

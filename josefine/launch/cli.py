@@ -496,7 +496,7 @@ def _status(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
         print(f"cluster {cluster.cluster_id}")
         for r in table:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         for row in rows:
             if not row["reachable"]:
                 print(f"josefine status: node {row['id']} ({row['address']}): {row['error']}", file=sys.stderr)

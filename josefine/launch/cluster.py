@@ -250,8 +250,8 @@ class Launcher:
                 **common,
                 **overrides.get(i, {}),
             }
-            config = NodeConfig.from_dict(values, source=f"settings of node {i}")
-            self._nodes[i] = _Node(i, config, node_dir / "node.toml", node_dir / "node.log")
+            node_config = NodeConfig.from_dict(values, source=f"settings of node {i}")
+            self._nodes[i] = _Node(i, node_config, node_dir / "node.toml", node_dir / "node.log")
 
         self._cond = threading.Condition()
         self._requests: list[_SpawnRequest] = []
@@ -612,6 +612,7 @@ class Launcher:
             if node.proc is None:
                 node.restart_at = None
                 self._spawn(node)
+            assert node.proc is not None, "running, or just spawned"
             req.pid = node.proc.pid
         except BaseException as exc:  # handed to the requesting thread
             req.error = exc

@@ -20,11 +20,12 @@ from josefine.launch.cluster import Launcher
 from josefine.launch.ports import free_port_block
 
 
-def _statuses(l: Launcher) -> dict[int, dict]:
+def _statuses(launcher: Launcher) -> dict[int, dict]:
     out = {}
-    for i in l.node_ids:
+    for i in launcher.node_ids:
         try:
-            out[i] = query_status(l.address(i), l.cluster_id, 0.5, credentials=l.credentials())
+            out[i] = query_status(launcher.address(i), launcher.cluster_id, 0.5,
+                                  credentials=launcher.credentials())
         except Exception:
             out[i] = {"role": "down"}
     return out
@@ -40,14 +41,14 @@ def _wait(pred, timeout: float, what: str):  # noqa: ANN001
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _leader(l: Launcher, exclude: int | None = None) -> int | None:
-    st = _statuses(l)
+def _leader(launcher: Launcher, exclude: int | None = None) -> int | None:
+    st = _statuses(launcher)
     ls = [i for i, s in st.items() if s.get("role") == "leader" and i != exclude]
     return max(ls, key=lambda i: st[i]["term"]) if ls else None
 
 
-def _show(l: Launcher) -> None:
-    for i, s in sorted(_statuses(l).items()):
+def _show(launcher: Launcher) -> None:
+    for i, s in sorted(_statuses(launcher).items()):
         print(f"    node {i}: {s.get('role'):9} term={s.get('term', '-')} "
               f"commit={s.get('commit', '-')} applied={s.get('applied', '-')}")
 
@@ -64,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         tmp = tempfile.mkdtemp(prefix="josefine-demo-")
         data = Path(tmp)
-    l = Launcher(args.nodes, data, free_port_block(args.nodes), out=sys.stdout)
+    launcher = Launcher(args.nodes, data, free_port_block(args.nodes), out=sys.stdout)
     try:
-        l.start()
+        launcher.start()
         t0 = time.monotonic()
-        leader = _wait(lambda: _leader(l), 30, "a leader")
+        leader = _wait(lambda: _leader(launcher), 30, "a leader")
         print(f"\n== node {leader} became leader after {time.monotonic() - t0:.2f} s")
-        addrs = {i: l.address(i) for i in l.node_ids}
-        with Client(addrs, l.cluster_id, timeout=30, credentials=l.credentials()) as c:
+        addrs = {i: launcher.address(i) for i in launcher.node_ids}
+        with Client(addrs, launcher.cluster_id, timeout=30,
+                    credentials=launcher.credentials()) as c:
             t0 = time.monotonic()
             for i in range(args.writes):
                 c.put(f"key{i}", f"value{i}")
@@ -81,28 +83,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   get key7 -> {c.get('key7')!r}")
             print(f"   cas key7 value7 -> seven: {c.cas('key7', 'value7', 'seven')}")
             print(f"   get key7 -> {c.get('key7')!r}")
-            _show(l)
+            _show(launcher)
             print(f"\n== SIGKILL the leader (node {leader})")
-            l.kill(leader, signal.SIGKILL)
+            launcher.kill(leader, signal.SIGKILL)
             t0 = time.monotonic()
-            new = _wait(lambda: _leader(l, exclude=leader), 30, "a new leader")
+            new = _wait(lambda: _leader(launcher, exclude=leader), 30, "a new leader")
             print(f"== node {new} leads after {time.monotonic() - t0:.2f} s")
             c.put("after-failover", "yes")
             lost = [i for i in range(args.writes)
                     if i != 7 and c.get(f"key{i}") != f"value{i}"]
             print(f"   acknowledged writes lost: {len(lost)}")
             print("== waiting for the killed node to be restarted and catch up")
-            _wait(lambda: len({tuple(s.get("applied", ())) for s in _statuses(l).values()}) == 1
-                  and all(s.get("role") != "down" for s in _statuses(l).values()), 60,
+            _wait(lambda: len({tuple(s.get("applied", ()))
+                               for s in _statuses(launcher).values()}) == 1
+                  and all(s.get("role") != "down" for s in _statuses(launcher).values()), 60,
                   "catch-up")
-            _show(l)
+            _show(launcher)
             if lost:
                 print("DEMO FAILED: acknowledged writes were lost", file=sys.stderr)
                 return 1
         print("\n== done: stopping the cluster")
         return 0
     finally:
-        l.stop()
+        launcher.stop()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -114,8 +114,10 @@ class SideQueue:
             if self._nudged:
                 return
             self._nudged = True
+        target = self.target
+        assert target is not None, "the consumer is wired in before anything is put"
         try:
-            self.target.tell(Nudge())  # type: ignore[union-attr]
+            target.tell(Nudge())
         except pykka.ActorDeadError:
             pass   # the consumer has stopped (node shutdown): nobody left to wake
 

@@ -80,9 +80,14 @@ class Waiters:
                 pass
 
     def pop(self, key: Any) -> tuple[Waiter, Any] | None:
+        """Take out a local waiter and its extra (None if absent). Only for registries whose
+        entries all came through `add`; a remote entry (waiter None) is answered by `resolve`."""
         with self._lock:
             e = self._w.pop(key, None)
-        return None if e is None else (e[1], e[2])
+        if e is None:
+            return None
+        assert e[1] is not None, f"pop({key!r}) found a remote entry: use resolve()"
+        return e[1], e[2]
 
     def has(self, key: Any) -> bool:
         return key in self._w
@@ -93,7 +98,9 @@ class Waiters:
         if e is None:
             return False
         if e[1] is None:
-            self.on_remote(e[2], key, status, result, hint)  # type: ignore[misc]
+            on_remote = self.on_remote
+            assert on_remote is not None, "a remote entry needs on_remote to answer it"
+            on_remote(e[2], key, status, result, hint)
         else:
             e[1](status, result, hint)
         return True

@@ -58,7 +58,7 @@ class Invariants:
                 if old.digest != b.digest or old.parent != b.parent or old.kind != b.kind:
                     raise InvariantViolation("B6", f"id {b.id} has two contents (node {node})")
                 continue
-            parent = reg.get(b.parent)  # type: ignore[arg-type]
+            parent = None if b.parent is None else reg.get(b.parent)
             if parent is None or b.id.height != parent.id.height + 1 \
                     or parent.id.term > b.id.term or b.id.term > core.term \
                     or not verify_digest(b, parent.digest):
@@ -89,6 +89,7 @@ class Invariants:
     def on_sent(self, node: int, msgs: list[Any]) -> None:
         for m in msgs:
             if type(m) is AppendResp and m.success:
+                assert m.match is not None, f"node {node} sent a success without a match: {m}"
                 self.on_acked(node, m.term, m.match)
             if type(m) is not PreVoteReq and type(m) is not PreVoteResp:
                 if m.term > self.wire_term.get(node, 0):

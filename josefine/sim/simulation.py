@@ -116,6 +116,10 @@ class _Node:
     def disk_busy(self) -> bool:
         return bool(self.channel) or self.inflight is not None
 
+    @property
+    def leads(self) -> bool:
+        return self.core is not None and self.core.role == Role.LEADER
+
 
 class _Durable:
     """What node n's disk would still hold after a crash now: its store without the
@@ -203,14 +207,14 @@ class Simulation:
 
     def _boot(self, n: _Node) -> None:
         st = n.store.load()
-        n.core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
+        n.core = core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
                           voted_for=st.hard_state.voted_for, blocks=st.blocks, head=st.head,
                           commit=st.commit, loader=n.store.get_block)
         n.applier = Applier(KVStateMachine())
         n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
         n.channel, n.inflight = [], None
         n.alive = True
-        self._execute(n, n.core.start())
+        self._execute(n, core.start())
 
     def _crash(self, n: _Node) -> None:
         n.alive = False
@@ -230,6 +234,7 @@ class Simulation:
 
     def _restart(self, n: _Node) -> None:
         self._boot(n)
+        assert n.core is not None
         self.stats["restarts"] += 1
         self.inv.on_restart(n.id, n.core, n.store)
         self.trace.append(f"{self.now}: restart n{n.id} term={n.core.term} "
@@ -238,6 +243,7 @@ class Simulation:
     # ------------------------------------------------------------------ executing Readys
     def _step_node(self, n: _Node, inp: Any) -> None:
         core = n.core
+        assert core is not None, f"n{n.id} is down: it cannot step"
         before = {"term": core.term, "voted_for": core.voted_for, "commit": core.commit,
                   "role": core.role, "head": core.head}
         c_len = len(self.inv.committed)
@@ -254,10 +260,12 @@ class Simulation:
 
     def _execute(self, n: _Node, r: Ready) -> None:
         inv = self.inv
+        core = n.core
+        assert core is not None, f"n{n.id} is down: it has no Ready to execute"
         if r.blocks:
-            inv.on_new_blocks(n.id, n.core, r.blocks)
+            inv.on_new_blocks(n.id, core, r.blocks)
         if r.events:
-            inv.on_events(n.id, n.core, r.events)
+            inv.on_events(n.id, core, r.events)
             self.stats["elections"] += sum(1 for e in r.events if e[0] == "became_leader")
         routed = n.router.route(r, n.disk_busy)
         if routed.eager:
@@ -270,7 +278,8 @@ class Simulation:
             n.channel.extend(routed.queued)
         elif routed.route is Route.SKIP:
             self.stats["skipped"] += 1
-            carry_out(routed.now, _SimEffects(self, n))  # type: ignore[arg-type]
+            assert routed.now is not None, "a SKIP route carries its plan"
+            carry_out(routed.now, _SimEffects(self, n))
 
     def _disk_step(self, n: _Node) -> None:
         """The disk of node n makes progress: it starts a write of everything queued (group
@@ -293,19 +302,24 @@ class Simulation:
             self.inv.on_deleted(n.id, w.delete)
 
     def _apply(self, n: _Node, work: ApplyWork) -> None:
+        applier = n.applier
+        assert applier is not None, f"n{n.id} is down: it applies nothing"
         for b in work.blocks:
-            results = n.applier.apply_block(b)
-            eff = [(c.client_id, c.seq) for c, _ in results
-                   if n.applier.sessions.get(c.client_id).height == b.id.height
-                   and n.applier.sessions.get(c.client_id).last_seq == c.seq]
-            self.inv.on_applied(n.id, b, n.applier.sm_digest(), eff)
-            if n.core.role == Role.LEADER:
+            results = applier.apply_block(b)
+            eff = []
+            for c, _ in results:
+                sess = applier.sessions.get(c.client_id)
+                assert sess is not None, f"{c.client_id} has no session after applying"
+                if sess.height == b.id.height and sess.last_seq == c.seq:
+                    eff.append((c.client_id, c.seq))
+            self.inv.on_applied(n.id, b, applier.sm_digest(), eff)
+            if n.leads:
                 for c, res in results:
                     self._client_reply(c.client_id, c.seq, Status.OK, res, n.id)
         for read_id, _index in work.reads:
             op = self.reads.pop(read_id, None)
             if op is not None:
-                res = n.applier.query(kv_get(op.key))
+                res = applier.query(kv_get(op.key))
                 self._finish(op, "ok", res.get("value") if isinstance(res, dict) else None)
         for o in work.outcomes:
             if o.kind == "propose":
@@ -432,7 +446,7 @@ class Simulation:
             if dead and rng.random() < 0.6:
                 self._restart(rng.choice(dead))
             elif len(dead) < (len(self.nodes) - 1) // 2 + 1 and alive:
-                leaders = [n for n in alive if n.core.role == Role.LEADER]
+                leaders = [n for n in alive if n.leads]
                 victim = rng.choice(leaders) if leaders and rng.random() < 0.5 else \
                     rng.choice(alive)
                 self._crash(victim)
@@ -444,8 +458,8 @@ class Simulation:
                 self.trace.append(f"{self.now}: heal")
                 return
             if r < 0.5:  # isolate the leader (or anyone)
-                leaders = [n.id for n in alive if n.core.role == Role.LEADER]
-                x = leaders[0] if leaders else rng.choice(ids)
+                leader_ids = [n.id for n in alive if n.leads]
+                x = leader_ids[0] if leader_ids else rng.choice(ids)
                 self.blocked |= {(x, y) for y in ids if y != x} | {(y, x) for y in ids if y != x}
                 desc = f"isolate n{x}"
             elif r < 0.75:  # random majority/minority split
@@ -485,7 +499,7 @@ class Simulation:
         if faults and y < cfg.crash_rate + cfg.partition_rate:
             self._fault()
         elif faults and y < cfg.crash_rate + cfg.partition_rate + cfg.transfer_rate:
-            leaders = [n for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
+            leaders = [n for n in self.nodes.values() if n.alive and n.leads]
             if leaders:
                 from josefine.messages import TransferLeadership
                 self._step_node(leaders[0], TransferLeadership(
@@ -523,7 +537,7 @@ class Simulation:
             if self._quiet():
                 return
             self._one_step(False)
-        leaders = [n.id for n in self.nodes.values() if n.alive and n.core.role == Role.LEADER]
+        leaders = [n.id for n in self.nodes.values() if n.alive and n.leads]
         raise InvariantViolation("LIVENESS", f"after {self.cfg.liveness_steps} fault-free "
                                              f"steps: leaders={leaders}, open ops="
                                              f"{[o for o in self.ops.values() if o]}")
@@ -541,7 +555,7 @@ class Simulation:
     def _quiet(self) -> bool:
         if any(o is not None for o in self.ops.values()):
             return False
-        return any(n.alive and n.core.role == Role.LEADER for n in self.nodes.values())
+        return any(n.alive and n.leads for n in self.nodes.values())
 
     def _report(self, why: str) -> str:
         lines = [f"simulation seed={self.seed} failed at step {self.now}: {why}",

@@ -101,8 +101,12 @@ class TransportSecurity:
 class _NodeLog(logging.LoggerAdapter):
     """Prefix every line with the node id, as in etcd ("2 became leader at term 3")."""
 
+    def __init__(self, logger: logging.Logger, node_id: int) -> None:
+        super().__init__(logger, {"node_id": node_id})
+        self._node_id = node_id
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"node {self.extra['node_id']}: {msg}", kwargs
+        return f"node {self._node_id}: {msg}", kwargs
 
 
 class ZmqTransport:
@@ -178,7 +182,7 @@ class ZmqTransport:
         self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
         self._own_ctx = context is None
         self._ctx = context
-        self._log = _NodeLog(_log, {"node_id": node_id})
+        self._log = _NodeLog(_log, node_id)
         self._frame_budget = max_frame_bytes - frame_overhead(cluster_id)
 
         # Shared between threads: the work queue (deque ops are atomic) and the wake pipe.
@@ -560,8 +564,10 @@ class ZmqTransport:
         # read here, leaving the flag set over an empty pipe, so every later `_wake` (stop()'s
         # included) skipped its write and the thread slept in poll with work queued. Seen as
         # a CI failure: 2,000 queued heartbeats never sent, and stop() timing out.
+        wake_r = self._wake_r
+        assert wake_r is not None, "the pipe lives from start() until the I/O thread ends"
         try:
-            while os.read(self._wake_r, 4096):
+            while os.read(wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
@@ -572,6 +578,7 @@ class ZmqTransport:
 
     def _receive_some(self) -> None:
         router = self._router
+        assert router is not None, "sockets are open while the I/O loop runs"
         if self._security is not None:
             for _ in range(_RECV_BATCH):
                 try:
@@ -685,9 +692,11 @@ class ZmqTransport:
         return kept
 
     def _drain_monitor(self) -> None:
+        monitor = self._monitor
+        assert monitor is not None, "sockets are open while the I/O loop runs"
         while True:
             try:
-                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:
@@ -813,8 +822,10 @@ class ZmqTransport:
         if faults.active and not faults.client_reply():
             self._counts["fault_dropped_client"] += 1
             return
+        router = self._router
+        assert router is not None, "sockets are open while the I/O loop runs"
         try:
-            self._router.send_multipart([identity, frame], zmq.NOBLOCK)
+            router.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.Again:
             self._counts["client_replies_dropped"] += 1
             return
