@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any, TypeVar, Union, dataclass_transform
 
 from josefine.chain.block import Block, Command
 from josefine.types import BlockId
 
-_dc = dataclass(frozen=True, slots=True, kw_only=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def _dc(cls: type[_T]) -> type[_T]:
+    """dataclass(frozen, slots, kw_only), spelled so that type checkers see a dataclass."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
 
 
 # --------------------------------------------------------------------------- peer messages
