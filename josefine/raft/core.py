@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Callable
 
 from josefine.chain.block import Block, BlockKind, Command, encode_commands, make_block, \
@@ -22,18 +21,13 @@ from josefine.messages import (AppendBlocks, AppendResp, Heartbeat, HeartbeatRes
                                PreVoteReq, PreVoteResp, Propose, ReadIndex, Status, Tick,
                                TimeoutNow, TransferLeadership, VoteReq, VoteResp, LEADER_MESSAGES)
 from josefine.raft.progress import Progress, ProgressState
-from josefine.raft.ready import HardState, Outcome, Ready
+from josefine.raft.ready import EventKind, HardState, Outcome, OutcomeKind, Ready, Role
 from josefine.raft.tree import BlockTree
 from josefine.types import GENESIS_ID, BlockId, SafetyViolation
 
+__all__ = ["CoreConfig", "RaftCore", "Role", "step"]
+
 log = logging.getLogger(__name__)
-
-
-class Role(IntEnum):
-    FOLLOWER = 0
-    PRECANDIDATE = 1
-    CANDIDATE = 2
-    LEADER = 3
 
 
 @dataclass(frozen=True)
@@ -224,20 +218,21 @@ class RaftCore:
         out = self._r.outcomes
         for bid, cmds in self.pending.items():
             for c in cmds:
-                out.append(Outcome("propose", (c.client_id, c.seq), Status.UNKNOWN, None, bid))
+                out.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq), Status.UNKNOWN,
+                                   None, bid))
         self.orphaned.update(self.pending)
         while len(self.orphaned) > 10000:
             self.orphaned.pop(next(iter(self.orphaned)))
         self.pending = {}
         for rd in self.reads:
-            out.append(Outcome("read", rd.read_id, Status.NOT_LEADER))
+            out.append(Outcome(OutcomeKind.READ, rd.read_id, Status.NOT_LEADER))
         for rid in self.deferred_reads:
-            out.append(Outcome("read", rid, Status.NOT_LEADER))
+            out.append(Outcome(OutcomeKind.READ, rid, Status.NOT_LEADER))
         self.reads, self.deferred_reads = [], []
         if self.transfer is not None:
             ok = self._deposed_by == self.transfer
-            out.append(Outcome("transfer", self.transfer, Status.OK if ok else Status.ABORTED,
-                               self._deposed_by))
+            out.append(Outcome(OutcomeKind.TRANSFER, self.transfer,
+                               Status.OK if ok else Status.ABORTED, self._deposed_by))
         self.transfer = None
         self.prog = {}
 
@@ -253,7 +248,8 @@ class RaftCore:
             if self.transfer is not None:
                 self.transfer_elapsed += 1
                 if self.transfer_elapsed >= cfg.election_ticks:
-                    self._r.outcomes.append(Outcome("transfer", self.transfer, Status.ABORTED))
+                    self._r.outcomes.append(Outcome(OutcomeKind.TRANSFER, self.transfer,
+                                                    Status.ABORTED))
                     self.transfer = None
             if self.elapsed >= cfg.election_ticks:
                 self.elapsed = 0
@@ -281,7 +277,7 @@ class RaftCore:
         self._persist_hard_state()
         self.role, self.leader, self.votes = Role.CANDIDATE, None, {self.id: True}
         self._reset_timer()
-        self._r.events.append(("campaign", self.term))
+        self._r.events.append((EventKind.CAMPAIGN, self.term))
         for p in self.peers:
             self._send(VoteReq(src=self.id, dst=p, term=self.term, head=self.head,
                                transfer=transfer))
@@ -311,7 +307,7 @@ class RaftCore:
             if self.voted_for != m.src:
                 self.voted_for = m.src
                 self._persist_hard_state()
-            self._r.events.append(("voted", self.term, m.src))
+            self._r.events.append((EventKind.VOTED, self.term, m.src))
             self._reset_timer()
         self._send(VoteResp(src=self.id, dst=m.src, term=self.term, granted=ok))
 
@@ -346,7 +342,7 @@ class RaftCore:
             p.active = True  # a fresh leader gets one full check-quorum period
         self.uncommitted_bytes = sum(len(self.tree.get(self.tree.at(h)).payload)
                                      for h in range(self.commit.height + 1, nxt))
-        self._r.events.append(("became_leader", self.term))
+        self._r.events.append((EventKind.BECAME_LEADER, self.term))
         log.info("node %d: became leader at term %d, head %s", self.id, self.term, self.head)
         self._append_local(BlockKind.NOOP, b"")
         for f in self.peers:
@@ -428,7 +424,7 @@ class RaftCore:
             tree.set_head(tail)
             r.head = tail
         self._advance_commit_to(m.commit)
-        r.events.append(("acked", self.term, tail))
+        r.events.append((EventKind.ACKED, self.term, tail))
         self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
                               match=tail))
 
@@ -583,7 +579,7 @@ class RaftCore:
         self.commit = c
         r = self._r
         r.commit = c
-        r.events.append(("commit", int(self.role), self.term, c))
+        r.events.append((EventKind.COMMIT, self.role, self.term, c))
         self._gc(old, c)
         self._apply_committed()
 
@@ -638,7 +634,7 @@ class RaftCore:
                     r.delete.append(d)
                     cmds = self.orphaned.pop(d, None)
                     for c in cmds or ():
-                        r.outcomes.append(Outcome("propose", (c.client_id, c.seq),
+                        r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
                                                   Status.ABORTED, self.leader, d))
 
     # ================================================================== proposals
@@ -646,7 +642,7 @@ class RaftCore:
         if self.role != Role.LEADER or self.transfer is not None:
             hint = self.transfer if self.transfer is not None else self.leader
             for c in commands:
-                self._r.outcomes.append(Outcome("propose", (c.client_id, c.seq),
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
                                                 Status.NOT_LEADER, hint))
             return
         batch: list[Command] = []
@@ -654,8 +650,8 @@ class RaftCore:
         for c in commands:
             n = len(c.data) + len(c.client_id) + 14
             if self.uncommitted_bytes + size + n > self.cfg.max_uncommitted_bytes:
-                self._r.outcomes.append(Outcome("propose", (c.client_id, c.seq), Status.BUSY,
-                                                self.id))
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
+                                                Status.BUSY, self.id))
                 continue
             if batch and size + n > self.cfg.max_block_bytes:
                 self._append_batch(batch)
@@ -728,7 +724,8 @@ class RaftCore:
     # ================================================================== reads (A.10)
     def _read_index(self, read_id: Any) -> None:
         if self.role != Role.LEADER:
-            self._r.outcomes.append(Outcome("read", read_id, Status.NOT_LEADER, self.leader))
+            self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
+                                            self.leader))
             return
         if self.commit.term != self.term:
             self.deferred_reads.append(read_id)
@@ -768,21 +765,21 @@ class RaftCore:
     def _transfer(self, target: int) -> None:
         out = self._r.outcomes
         if self.role != Role.LEADER:
-            out.append(Outcome("transfer", target, Status.NOT_LEADER, self.leader))
+            out.append(Outcome(OutcomeKind.TRANSFER, target, Status.NOT_LEADER, self.leader))
             return
         if target == self.id:
             if self.transfer is not None:   # transfer back to self cancels (etcd TransferBack)
-                out.append(Outcome("transfer", self.transfer, Status.ABORTED, self.id))
+                out.append(Outcome(OutcomeKind.TRANSFER, self.transfer, Status.ABORTED, self.id))
                 self.transfer = None
-            out.append(Outcome("transfer", target, Status.OK, self.id))
+            out.append(Outcome(OutcomeKind.TRANSFER, target, Status.OK, self.id))
             return
         if target not in self.prog or target not in self.voters:
-            out.append(Outcome("transfer", target, Status.REJECTED, self.id))
+            out.append(Outcome(OutcomeKind.TRANSFER, target, Status.REJECTED, self.id))
             return
         if self.transfer == target:
             return
         if self.transfer is not None:
-            out.append(Outcome("transfer", self.transfer, Status.ABORTED, self.id))
+            out.append(Outcome(OutcomeKind.TRANSFER, self.transfer, Status.ABORTED, self.id))
         self.transfer, self.transfer_elapsed = target, 0
         p = self.prog[target]
         if p.match == self.head:
