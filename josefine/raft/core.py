@@ -232,6 +232,8 @@ class RaftCore:
         self._r.hard_state = HardState(self.term, self.voted_for)
 
     def _reset_timer(self) -> None:
+        """Restart the election timer with a fresh timeout drawn from [ET, 2·ET): randomized
+        timeouts make split votes rare (paper §5.2, thesis §3.4)."""
         self.elapsed = 0
         x = self._rng
         x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
@@ -289,6 +291,9 @@ class RaftCore:
                                                     Status.ABORTED))
                     self.transfer = None
             if self.elapsed >= cfg.election_ticks:
+                # Check-quorum (thesis §6.2): once per election timeout the leader asks
+                # whether a quorum answered it; if not, it steps down rather than keep
+                # serving clients from a minority partition.
                 self.elapsed = 0
                 if cfg.check_quorum:
                     self._check_quorum()
@@ -299,6 +304,9 @@ class RaftCore:
                 self._start_election()
 
     def _start_prevote(self) -> None:
+        """Pre-vote (thesis §9.6): ask at term+1 without adopting it. Only a pre-candidate
+        that a quorum would elect raises its term, so a node cut off by a partition does
+        not return with an inflated term and depose a working leader."""
         self.role, self.leader, self.votes = Role.PRECANDIDATE, None, {self.id: True}
         self._reset_timer()
         for p in self.peers:
@@ -307,6 +315,8 @@ class RaftCore:
             self._start_election()
 
     def _start_election(self, transfer: bool = False) -> None:
+        """Paper §5.2: new term, vote for self, ask every peer. The term and the self-vote
+        are in this Ready's hard_state, written before the requests leave (thesis §3.8)."""
         if self.role == Role.LEADER:
             self._step_down()
         self.term += 1
@@ -332,10 +342,16 @@ class RaftCore:
         return 0
 
     def _can_vote_for(self, cand: int) -> bool:
+        """One vote per term, first come first served (paper §5.2); granting it again to the
+        same candidate is harmless (a duplicated VoteReq gets the same answer). A node that
+        already follows a leader of this term does not vote at all: that term is decided."""
         return self.voted_for == cand or (self.voted_for is None and self.leader is None)
 
     def _is_up_to_date(self, cand_head: BlockId) -> bool:
-        """THE voting rule (Raft §5.4.1 on chains): (term, height) of heads, lexicographic."""
+        """THE voting rule (paper §5.4.1, thesis §3.6.1, on chains): a vote goes only to a
+        candidate whose head is at least as up to date as ours, comparing (term, height)
+        lexicographically. Every committed block is on a quorum, the voters overlap it, so
+        the winner holds every committed block (Leader Completeness)."""
         return cand_head >= self.head
 
     def _on_vote_req(self, m: VoteReq) -> None:
@@ -349,6 +365,10 @@ class RaftCore:
         self._send(VoteResp(src=self.id, dst=m.src, term=self.term, granted=ok))
 
     def _on_prevote_req(self, m: PreVoteReq) -> None:
+        """Answer "would you vote for me at m.term?" (thesis §9.6) without recording a vote
+        or resetting the timer: a pre-vote binds nobody. For a later term our own ballot
+        does not count yet; the log rule always does. A grant echoes m.term so the
+        pre-candidate can tell it from a stale answer; a refusal carries our term."""
         can = m.term > self.term or self._can_vote_for(m.src)
         ok = can and self._is_up_to_date(m.head)
         self._send(PreVoteResp(src=self.id, dst=m.src, term=m.term if ok else self.term,
@@ -356,7 +376,7 @@ class RaftCore:
 
     def _on_vote_resp(self, m: VoteResp | PreVoteResp) -> None:
         if self.role == Role.PRECANDIDATE and m.granted and m.term != self.term + 1:
-            return
+            return   # a grant for another round of pre-vote
         self.votes[m.src] = m.granted
         res = self._tally()
         if res > 0:
@@ -376,7 +396,7 @@ class RaftCore:
         nxt = self.head.height + 1
         self.prog = {p: Progress(nxt) for p in self.peers}
         for p in self.prog.values():
-            p.active = True  # a fresh leader gets one full check-quorum period
+            p.active = True  # a fresh leader gets one full check-quorum period (§6.2)
         self.uncommitted_bytes = sum(len(self.tree.get(self.tree.at(h)).payload)
                                      for h in range(self.commit.height + 1, nxt))
         self._r.events.append((EventKind.BECAME_LEADER, self.term))
@@ -387,6 +407,9 @@ class RaftCore:
         self._leader_advance_commit()
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
+        """Leadership transfer (thesis §3.10): the leader found us up to date and tells us
+        to campaign now. Our VoteReq carries `transfer` so that peers still inside the
+        leader's lease vote anyway (see `_admit`)."""
         if m.src == self.leader and self.id in self.voters and self.role == Role.FOLLOWER:
             self._start_election(transfer=True)
 
@@ -587,7 +610,9 @@ class RaftCore:
         h = hs[self.quorum - 1]
         if h > self.commit.height:
             c = self.tree.at(h)
-            if c.term == self.term:  # Figure 8: count replicas only for own-term blocks
+            # Paper §5.4.2 / Figure 8 (thesis §3.6.2): a leader counts replicas only for a
+            # block of its own term; older blocks commit beneath it, by the chain's order.
+            if c.term == self.term:
                 self._set_commit(c)
                 self._release_deferred_reads()
 
@@ -749,6 +774,9 @@ class RaftCore:
                 self._catch_up(m.src)
 
     def _check_quorum(self) -> None:
+        """Step down unless a quorum (counting ourselves) answered within the last
+        election timeout (thesis §6.2). Followers refuse to elect anyone else for as long
+        (`_in_lease`), so the two sides of the lease agree."""
         alive = 1 if self.id in self.voters else 0
         for f, p in self.prog.items():
             if p.active and f in self.voters:
@@ -760,6 +788,12 @@ class RaftCore:
 
     # ================================================================== reads (A.10)
     def _read_index(self, read_id: Any) -> None:
+        """ReadIndex (thesis §6.4): the read point is the commit, once this leader has
+        committed a block of its own term (until then it may not know the latest commit,
+        so the read waits in `deferred_reads`); it is served after a heartbeat round
+        confirms a quorum still follows us and the state machine has applied it. No read
+        is served on the strength of a lease alone (thesis §6.4.1): that would trust
+        bounded clock drift, and the `_in_lease` rule only keeps votes away."""
         if self.role != Role.LEADER:
             self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
                                             self.leader))
