@@ -1,7 +1,9 @@
 """The core's input union and the typed vocabulary of its answers.
 
 `RaftCore.step` takes exactly `CoreInput`: each member reaches its own handler, and anything
-else is refused with a TypeError before it can touch the core's state. Outcomes and events
+else is refused with a TypeError before it can touch the core's state. The step matches on
+the exact type (the fastest form), which mypy cannot check for exhaustiveness: the first two
+tests here do it instead. Outcomes and events
 carry `OutcomeKind` / `EventKind`, which still compare equal to the strings that the actors
 and the simulation test against.
 """
