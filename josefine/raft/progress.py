@@ -20,7 +20,7 @@ class ProgressState(IntEnum):
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "inflight", "probe_sent", "active", "acked_seq", "seq")
+    __slots__ = ("acked_seq", "active", "inflight", "match", "next", "probe_sent", "seq", "state")
 
     def __init__(self, next_height: int) -> None:
         self.match: BlockId | None = None

@@ -16,21 +16,62 @@ Readys must be executed in the order they were produced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import IntEnum, StrEnum
+from typing import Any, Literal
 
 from josefine.chain.block import Block, Command
 from josefine.messages import Status
 from josefine.types import BlockId, HardState
 
 
+class Role(IntEnum):
+    """A node's role (re-exported by core.py); here because `Commit` events carry it."""
+
+    FOLLOWER = 0
+    PRECANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+class OutcomeKind(StrEnum):
+    """What an `Outcome` answers. A StrEnum, so a consumer comparing with "propose" still
+    matches and the value travels through msgpack and logs as the plain string."""
+
+    PROPOSE = "propose"    # key = (client_id, seq)
+    READ = "read"          # key = read_id
+    TRANSFER = "transfer"  # key = target node id
+
+
+class EventKind(StrEnum):
+    """First element of every entry of `Ready.events` (a StrEnum for the same reason)."""
+
+    CAMPAIGN = "campaign"
+    VOTED = "voted"
+    BECAME_LEADER = "became_leader"
+    COMMIT = "commit"
+    ACKED = "acked"
+
+
+# Events stay plain tuples tagged by their kind: consumers index them (ev[0], ev[1]) and a
+# NamedTuple would cost a constructor call on every append and commit. The aliases type them.
+Campaign = tuple[Literal[EventKind.CAMPAIGN], int]
+"""(CAMPAIGN, term): this node started an election and voted for itself in `term`."""
+Voted = tuple[Literal[EventKind.VOTED], int, int]
+"""(VOTED, term, candidate): this node granted its vote (durable before the VoteResp leaves)."""
+BecameLeader = tuple[Literal[EventKind.BECAME_LEADER], int]
+"""(BECAME_LEADER, term)."""
+Commit = tuple[Literal[EventKind.COMMIT], Role, int, BlockId]
+"""(COMMIT, role, term, commit): the commit moved while this node was in `role`."""
+Acked = tuple[Literal[EventKind.ACKED], int, BlockId]
+"""(ACKED, term, match): this node will ack `match` once `Ready` is durable."""
+Event = Campaign | Voted | BecameLeader | Commit | Acked
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A definite answer the core gives without the state machine.
+    """A definite answer the core gives without the state machine (keys: see OutcomeKind)."""
 
-    kind "propose": key = (client_id, seq); "read": key = read_id; "transfer": key = target.
-    """
-
-    kind: str
+    kind: OutcomeKind
     key: Any
     status: Status
     leader_hint: int | None = None
@@ -49,12 +90,11 @@ class Ready:
     apply: list[Block] = field(default_factory=list)
     reads: list[tuple[Any, BlockId]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
-    events: list[tuple] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    """Observations for logs and the simulation, in the order they happened (see Event)."""
     decoded: dict[BlockId, tuple[Command, ...]] | None = None
     """Commands of blocks in `apply` that this node proposed itself, as it proposed them:
     the leader's applier takes them from here instead of decoding the payload again."""
-    """Observations for logs and the simulation: ("became_leader", term), ("voted", term, cand),
-    ("commit", role, term, commit), ("acked", term, match)."""
 
     @property
     def needs_sync(self) -> bool:

@@ -14,7 +14,7 @@ by one id per block for the life of the process: about 2 MiB a minute under full
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from josefine.chain.block import Block
 from josefine.types import BlockId, SafetyViolation
@@ -23,8 +23,8 @@ from josefine.types import BlockId, SafetyViolation
 class BlockTree:
     """Blocks by id, parent -> children, and the head path."""
 
-    __slots__ = ("blocks", "children", "_recent", "_base", "term_range", "loader",
-                 "evicted_below")
+    __slots__ = ("_base", "_recent", "blocks", "children", "evicted_below", "loader",
+                 "term_range")
 
     def __init__(self, genesis: Block,
                  loader: Callable[[BlockId], Block | None] | None = None) -> None:
