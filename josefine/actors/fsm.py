@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from josefine.raft.ready import OutcomeKind
 from josefine.actors.base import NodeActor
 from josefine.runtime.intake import ReplyBatch
 from josefine.runtime.waiters import Waiters
@@ -58,11 +59,11 @@ class FsmActor(NodeActor):
                 else:
                     waiter(Status.OK, result, None)
         for o in message.outcomes:
-            if o.kind == "propose":
+            if o.kind == OutcomeKind.PROPOSE:
                 waiting.resolve(o.key, o.status, None, o.leader_hint)
-            elif o.kind == "read":
+            elif o.kind == OutcomeKind.READ:
                 w = self.reads.pop(o.key)
                 if w is not None:
                     w[0](o.status, None, o.leader_hint)
-            elif o.kind == "transfer":
+            elif o.kind == OutcomeKind.TRANSFER:
                 self.transfers.resolve(o.key, o.status, None, o.leader_hint)

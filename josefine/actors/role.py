@@ -18,6 +18,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from josefine.raft.ready import EventKind
 from josefine.actors.base import ActorEffects, NodeActor
 from josefine.messages import Nudge, Persisted, Propose, StatusQuery, Tick
 from josefine.raft.core import RaftCore, Role
@@ -110,7 +111,7 @@ class RoleActor(NodeActor):
         if routed.eager:
             self.links.send_msgs(routed.eager)
         for ev in r.events:
-            if ev[0] == "became_leader":
+            if ev[0] == EventKind.BECAME_LEADER:
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])
         if routed.route is Route.QUEUE:
             plan = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from josefine.raft.ready import EventKind
 from josefine.chain.block import Block, verify_digest
 from josefine.messages import AppendResp, PreVoteReq, PreVoteResp, VoteResp
 from josefine.raft.core import RaftCore, Role
@@ -75,13 +76,13 @@ class Invariants:
     def on_events(self, node: int, core: RaftCore, events: list[tuple]) -> None:
         for ev in events:
             kind = ev[0]
-            if kind == "became_leader":
+            if kind == EventKind.BECAME_LEADER:
                 t = ev[1]
                 other = self.leaders.setdefault(t, node)
                 if other != node:
                     raise InvariantViolation("B1", f"nodes {other} and {node} both led term {t}")
                 self.c_at_election[(node, t)] = len(self.committed)
-            elif kind == "commit" and ev[1] == int(Role.LEADER):
+            elif kind == EventKind.COMMIT and ev[1] == int(Role.LEADER):
                 if ev[3].term != ev[2]:
                     raise InvariantViolation("B12", f"leader {node} of term {ev[2]} committed "
                                                     f"{ev[3]}")

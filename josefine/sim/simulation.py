@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from josefine.raft.ready import EventKind, OutcomeKind
 from josefine.chain.block import Command, genesis
 from josefine.chain.memory import MemoryStore
 from josefine.fsm.applier import Applier
@@ -266,7 +267,8 @@ class Simulation:
             inv.on_new_blocks(n.id, core, r.blocks)
         if r.events:
             inv.on_events(n.id, core, r.events)
-            self.stats["elections"] += sum(1 for e in r.events if e[0] == "became_leader")
+            self.stats["elections"] += sum(1 for e in r.events
+                                           if e[0] == EventKind.BECAME_LEADER)
         routed = n.router.route(r, n.disk_busy)
         if routed.eager:
             inv.on_sent(n.id, routed.eager)
@@ -322,9 +324,9 @@ class Simulation:
                 res = applier.query(kv_get(op.key))
                 self._finish(op, "ok", res.get("value") if isinstance(res, dict) else None)
         for o in work.outcomes:
-            if o.kind == "propose":
+            if o.kind == OutcomeKind.PROPOSE:
                 self._client_reply(o.key[0], o.key[1], o.status, None, o.leader_hint)
-            elif o.kind == "read":
+            elif o.kind == OutcomeKind.READ:
                 op = self.reads.pop(o.key, None)
                 if op is not None:
                     op.read_id = None  # retry with a fresh read id
