@@ -2,7 +2,7 @@
 
 Every error a caller of Josefine is expected to handle derives from
 `JosefineError`, so `except JosefineError` catches them all. The classes map
-onto the client-visible statuses of PROTOCOL.md (`ProposeResp.status`):
+onto the client-visible statuses of docs/protocol.md A.4 (`ClientProposeResp.status`):
 
 | status      | exception              | did the command apply?              |
 | ----------- | ---------------------- | ----------------------------------- |

@@ -1,4 +1,4 @@
-"""Every typed message of the system: the vocabulary (PROTOCOL.md A.4).
+"""Every typed message of the system: the vocabulary (docs/protocol.md A.4).
 
 Peer messages travel between nodes and client messages between a `Client` and a node;
 `josefine.codec` gives each a stable numeric tag and derives its wire field map from the

@@ -1,7 +1,7 @@
 """Plain value types shared by every layer.
 
 `BlockId` is a NamedTuple so that ids compare lexicographically by (term, height):
-that comparison *is* the Chained Raft voting rule (PROTOCOL.md A.2, A.6).
+that comparison *is* the Chained Raft voting rule (docs/protocol.md A.2, A.6).
 """
 from __future__ import annotations
 

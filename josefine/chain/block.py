@@ -1,4 +1,4 @@
-"""Blocks: the immutable unit of the chain (PROTOCOL.md A.2).
+"""Blocks: the immutable unit of the chain (docs/protocol.md A.2).
 
 A block's digest chains over its parent's digest, so equal id + equal digest implies
 equal ancestry. The digest is a tripwire: a known id arriving with another digest means a

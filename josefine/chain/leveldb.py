@@ -1,4 +1,4 @@
-"""LevelDB chain store (plyvel): the node's disk (PROTOCOL.md A.3, A.13).
+"""LevelDB chain store (plyvel): the node's disk (docs/protocol.md A.3, A.13).
 
 Layout, one key space per kind:
 

@@ -1,4 +1,4 @@
-"""The durable chain store: what a node must find again after a crash (PROTOCOL.md A.3, A.13).
+"""The durable chain store: what a node must find again after a crash (docs/protocol.md A.3, A.13).
 
 A store holds the hard state (`term`, `voted_for`), every block the node keeps, and the
 `head` and `commit` markers. Two implementations exist:

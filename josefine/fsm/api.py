@@ -1,4 +1,4 @@
-"""The user's state machine: what a Josefine cluster replicates (PROTOCOL.md A.8).
+"""The user's state machine: what a Josefine cluster replicates (docs/protocol.md A.8).
 
 Who calls what, and when:
 

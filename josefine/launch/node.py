@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     _setup_logging(cfg.node_id, cfg.log_level)
     log = logging.getLogger("josefine.node")
-    # Short switch interval: a pure-Python apply must not starve heartbeats (DESIGN.md).
+    # Short switch interval: a pure-Python apply must not starve heartbeats.
     sys.setswitchinterval(0.0005)
     tune_gc()
     from josefine.actors.node import Node

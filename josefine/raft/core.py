@@ -1,4 +1,4 @@
-"""The pure Chained Raft core (PROTOCOL.md §A).
+"""The pure Chained Raft core (docs/protocol.md §A).
 
 House rules: every protocol decision lives in `josefine.raft`; nothing here does I/O, reads
 a clock, starts a thread or draws from `random`. `RaftCore.step(input)` mutates the core and

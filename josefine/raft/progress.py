@@ -16,7 +16,7 @@ from josefine.types import BlockId
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
-    SNAPSHOT = 2  # reserved for InstallSnapshot (PROTOCOL.md A.14)
+    SNAPSHOT = 2  # reserved for InstallSnapshot (docs/protocol.md A.14)
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""What one step of the core asks the runtime to do, in order (PROTOCOL.md A.1, A.3).
+"""What one step of the core asks the runtime to do, in order (docs/protocol.md A.1, A.3).
 
 The runtime executes a Ready as:
 

@@ -1,4 +1,4 @@
-"""Safety invariants of PROTOCOL.md §B, checked incrementally after every simulation step.
+"""Safety invariants of docs/protocol.md §B, checked incrementally after every simulation step.
 
 The checker sees what a god's-eye harness sees: every Ready as it is produced and executed,
 every block ever created (the registry), every node's durable store and volatile core. Each

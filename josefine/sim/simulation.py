@@ -1,4 +1,4 @@
-"""A seeded, deterministic simulation of a Josefine cluster (PROTOCOL.md C.64).
+"""A seeded, deterministic simulation of a Josefine cluster (docs/protocol.md C.64).
 
 One `Simulation` runs N pure cores over a simulated network that drops, duplicates,
 delays and reorders messages, partitions nodes (symmetric, one-way, leader isolation) and

@@ -17,7 +17,7 @@ House rules:
 * Bad input never crashes the I/O thread: invalid frames are dropped and counted per reason,
   with at most one warning per reason every few seconds. Anything *unexpected* in the I/O
   thread (a bug, a callback raising) ends the thread and is reported through `on_fatal`;
-  the node is expected to stop (DESIGN.md: no half-alive nodes).
+  the node is expected to stop (no half-alive nodes: any actor's failure stops the node).
 * Callbacks run on the I/O thread and must be quick (e.g. an actor `tell`).
 * Secure by default (`security`, see josefine/security.py): the ROUTER is a Curve server
   whose ZAP handler admits only trusted keys, each DEALER a Curve client of its peer's key.

@@ -1,4 +1,4 @@
-"""Blocks: digest determinism, chaining, command batch encoding (PROTOCOL.md A.2)."""
+"""Blocks: digest determinism, chaining, command batch encoding (docs/protocol.md A.2)."""
 import hashlib
 import struct
 

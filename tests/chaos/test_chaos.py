@@ -1,4 +1,4 @@
-"""Chaos runs over real node processes (DESIGN.md test level 6).
+"""Chaos runs over real node processes.
 
 Three seeds of 45 s each mix SIGKILLs (leader and random nodes), SIGSTOP pauses and
 network partitions while clients run a recorded key-value workload; every check of the

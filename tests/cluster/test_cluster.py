@@ -1,4 +1,4 @@
-"""Real node processes on loopback, started through the launcher (DESIGN.md test level 5)."""
+"""Real node processes on loopback, started through the launcher."""
 from __future__ import annotations
 
 import signal

@@ -16,7 +16,7 @@ when it is delivered. `crash()` throws the core away together with anything not 
 `restart()` rebuilds a core from the `Disk`, as a real node does from LevelDB.
 
 After every `stabilize()` (and on demand via `check()`) the harness asserts a subset of the
-PROTOCOL.md §B invariants: B1, B2, B3/B4, B6, B8, B11, B12, B15 and B19.
+docs/protocol.md §B invariants: B1, B2, B3/B4, B6, B8, B11, B12, B15 and B19.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class Node:
 
 
 def test_memory_stays_bounded_and_a_far_behind_follower_still_catches_up():
-    """PROTOCOL.md A.7 catch-up; the ChainView reads evicted blocks back from the store."""
+    """docs/protocol.md A.7 catch-up; the ChainView reads evicted blocks back from the store."""
     keep = 16
     nodes = {i: Node(i, keep) for i in (1, 2, 3)}
     net: list = []

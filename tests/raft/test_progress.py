@@ -1,4 +1,4 @@
-"""Progress: the leader's per-follower flow control (PROTOCOL.md A.7; etcd tracker/progress.go
+"""Progress: the leader's per-follower flow control (docs/protocol.md A.7; etcd tracker/progress.go
 and raft_flow_control_test.go)."""
 import pytest
 
@@ -9,7 +9,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_new_progress_probes_from_next_with_unknown_match():
-    """PROTOCOL.md A.6 (become_leader: match None, next = head + 1, PROBE)."""
+    """docs/protocol.md A.6 (become_leader: match None, next = head + 1, PROBE)."""
     p = Progress(5)
     assert (p.state, p.next, p.match, p.active, p.acked_seq) == \
         (ProgressState.PROBE, 5, None, False, 0)
@@ -57,7 +57,7 @@ def test_become_probe_and_replicate_restart_from_match():
 
 
 def test_snapshot_state_is_always_paused_and_seq_numbers_increase():
-    """PROTOCOL.md A.7 (SNAPSHOT pauses blocks), A.4 (AppendBlocks seq)."""
+    """docs/protocol.md A.7 (SNAPSHOT pauses blocks), A.4 (AppendBlocks seq)."""
     p = Progress(1)
     p.state = ProgressState.SNAPSHOT
     assert p.paused(1000)

@@ -1,4 +1,4 @@
-"""The core is pure (PROTOCOL.md A.1; STYLE.md 3.1, 3.2): no module under josefine/raft/
+"""The core is pure (docs/protocol.md A.1): no module under josefine/raft/
 imports threads, clocks, randomness, sockets, storage, actors, serialisation or the OS."""
 import ast
 import pathlib

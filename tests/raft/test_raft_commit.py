@@ -1,4 +1,4 @@
-"""The commit rule and fork GC: PROTOCOL.md §C items 37–41 and 57 (etcd-io/raft
+"""The commit rule and fork GC: docs/protocol.md §C items 37–41 and 57 (etcd-io/raft
 raft_test.go; Raft §5.4.2 and Figure 8)."""
 import pytest
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.timeout(60)
 
 # ------------------------------------------------------------------------------ C.37
 def test_leader_only_commits_blocks_of_its_own_term():
-    """PROTOCOL.md C.37, A.8; etcd TestLeaderOnlyCommitsLogFromCurrentTerm; Raft §5.4.2.
+    """docs/protocol.md C.37, A.8; etcd TestLeaderOnlyCommitsLogFromCurrentTerm; Raft §5.4.2.
 
     A term-3 leader whose older blocks (1,1), (2,2) are on every node commits nothing until
     its own no-op (3,3) is durable on a majority — itself included."""
@@ -57,7 +57,7 @@ def _figure8() -> Network:
 
 
 def test_figure8_old_term_block_on_a_majority_is_not_committed_and_can_be_replaced():
-    """PROTOCOL.md C.38, A.8, A.15; Raft Figure 8, §5.4.2.
+    """docs/protocol.md C.38, A.8, A.15; Raft Figure 8, §5.4.2.
 
     (2,2) is stored on S1–S3 (a majority) while S1 leads term 4: S1 must not commit it.
     S1 crashes before (4,3) spreads; S5 wins term 5 (its (3,2) beats (2,2)); (2,2)
@@ -87,7 +87,7 @@ def test_figure8_old_term_block_on_a_majority_is_not_committed_and_can_be_replac
 
 
 def test_figure8_old_term_block_commits_with_the_leaders_own_block():
-    """PROTOCOL.md C.38, A.8; Raft Figure 8 (e), §5.4.2.
+    """docs/protocol.md C.38, A.8; Raft Figure 8 (e), §5.4.2.
 
     Once S1's (4,3) is on a majority, (2,2) commits with it, and S5 can no longer win."""
     net = _figure8()
@@ -122,7 +122,7 @@ def _old_blocks_on_two_of_five() -> Network:
 
 
 def test_old_term_blocks_stay_uncommitted_until_a_new_term_block_has_a_majority():
-    """PROTOCOL.md C.39, A.8; etcd TestCannotCommitWithoutNewTermEntry; Raft §5.4.2."""
+    """docs/protocol.md C.39, A.8; etcd TestCannotCommitWithoutNewTermEntry; Raft §5.4.2."""
     net = _old_blocks_on_two_of_five()
     net.ignore(AppendBlocks)
     net.elect(2)
@@ -140,7 +140,7 @@ def test_old_term_blocks_stay_uncommitted_until_a_new_term_block_has_a_majority(
 
 
 def test_new_leader_noop_commits_old_term_blocks():
-    """PROTOCOL.md C.40, A.6; etcd TestCommitWithoutNewTermEntry; Raft §5.4.2, §8."""
+    """docs/protocol.md C.40, A.6; etcd TestCommitWithoutNewTermEntry; Raft §5.4.2, §8."""
     net = _old_blocks_on_two_of_five()
     net.elect(2)
     n2 = net.nodes[2]
@@ -168,7 +168,7 @@ def test_new_leader_noop_commits_old_term_blocks():
 ])
 def test_commit_is_the_quorum_match_only_when_that_block_is_of_the_leaders_term(
         size, pre, durable, peers, want):
-    """PROTOCOL.md C.41, A.8 (leader_advance_commit); etcd TestCommit; Raft §5.3, §5.4.2.
+    """docs/protocol.md C.41, A.8 (leader_advance_commit); etcd TestCommit; Raft §5.3, §5.4.2.
 
     `pre` are the blocks (by term) the leader held before winning term 2; its no-op (2, h)
     follows. `durable` is the leader's own synced height, `peers` each follower's
@@ -187,7 +187,7 @@ def test_commit_is_the_quorum_match_only_when_that_block_is_of_the_leaders_term(
 
 # ------------------------------------------------------------------------------ C.57
 def test_commit_passing_a_fork_deletes_dead_branches_and_aborts_their_proposals():
-    """PROTOCOL.md C.57, A.14 (gc_after_commit), A.8 (ABORTED); thesis ch. 6 (definite
+    """docs/protocol.md C.57, A.14 (gc_after_commit), A.8 (ABORTED); thesis ch. 6 (definite
     answers).
 
     n1 (old leader) and n3 hold two uncommitted term-1 blocks when the majority side elects
@@ -228,7 +228,7 @@ def test_commit_passing_a_fork_deletes_dead_branches_and_aborts_their_proposals(
 
 # ------------------------------------------------------------------------------ A.3
 def test_leader_counts_itself_toward_commit_only_after_its_own_fsync():
-    """PROTOCOL.md A.3 (durable self-ack), C.17, C.22; thesis §10.2.1 (leader may write
+    """docs/protocol.md A.3 (durable self-ack), C.17, C.22; thesis §10.2.1 (leader may write
     its log in parallel with replication, but counts itself only once durable)."""
     net = Network(3)
     net.elect(1)

@@ -1,4 +1,4 @@
-"""Elections and terms: PROTOCOL.md §C items 1–20 (etcd-io/raft raft_paper_test.go, raft_test.go)."""
+"""Elections and terms: docs/protocol.md §C items 1–20 (etcd-io/raft raft_paper_test.go, raft_test.go)."""
 import pytest
 
 from harness import (ET, G, Disk, Network, chain, make_leader, new_core, of_type, out,
@@ -43,7 +43,7 @@ ROLES = ["follower", "precandidate", "candidate", "leader"]
 @pytest.mark.parametrize("kind", ["append", "heartbeat", "append_resp", "heartbeat_resp",
                                   "vote_resp"])
 def test_higher_term_message_makes_any_role_a_follower_of_that_term(role, kind):
-    """PROTOCOL.md C.1, A.5; etcd TestFollowerUpdateTermFromMessage,
+    """docs/protocol.md C.1, A.5; etcd TestFollowerUpdateTermFromMessage,
     TestCandidateUpdateTermFromMessage, TestLeaderUpdateTermFromMessage; Raft §5.1.
 
     A term-2 message makes a term-1 node a follower at term 2 with voted_for None, written
@@ -66,7 +66,7 @@ def test_higher_term_message_makes_any_role_a_follower_of_that_term(role, kind):
 
 # ------------------------------------------------------------------------------ C.2
 def test_stale_term_append_is_rejected_with_the_higher_term_and_stores_nothing():
-    """PROTOCOL.md C.2, A.5; etcd TestRejectStaleTermMessage, TestOldMessages,
+    """docs/protocol.md C.2, A.5; etcd TestRejectStaleTermMessage, TestOldMessages,
     TestStepIgnoreOldTermMsg; Raft §5.1.
 
     A term-2 follower receiving an old (term-1) leader's AppendBlocks or Heartbeat stores
@@ -91,7 +91,7 @@ def test_stale_term_append_is_rejected_with_the_higher_term_and_stores_nothing()
 
 
 def test_stale_leader_is_deposed_by_the_reply_and_its_blocks_never_spread():
-    """PROTOCOL.md C.2; etcd TestOldMessages; Raft §5.1.
+    """docs/protocol.md C.2; etcd TestOldMessages; Raft §5.1.
 
     n1 leads term 1, is isolated while n2 wins term 2; after healing, n1's new term-1 block
     is refused by both and n1 learns term 2 from the rejection."""
@@ -113,7 +113,7 @@ def test_stale_leader_is_deposed_by_the_reply_and_its_blocks_never_spread():
 
 # ------------------------------------------------------------------------------ C.3
 def test_fresh_node_starts_as_follower_at_term_zero_on_genesis():
-    """PROTOCOL.md C.3; etcd TestStartAsFollower; Raft §5.2."""
+    """docs/protocol.md C.3; etcd TestStartAsFollower; Raft §5.2."""
     c = new_core(1)
     assert c.role == Role.FOLLOWER
     assert (c.term, c.voted_for, c.leader) == (0, None, None)
@@ -122,7 +122,7 @@ def test_fresh_node_starts_as_follower_at_term_zero_on_genesis():
 
 # ------------------------------------------------------------------------------ C.4
 def test_leader_heartbeat_goes_to_every_peer_with_commit_capped_at_its_match():
-    """PROTOCOL.md C.4, A.9; etcd TestLeaderBcastBeat, TestBcastBeat; Raft §5.2.
+    """docs/protocol.md C.4, A.9; etcd TestLeaderBcastBeat, TestBcastBeat; Raft §5.2.
 
     Each HB ticks the leader broadcasts one Heartbeat per peer and no blocks; the commit it
     carries is capped at the peer's match (None while the match is unknown)."""
@@ -151,7 +151,7 @@ def test_leader_heartbeat_goes_to_every_peer_with_commit_capped_at_its_match():
 
 # ------------------------------------------------------------------------------ C.5
 def test_follower_timeout_makes_durable_self_vote_before_vote_requests():
-    """PROTOCOL.md C.5, A.3, A.6; etcd TestFollowerStartElection, TestVoteRequest;
+    """docs/protocol.md C.5, A.3, A.6; etcd TestFollowerStartElection, TestVoteRequest;
     Raft §5.2, thesis §3.8.
 
     After rand_et ticks without a leader the follower campaigns: term+1 and the self-vote are
@@ -173,7 +173,7 @@ def test_follower_timeout_makes_durable_self_vote_before_vote_requests():
 
 
 def test_candidate_timeout_starts_a_new_election_at_the_next_term():
-    """PROTOCOL.md C.5; etcd TestCandidateStartNewElection; Raft §5.2."""
+    """docs/protocol.md C.5; etcd TestCandidateStartNewElection; Raft §5.2."""
     c = new_core(1)
     tick_until_campaign(c)
     assert (c.role, c.term) == (Role.CANDIDATE, 1)
@@ -193,7 +193,7 @@ def tick_until_campaign_again(c):
 
 
 def test_election_timeouts_are_randomized_in_range_and_rarely_collide():
-    """PROTOCOL.md C.5, A.1; etcd TestFollowerElectionTimeoutRandomized,
+    """docs/protocol.md C.5, A.1; etcd TestFollowerElectionTimeoutRandomized,
     TestFollowerElectionTimeoutNonconflict; Raft §5.2.
 
     Every drawn timeout lies in [ET, 2ET); the draw is deterministic per (seed, node); and
@@ -234,7 +234,7 @@ def test_election_timeouts_are_randomized_in_range_and_rarely_collide():
     (5, {}, Role.CANDIDATE),
 ])
 def test_candidate_wins_on_quorum_grants_and_loses_on_quorum_rejections(size, votes, expected):
-    """PROTOCOL.md C.6, A.6; etcd TestLeaderElectionInOneRoundRPC; Raft §5.2."""
+    """docs/protocol.md C.6, A.6; etcd TestLeaderElectionInOneRoundRPC; Raft §5.2."""
     c = new_core(1, size)
     tick_until_campaign(c)
     for src, granted in votes.items():
@@ -248,7 +248,7 @@ def test_candidate_wins_on_quorum_grants_and_loses_on_quorum_rejections(size, vo
     (None, 2, True), (None, 3, True), (2, 2, True), (3, 3, True), (2, 3, False), (3, 2, False),
 ])
 def test_follower_grants_at_most_one_candidate_per_term(voted, cand, granted):
-    """PROTOCOL.md C.7, A.6; etcd TestFollowerVote; Raft §5.2."""
+    """docs/protocol.md C.7, A.6; etcd TestFollowerVote; Raft §5.2."""
     c = new_core(1, disk=Disk(term=1, voted_for=voted))
     r = c.step(VoteReq(src=cand, dst=1, term=1, head=GENESIS_ID))
     [resp] = of_type(r.messages, VoteResp)
@@ -257,7 +257,7 @@ def test_follower_grants_at_most_one_candidate_per_term(voted, cand, granted):
 
 
 def test_first_candidate_of_a_term_wins_the_vote_and_may_ask_again():
-    """PROTOCOL.md C.7; etcd TestFollowerVote; Raft §5.2."""
+    """docs/protocol.md C.7; etcd TestFollowerVote; Raft §5.2."""
     c = new_core(1)
     r1 = c.step(VoteReq(src=2, dst=1, term=1, head=GENESIS_ID))
     r2 = c.step(VoteReq(src=3, dst=1, term=1, head=BlockId(1, 5)))
@@ -270,7 +270,7 @@ def test_first_candidate_of_a_term_wins_the_vote_and_may_ask_again():
 # ------------------------------------------------------------------------------ C.8
 @pytest.mark.parametrize("term", [1, 2])
 def test_candidate_falls_back_to_follower_on_append_from_current_or_newer_leader(term):
-    """PROTOCOL.md C.8, A.7; etcd TestCandidateFallback; Raft §5.2."""
+    """docs/protocol.md C.8, A.7; etcd TestCandidateFallback; Raft §5.2."""
     c = new_core(1)
     tick_until_campaign(c)
     assert (c.role, c.term) == (Role.CANDIDATE, 1)
@@ -291,7 +291,7 @@ def test_candidate_falls_back_to_follower_on_append_from_current_or_newer_leader
     (GENESIS_ID, False),
 ])
 def test_vote_granted_iff_candidate_head_term_height_is_at_least_the_voters(cand_head, granted):
-    """PROTOCOL.md C.9, A.6 (up_to_date); etcd TestVoter; Raft §5.4.1.
+    """docs/protocol.md C.9, A.6 (up_to_date); etcd TestVoter; Raft §5.4.1.
 
     Voter head (2,3): grant iff (cand.term, cand.height) >= (2, 3) lexicographically."""
     c = new_core(1, disk=Disk.of(chain(G, [1, 2, 2]), term=2))
@@ -309,7 +309,7 @@ def test_vote_granted_iff_candidate_head_term_height_is_at_least_the_voters(cand
     (4, {4}, True), (5, {4, 5}, True), (5, {3, 4, 5}, False),
 ])
 def test_leader_is_elected_iff_a_quorum_is_alive(pre_vote, size, down, wins):
-    """PROTOCOL.md C.10; etcd TestLeaderElection, TestLeaderElectionPreVote; Raft §5.2."""
+    """docs/protocol.md C.10; etcd TestLeaderElection, TestLeaderElectionPreVote; Raft §5.2."""
     net = Network(size, pre_vote=pre_vote)
     for i in down:
         net.crash(i)
@@ -326,7 +326,7 @@ def test_leader_is_elected_iff_a_quorum_is_alive(pre_vote, size, down, wins):
 # ------------------------------------------------------------------------------ C.11
 @pytest.mark.parametrize("pre_vote", [False, True])
 def test_each_node_in_turn_can_win_and_heads_agree_after_every_round(pre_vote):
-    """PROTOCOL.md C.11; etcd TestLeaderCycle, TestLeaderCyclePreVote; Raft §5.2."""
+    """docs/protocol.md C.11; etcd TestLeaderCycle, TestLeaderCyclePreVote; Raft §5.2."""
     net = Network(3, pre_vote=pre_vote)
     for rnd in range(2):
         for i in net.ids:
@@ -341,7 +341,7 @@ def test_each_node_in_turn_can_win_and_heads_agree_after_every_round(pre_vote):
 
 # ------------------------------------------------------------------------------ C.12
 def test_election_overwrites_a_newer_term_head_that_was_never_committed():
-    """PROTOCOL.md C.12; etcd TestLeaderElectionOverwriteNewerLogs(PreVote); Raft §5.4.1.
+    """docs/protocol.md C.12; etcd TestLeaderElectionOverwriteNewerLogs(PreVote); Raft §5.4.1.
 
     n1, n2 hold (1,1); n3 holds (2,1); n4, n5 voted for n3 in term 2 and hold genesis.
     n1 loses term 2, wins term 3, and every head becomes (3,2) whose parent is (1,1); n3's
@@ -368,7 +368,7 @@ def test_election_overwrites_a_newer_term_head_that_was_never_committed():
 # ------------------------------------------------------------------------------ C.13
 @pytest.mark.parametrize("role", ROLES)
 def test_any_role_grants_an_up_to_date_higher_term_vote_and_follows(role):
-    """PROTOCOL.md C.13, A.5; etcd TestVoteFromAnyState; Raft §5.1, §5.2."""
+    """docs/protocol.md C.13, A.5; etcd TestVoteFromAnyState; Raft §5.1, §5.2."""
     c = core_in_role(role, 1)
     r = c.step(VoteReq(src=2, dst=1, term=2, head=BlockId(1, 5)))
     [resp] = of_type(r.messages, VoteResp)
@@ -379,7 +379,7 @@ def test_any_role_grants_an_up_to_date_higher_term_vote_and_follows(role):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_any_role_grants_an_up_to_date_prevote_without_changing_state(role):
-    """PROTOCOL.md C.13, A.6 (on_prevote_req); etcd TestPreVoteFromAnyState; thesis §9.6."""
+    """docs/protocol.md C.13, A.6 (on_prevote_req); etcd TestPreVoteFromAnyState; thesis §9.6."""
     c = core_in_role(role, 1)
     before = (c.role, c.term, c.voted_for, c.leader)
     r = c.step(PreVoteReq(src=2, dst=1, term=2, head=BlockId(1, 5)))
@@ -391,7 +391,7 @@ def test_any_role_grants_an_up_to_date_prevote_without_changing_state(role):
 
 # ------------------------------------------------------------------------------ C.14
 def test_dueling_candidates_second_loses_then_all_agree_on_its_term():
-    """PROTOCOL.md C.14; etcd TestDuelingCandidates; Raft §5.2, §5.4.1."""
+    """docs/protocol.md C.14; etcd TestDuelingCandidates; Raft §5.2, §5.4.1."""
     net = Network(3)
     net.cut(1, 3)
     net.campaign(1)
@@ -414,7 +414,7 @@ def test_dueling_candidates_second_loses_then_all_agree_on_its_term():
 
 # ------------------------------------------------------------------------------ C.15
 def test_dueling_precandidates_stale_one_changes_no_term_and_leader_stays():
-    """PROTOCOL.md C.15; etcd TestDuelingPreCandidates; thesis §9.6."""
+    """docs/protocol.md C.15; etcd TestDuelingPreCandidates; thesis §9.6."""
     net = Network(3, pre_vote=True)
     net.cut(1, 3)
     net.elect(1)
@@ -436,7 +436,7 @@ def test_dueling_precandidates_stale_one_changes_no_term_and_leader_stays():
 
 # ------------------------------------------------------------------------------ C.16
 def test_isolated_candidate_concedes_to_the_leader_and_converges():
-    """PROTOCOL.md C.16; etcd TestCandidateConcede; Raft §5.2."""
+    """docs/protocol.md C.16; etcd TestCandidateConcede; Raft §5.2."""
     net = Network(3)
     net.isolate(1)
     net.campaign(1)
@@ -459,7 +459,7 @@ def test_isolated_candidate_concedes_to_the_leader_and_converges():
 # ------------------------------------------------------------------------------ C.17
 @pytest.mark.parametrize("pre_vote", [False, True])
 def test_single_node_leads_at_first_timeout_and_commits_once_durable(pre_vote):
-    """PROTOCOL.md C.17, A.3; etcd TestSingleNodeCandidate, TestSingleNodePreCandidate,
+    """docs/protocol.md C.17, A.3; etcd TestSingleNodeCandidate, TestSingleNodePreCandidate,
     TestSingleNodeCommit; Raft §5.2.
 
     A one-voter cluster elects itself at its first timeout. Its blocks commit only after
@@ -490,7 +490,7 @@ def test_single_node_leads_at_first_timeout_and_commits_once_durable(pre_vote):
 @pytest.mark.parametrize("role", ["follower", "candidate", "leader"])
 @pytest.mark.parametrize("kind", ["vote", "append"])
 def test_every_role_steps_down_to_follower_on_higher_term_vote_or_append(role, kind):
-    """PROTOCOL.md C.18, A.5; etcd TestAllServerStepdown; Raft §5.1."""
+    """docs/protocol.md C.18, A.5; etcd TestAllServerStepdown; Raft §5.1."""
     c = core_in_role(role, 2)
     if kind == "vote":
         m = VoteReq(src=2, dst=1, term=3, head=BlockId(3, 9))
@@ -506,7 +506,7 @@ def test_every_role_steps_down_to_follower_on_higher_term_vote_or_append(role, k
 
 # ------------------------------------------------------------------------------ C.19
 def test_late_votes_from_an_earlier_round_are_never_counted():
-    """PROTOCOL.md C.19, A.6; etcd TestCandidateSelfVoteAfterLostElection,
+    """docs/protocol.md C.19, A.6; etcd TestCandidateSelfVoteAfterLostElection,
     TestCandidateDeliversPreCandidateSelfVoteAfterBecomingCandidate; Raft §5.2.
 
     (a) grants for term 1 arriving while campaigning in term 2 are dropped;
@@ -545,7 +545,7 @@ def test_late_votes_from_an_earlier_round_are_never_counted():
 
 # ------------------------------------------------------------------------------ C.20
 def test_vote_synced_before_a_crash_is_kept_after_restart():
-    """PROTOCOL.md C.20, B2–B4, A.3; thesis §3.8 (persist before responding).
+    """docs/protocol.md C.20, B2–B4, A.3; thesis §3.8 (persist before responding).
 
     n2 grants n1 in term 1 and the grant is synced; n2 crashes and restarts: it is still at
     term 1, refuses n3 in term 1 and re-grants n1."""
@@ -565,7 +565,7 @@ def test_vote_synced_before_a_crash_is_kept_after_restart():
 
 
 def test_vote_lost_before_fsync_was_never_sent_and_term_never_regresses():
-    """PROTOCOL.md C.20, B4, A.3; thesis §3.8.
+    """docs/protocol.md C.20, B4, A.3; thesis §3.8.
 
     n2's disk stalls while it handles n1's term-1 VoteReq: its grant is held back with the
     unsynced hard state, the crash loses both, and what it ever put on the wire stays
@@ -594,7 +594,7 @@ def test_vote_lost_before_fsync_was_never_sent_and_term_never_regresses():
 
 
 def test_leader_crash_before_its_own_fsync_never_reuses_a_block_id():
-    """PROTOCOL.md C.20, A.2 (why ids cannot collide), A.3 (eager send), B4, B6.
+    """docs/protocol.md C.20, A.2 (why ids cannot collide), A.3 (eager send), B4, B6.
 
     n1 ships (1,2) before its own fsync and crashes: the block survives on n2 and n3, n1
     restarts without it as a term-1 follower, never leads term 1 again, and later

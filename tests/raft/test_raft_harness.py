@@ -10,7 +10,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_crash_loses_unsynced_blocks_and_acks_and_restart_uses_the_disk_only():
-    """PROTOCOL.md A.3, B4: an ack leaves only after its blocks are durable."""
+    """docs/protocol.md A.3, B4: an ack leaves only after its blocks are durable."""
     net = Network(3)
     net.elect(1)
     net.heartbeat(1)

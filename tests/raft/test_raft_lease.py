@@ -1,4 +1,4 @@
-"""Check-quorum, pre-vote and the follower lease: PROTOCOL.md §C items 42–46 (etcd-io/raft
+"""Check-quorum, pre-vote and the follower lease: docs/protocol.md §C items 42–46 (etcd-io/raft
 raft_test.go; thesis §6.2, §9.6; "Raft does not Guarantee Liveness in the face of Network
 Faults")."""
 import pytest
@@ -19,7 +19,7 @@ def cq_net(pre_vote: bool = False) -> Network:
 
 # ------------------------------------------------------------------------------ C.42
 def test_leader_without_responsive_quorum_steps_down_within_two_check_periods():
-    """PROTOCOL.md C.42, A.9 (check_quorum); etcd TestLeaderStepdownWhenQuorumLost;
+    """docs/protocol.md C.42, A.9 (check_quorum); etcd TestLeaderStepdownWhenQuorumLost;
     thesis §6.2."""
     net = cq_net()
     net.isolate(1)
@@ -31,7 +31,7 @@ def test_leader_without_responsive_quorum_steps_down_within_two_check_periods():
 
 
 def test_leader_with_responsive_quorum_keeps_leading():
-    """PROTOCOL.md C.42, A.9; etcd TestLeaderStepdownWhenQuorumActive; thesis §6.2."""
+    """docs/protocol.md C.42, A.9; etcd TestLeaderStepdownWhenQuorumActive; thesis §6.2."""
     net = cq_net()
     net.isolate(3)                      # one follower lost: a quorum {1, 2} remains
     for _ in range(5 * ET):
@@ -42,7 +42,7 @@ def test_leader_with_responsive_quorum_keeps_leading():
 
 # ------------------------------------------------------------------------------ C.43
 def test_follower_in_lease_ignores_higher_term_vote_until_the_lease_expires():
-    """PROTOCOL.md C.43, A.5 (in_lease); etcd TestLeaderSupersedingWithCheckQuorum,
+    """docs/protocol.md C.43, A.5 (in_lease); etcd TestLeaderSupersedingWithCheckQuorum,
     TestLeaderElectionWithCheckQuorum; thesis §4.2.3, §6.2."""
     net = cq_net()
     mark = len(net.sent)
@@ -65,7 +65,7 @@ def test_follower_in_lease_ignores_higher_term_vote_until_the_lease_expires():
 
 # ------------------------------------------------------------------------------ C.44
 def test_stuck_higher_term_candidate_deposes_leader_via_reply_and_election_completes():
-    """PROTOCOL.md C.44, A.5 (stale leader messages answered with the higher term);
+    """docs/protocol.md C.44, A.5 (stale leader messages answered with the higher term);
     etcd TestFreeStuckCandidateWithCheckQuorum."""
     net = cq_net()
     net.isolate(3)
@@ -89,7 +89,7 @@ def test_stuck_higher_term_candidate_deposes_leader_via_reply_and_election_compl
 # ------------------------------------------------------------------------------ C.45
 @pytest.mark.parametrize("pre_vote", [False, True])
 def test_disruptive_follower_deposes_leader_only_without_prevote(pre_vote):
-    """PROTOCOL.md C.45; etcd TestDisruptiveFollower, TestDisruptiveFollowerPreVote;
+    """docs/protocol.md C.45; etcd TestDisruptiveFollower, TestDisruptiveFollowerPreVote;
     thesis §9.6.
 
     n3's timer fires because a heartbeat is late. Without pre-vote it bumps its term and
@@ -114,7 +114,7 @@ def test_disruptive_follower_deposes_leader_only_without_prevote(pre_vote):
 
 # ------------------------------------------------------------------------------ C.46
 def test_node_with_smaller_term_but_newer_chain_completes_election_with_prevote():
-    """PROTOCOL.md C.46; etcd TestNodeWithSmallerTermCanCompleteElection; thesis §9.6."""
+    """docs/protocol.md C.46; etcd TestNodeWithSmallerTermCanCompleteElection; thesis §9.6."""
     net = Network(3, pre_vote=True)
     net.elect(1)
     net.heartbeat(1)
@@ -135,7 +135,7 @@ def test_node_with_smaller_term_but_newer_chain_completes_election_with_prevote(
 
 
 def test_split_prevote_round_still_ends_with_a_leader():
-    """PROTOCOL.md C.46; etcd TestPreVoteWithSplitVote; thesis §9.6."""
+    """docs/protocol.md C.46; etcd TestPreVoteWithSplitVote; thesis §9.6."""
     net = Network(3, pre_vote=True)
     net.elect(1)
     net.heartbeat(1)
@@ -152,7 +152,7 @@ def test_split_prevote_round_still_ends_with_a_leader():
 
 
 def test_prevote_with_check_quorum_elects_once_the_lease_has_lapsed():
-    """PROTOCOL.md C.46, A.5; etcd TestPreVoteWithCheckQuorum; thesis §9.6."""
+    """docs/protocol.md C.46, A.5; etcd TestPreVoteWithCheckQuorum; thesis §9.6."""
     net = cq_net(pre_vote=True)
     net.isolate(1)
     net.campaign(2)

@@ -1,4 +1,4 @@
-"""ReadIndex: PROTOCOL.md §C items 47–50 (etcd-io/raft raft_test.go; thesis §6.4)."""
+"""ReadIndex: docs/protocol.md §C items 47–50 (etcd-io/raft raft_test.go; thesis §6.4)."""
 import pytest
 
 from harness import Network, of_type
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.timeout(60)
 
 # ------------------------------------------------------------------------------ C.47
 def test_reads_reflect_every_write_acknowledged_before_they_began_across_leaders():
-    """PROTOCOL.md C.47, A.10, B17; etcd TestReadOnlyOptionSafe; thesis §6.4.
+    """docs/protocol.md C.47, A.10, B17; etcd TestReadOnlyOptionSafe; thesis §6.4.
 
     Writes and ReadIndex reads alternate at successive leaders. A read is never served in
     the step that asks for it (it needs a heartbeat round), is served at the leader's commit
@@ -43,7 +43,7 @@ def test_reads_reflect_every_write_acknowledged_before_they_began_across_leaders
 
 # ------------------------------------------------------------------------------ C.48
 def test_read_at_new_leader_waits_for_its_noop_to_commit():
-    """PROTOCOL.md C.48, A.10 (deferred reads); etcd TestReadOnlyForNewLeader;
+    """docs/protocol.md C.48, A.10 (deferred reads); etcd TestReadOnlyForNewLeader;
     thesis §6.4 step 1."""
     net = Network(3)
     net.elect(1)
@@ -70,7 +70,7 @@ def test_read_at_new_leader_waits_for_its_noop_to_commit():
 
 # ------------------------------------------------------------------------------ C.49
 def test_duplicate_read_ids_get_one_answer_each_and_served_reads_are_freed():
-    """PROTOCOL.md C.49, A.10; etcd TestReadOnlyDuplicateRequest, TestRaftFreesReadOnlyMem."""
+    """docs/protocol.md C.49, A.10; etcd TestReadOnlyDuplicateRequest, TestRaftFreesReadOnlyMem."""
     net = Network(3)
     net.elect(1)
     net.read(1, "dup")
@@ -86,7 +86,7 @@ def test_duplicate_read_ids_get_one_answer_each_and_served_reads_are_freed():
 
 # ------------------------------------------------------------------------------ C.50
 def test_partitioned_stale_leader_never_serves_a_read():
-    """PROTOCOL.md C.50, A.10; thesis §6.4 (why reads need a heartbeat round)."""
+    """docs/protocol.md C.50, A.10; thesis §6.4 (why reads need a heartbeat round)."""
     net = Network(3)
     net.elect(1)
     net.heartbeat(1)
@@ -110,7 +110,7 @@ def test_partitioned_stale_leader_never_serves_a_read():
 
 
 def test_read_is_confirmed_only_by_heartbeats_sent_after_it_began():
-    """PROTOCOL.md C.47, A.10 (read seq = hb_seq + 1); thesis §6.4 step 3.
+    """docs/protocol.md C.47, A.10 (read seq = hb_seq + 1); thesis §6.4 step 3.
 
     Answers to a heartbeat that left before the read prove nothing about leadership at
     the time of the read; only the read's own round (or a later one) may confirm it."""
@@ -131,7 +131,7 @@ def test_read_is_confirmed_only_by_heartbeats_sent_after_it_began():
 
 
 def test_single_voter_read_waits_for_its_noop_then_needs_no_round_trip():
-    """PROTOCOL.md C.48, A.10 ("One voter confirms at once")."""
+    """docs/protocol.md C.48, A.10 ("One voter confirms at once")."""
     from harness import new_core, tick_until_campaign
     from josefine.messages import Persisted, ReadIndex
     c = new_core(1, 1)

@@ -1,4 +1,4 @@
-"""Replication, branches and catch-up: PROTOCOL.md §C items 21–36 (etcd-io/raft
+"""Replication, branches and catch-up: docs/protocol.md §C items 21–36 (etcd-io/raft
 raft_paper_test.go, raft_test.go, raft_flow_control_test.go)."""
 import dataclasses
 
@@ -26,7 +26,7 @@ def replicating(n: int = 3, **cfg) -> Network:
 
 # ------------------------------------------------------------------------------ C.21
 def test_proposal_appends_child_of_head_and_ships_it_before_the_leader_fsync():
-    """PROTOCOL.md C.21, A.3, A.7; etcd TestLeaderStartReplication; Raft §5.3."""
+    """docs/protocol.md C.21, A.3, A.7; etcd TestLeaderStartReplication; Raft §5.3."""
     net = replicating()
     r = net.propose(1, b"a")
     [b] = r.blocks
@@ -47,7 +47,7 @@ def test_proposal_appends_child_of_head_and_ships_it_before_the_leader_fsync():
 ])
 def test_block_commits_iff_a_majority_stores_it_and_commit_is_then_announced(
         size, acceptors, committed):
-    """PROTOCOL.md C.22, A.8; etcd TestLeaderCommitEntry, TestLeaderAcknowledgeCommit;
+    """docs/protocol.md C.22, A.8; etcd TestLeaderCommitEntry, TestLeaderAcknowledgeCommit;
     Raft §5.3."""
     net = Network(size)
     net.elect(1)
@@ -72,7 +72,7 @@ def test_block_commits_iff_a_majority_stores_it_and_commit_is_then_announced(
 # ------------------------------------------------------------------------------ C.23
 @pytest.mark.parametrize("follower_terms", [[], [1], [1, 1]])
 def test_new_leader_noop_commits_all_older_term_ancestors_in_height_order(follower_terms):
-    """PROTOCOL.md C.23, A.6, A.8; etcd TestLeaderCommitPrecedingEntries; Raft §5.3, §5.4.2."""
+    """docs/protocol.md C.23, A.6, A.8; etcd TestLeaderCommitPrecedingEntries; Raft §5.3, §5.4.2."""
     mine = chain(G, [1, 1])
     disks = {1: Disk.of(mine, term=1), 2: Disk.of(mine[:len(follower_terms)], term=1),
              3: Disk.of(mine[:len(follower_terms)], term=1)}
@@ -87,7 +87,7 @@ def test_new_leader_noop_commits_all_older_term_ancestors_in_height_order(follow
 
 # ------------------------------------------------------------------------------ C.24
 def test_follower_applies_exactly_its_path_up_to_a_known_commit_and_never_goes_back():
-    """PROTOCOL.md C.24, A.8 (advance_commit_to); etcd TestFollowerCommitEntry,
+    """docs/protocol.md C.24, A.8 (advance_commit_to); etcd TestFollowerCommitEntry,
     TestHandleHeartbeat; Raft §5.3."""
     main = chain(G, [1, 2, 2])               # (1,1) (2,2) (2,3)
     dead = chain(main[0], [1])               # (1,2): a dead sibling of (2,2)
@@ -118,7 +118,7 @@ def test_follower_applies_exactly_its_path_up_to_a_known_commit_and_never_goes_b
     (BlockId(2, 3), False), (BlockId(3, 3), False), (BlockId(1, 2), False),
 ])
 def test_follower_accepts_iff_prev_is_stored_else_rejects_with_term_summary(prev, ok):
-    """PROTOCOL.md C.25, A.7 (on_append, term_summary); etcd TestFollowerCheckMsgApp;
+    """docs/protocol.md C.25, A.7 (on_append, term_summary); etcd TestFollowerCheckMsgApp;
     Raft §5.3."""
     c = new_core(2, disk=Disk.of(chain(G, [1, 2]), term=2))
     r = c.step(AppendBlocks(src=1, dst=2, term=2, prev=prev, blocks=(), commit=GENESIS_ID,
@@ -137,7 +137,7 @@ def test_follower_accepts_iff_prev_is_stored_else_rejects_with_term_summary(prev
 # ------------------------------------------------------------------------------ C.26
 @pytest.mark.parametrize("commit", [GENESIS_ID, BlockId(1, 2)])
 def test_follower_moves_from_dead_branch_to_leader_branch_keeping_both(commit):
-    """PROTOCOL.md C.26, A.7 (head rule); etcd TestFollowerAppendEntries (as chains);
+    """docs/protocol.md C.26, A.7 (head rule); etcd TestFollowerAppendEntries (as chains);
     Raft §5.3.
 
     The follower's head (3,4) is on a dead term-3 branch; the term-5 leader's blocks
@@ -159,7 +159,7 @@ def test_follower_moves_from_dead_branch_to_leader_branch_keeping_both(commit):
 
 # ------------------------------------------------------------------------------ C.27
 def test_partial_batch_leaves_follower_with_old_term_head_so_it_cannot_win():
-    """PROTOCOL.md C.27, A.2 (why every block carries its term), A.6; blog "Simplifying
+    """docs/protocol.md C.27, A.2 (why every block carries its term), A.6; blog "Simplifying
     Raft with Chaining" last-appended-term trap.
 
     X(4) is committed on {n1, n2, n3}. L5 (n5) leads term 5 with chain A(1) B(2) X(4) C(5)
@@ -200,7 +200,7 @@ def test_partial_batch_leaves_follower_with_old_term_head_so_it_cannot_win():
 
 # ------------------------------------------------------------------------------ C.28
 def test_orphan_block_is_rejected_and_leader_resends_from_the_hinted_fork_point():
-    """PROTOCOL.md C.28, A.7 ("Parent missing: reject; store nothing"); etcd
+    """docs/protocol.md C.28, A.7 ("Parent missing: reject; store nothing"); etcd
     TestFollowerCheckMsgApp / TestLeaderSyncFollowerLog; Raft §5.3."""
     net = replicating()
     net.isolate(3)
@@ -226,7 +226,7 @@ def test_orphan_block_is_rejected_and_leader_resends_from_the_hinted_fork_point(
 
 # ------------------------------------------------------------------------------ C.29
 def test_reordered_and_duplicated_appends_never_move_head_back():
-    """PROTOCOL.md C.29, A.7 (head rule, outdated rejection); etcd
+    """docs/protocol.md C.29, A.7 (head rule, outdated rejection); etcd
     TestLogReplicationWithReorderedMessage; Raft §5.3."""
     net = replicating()
     net.propose(1, b"a")
@@ -280,7 +280,7 @@ def _fig7(shape):
                                    "d_extra_term7", "e_divergent_term4",
                                    "f_divergent_term2_3"])
 def test_term8_leader_brings_every_figure7_follower_onto_its_chain(shape):
-    """PROTOCOL.md C.30, A.7; etcd TestLeaderSyncFollowerLog; Raft Figure 7, §5.3.
+    """docs/protocol.md C.30, A.7; etcd TestLeaderSyncFollowerLog; Raft Figure 7, §5.3.
 
     The leader holds 1 1 1 4 4 5 5 6 6 6; after its term-8 no-op every follower shape
     ends with the leader's head, the same commit path and — the commit having passed
@@ -307,7 +307,7 @@ def test_term8_leader_brings_every_figure7_follower_onto_its_chain(shape):
     ([2, 2, 2, 2, 2, 2], [1, 1, 4], 0),                        # nothing shared but genesis
 ])
 def test_fork_point_is_found_in_one_round_trip_from_the_hint(fol_terms, lead_terms, fork):
-    """PROTOCOL.md C.31, A.7 (fork_point); etcd TestFastLogRejection; Raft §5.3 (optimised
+    """docs/protocol.md C.31, A.7 (fork_point); etcd TestFastLogRejection; Raft §5.3 (optimised
     back-off).
 
     One rejection suffices: the second AppendBlocks starts right above the fork point and
@@ -358,7 +358,7 @@ def _bad_digest(b):
      BlockId(1, 3), GENESIS_ID, []),
 ])
 def test_append_handling_table(name, prev, blocks, commit, ok, head, new_commit, deleted):
-    """PROTOCOL.md C.32, A.7 (on_append, well_formed), A.14 (GC); etcd TestHandleMsgApp;
+    """docs/protocol.md C.32, A.7 (on_append, well_formed), A.14 (GC); etcd TestHandleMsgApp;
     Raft §5.3."""
     c = new_core(2, disk=Disk.of(B3, term=1))
     r = c.step(AppendBlocks(src=1, dst=2, term=2, prev=prev, blocks=tuple(blocks),
@@ -381,7 +381,7 @@ def _leader_with_chain():
 
 
 def test_leader_handles_stale_rejection_fresh_rejection_and_success():
-    """PROTOCOL.md C.33, A.7 (on_append_resp); etcd TestLeaderAppResp; Raft §5.3."""
+    """docs/protocol.md C.33, A.7 (on_append_resp); etcd TestLeaderAppResp; Raft §5.3."""
     c = _leader_with_chain()
     p = c.prog[2]
     assert (p.state, p.next) == (ProgressState.PROBE, 4)
@@ -415,7 +415,7 @@ def test_leader_handles_stale_rejection_fresh_rejection_and_success():
 
 # ------------------------------------------------------------------------------ C.34
 def test_replicate_pipelines_up_to_max_inflight_and_probe_keeps_one_in_flight():
-    """PROTOCOL.md C.34, A.7 (flow control); etcd TestProgressFlowControl,
+    """docs/protocol.md C.34, A.7 (flow control); etcd TestProgressFlowControl,
     TestMsgAppFlowControlFull, TestMsgAppFlowControlMoveForward, TestProgressPaused;
     Raft §5.3."""
     c = new_core(1, max_inflight=3, max_batch_blocks=1)
@@ -444,7 +444,7 @@ def test_replicate_pipelines_up_to_max_inflight_and_probe_keeps_one_in_flight():
 
 
 def test_lagging_follower_heartbeat_response_triggers_resend_of_missing_blocks():
-    """PROTOCOL.md C.34, A.9 (on_heartbeat_resp); etcd TestProgressResumeByHeartbeatResp,
+    """docs/protocol.md C.34, A.9 (on_heartbeat_resp); etcd TestProgressResumeByHeartbeatResp,
     TestHandleHeartbeatResp; Raft §5.3."""
     net = replicating()
     net.drop(1, 2)
@@ -471,7 +471,7 @@ def test_lagging_follower_heartbeat_response_triggers_resend_of_missing_blocks()
 
 # ------------------------------------------------------------------------------ C.35
 def test_proposals_over_the_uncommitted_limit_get_busy_until_commit():
-    """PROTOCOL.md C.35, A.8 (on_propose); etcd TestUncommittedEntryLimit."""
+    """docs/protocol.md C.35, A.8 (on_propose); etcd TestUncommittedEntryLimit."""
     net = replicating(max_uncommitted_bytes=120)
     net.isolate(1)
     data = b"x" * 30        # 45 bytes accounted per command, 49 per block
@@ -495,7 +495,7 @@ def test_proposals_over_the_uncommitted_limit_get_busy_until_commit():
 
 # ------------------------------------------------------------------------------ C.36
 def test_proposal_commits_at_leader_and_is_refused_with_hint_elsewhere():
-    """PROTOCOL.md C.36, A.8 (on_propose); etcd TestProposal, TestProposalByProxy;
+    """docs/protocol.md C.36, A.8 (on_propose); etcd TestProposal, TestProposalByProxy;
     Raft §8."""
     net = Network(3)
     r = net.propose(2, b"early")
@@ -516,7 +516,7 @@ def test_proposal_commits_at_leader_and_is_refused_with_hint_elsewhere():
 
 # ------------------------------------------------------------------------------ A.2
 def test_known_block_id_arriving_with_another_digest_is_a_safety_violation():
-    """PROTOCOL.md A.2 (the digest is a tripwire: raise SafetyViolation, never merge),
+    """docs/protocol.md A.2 (the digest is a tripwire: raise SafetyViolation, never merge),
     D.2."""
     from josefine.chain.block import BlockKind, make_block
     from josefine.types import SafetyViolation

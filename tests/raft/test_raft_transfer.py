@@ -1,4 +1,4 @@
-"""Leadership transfer: PROTOCOL.md §C items 51–53 (etcd-io/raft raft_test.go; thesis §3.10)."""
+"""Leadership transfer: docs/protocol.md §C items 51–53 (etcd-io/raft raft_test.go; thesis §3.10)."""
 import pytest
 
 from harness import ET, Network, new_core, of_type, out
@@ -18,7 +18,7 @@ def led(n: int = 3, **cfg) -> Network:
 # ------------------------------------------------------------------------------ C.51
 @pytest.mark.parametrize("check_quorum", [False, True])
 def test_transfer_to_up_to_date_follower_makes_it_leader_of_the_next_term(check_quorum):
-    """PROTOCOL.md C.51, A.11; etcd TestLeaderTransferToUpToDateNode,
+    """docs/protocol.md C.51, A.11; etcd TestLeaderTransferToUpToDateNode,
     TestLeaderTransferWithCheckQuorum; thesis §3.10.
 
     The target is caught up, so TimeoutNow leaves at once; its VoteReq is marked as a
@@ -37,7 +37,7 @@ def test_transfer_to_up_to_date_follower_makes_it_leader_of_the_next_term(check_
 
 
 def test_transfer_requested_at_a_follower_is_refused_with_the_leader_hint():
-    """PROTOCOL.md C.51, A.11; etcd TestLeaderTransferToUpToDateNodeFromFollower."""
+    """docs/protocol.md C.51, A.11; etcd TestLeaderTransferToUpToDateNodeFromFollower."""
     net = led()
     r = net.transfer(3, 2)
     assert [(o.kind, o.key, o.status, o.leader_hint) for o in r.outcomes] == \
@@ -47,7 +47,7 @@ def test_transfer_requested_at_a_follower_is_refused_with_the_leader_hint():
 
 # ------------------------------------------------------------------------------ C.52
 def test_transfer_to_slow_follower_catches_it_up_before_timeout_now():
-    """PROTOCOL.md C.52, A.11; etcd TestLeaderTransferToSlowFollower; thesis §3.10."""
+    """docs/protocol.md C.52, A.11; etcd TestLeaderTransferToSlowFollower; thesis §3.10."""
     net = led()
     net.isolate(3)
     for k in range(4):
@@ -73,7 +73,7 @@ def test_transfer_to_slow_follower_catches_it_up_before_timeout_now():
 
 # ------------------------------------------------------------------------------ C.53
 def test_transfer_to_self_is_a_noop_and_to_a_stranger_is_rejected():
-    """PROTOCOL.md C.53, A.11; etcd TestLeaderTransferToSelf,
+    """docs/protocol.md C.53, A.11; etcd TestLeaderTransferToSelf,
     TestLeaderTransferToNonExistingNode."""
     net = led()
     r = net.transfer(1, 1)
@@ -87,7 +87,7 @@ def test_transfer_to_self_is_a_noop_and_to_a_stranger_is_rejected():
 
 
 def test_pending_transfer_refuses_proposals_and_aborts_after_an_election_timeout():
-    """PROTOCOL.md C.53, A.11; etcd TestLeaderTransferTimeout,
+    """docs/protocol.md C.53, A.11; etcd TestLeaderTransferTimeout,
     TestLeaderTransferIgnoreProposal; thesis §3.10."""
     net = led()
     net.isolate(3)
@@ -106,7 +106,7 @@ def test_pending_transfer_refuses_proposals_and_aborts_after_an_election_timeout
 
 
 def test_repeating_a_pending_transfer_does_not_extend_its_deadline():
-    """PROTOCOL.md C.53, A.11; etcd TestLeaderTransferSecondTransferToSameNode."""
+    """docs/protocol.md C.53, A.11; etcd TestLeaderTransferSecondTransferToSameNode."""
     net = led()
     net.isolate(3)
     net.transfer(1, 3)
@@ -119,7 +119,7 @@ def test_repeating_a_pending_transfer_does_not_extend_its_deadline():
 
 
 def test_transfer_to_another_node_replaces_the_pending_one():
-    """PROTOCOL.md C.53, A.11; etcd TestLeaderTransferSecondTransferToAnotherNode."""
+    """docs/protocol.md C.53, A.11; etcd TestLeaderTransferSecondTransferToAnotherNode."""
     net = led()
     net.isolate(3)
     net.transfer(1, 3)
@@ -133,7 +133,7 @@ def test_transfer_to_another_node_replaces_the_pending_one():
 
 
 def test_transfer_back_to_self_cancels_the_pending_transfer():
-    """PROTOCOL.md C.53, A.11; etcd TestLeaderTransferBack; thesis §3.10."""
+    """docs/protocol.md C.53, A.11; etcd TestLeaderTransferBack; thesis §3.10."""
     net = led()
     net.isolate(3)
     net.transfer(1, 3)
@@ -145,7 +145,7 @@ def test_transfer_back_to_self_cancels_the_pending_transfer():
 
 
 def test_pending_transfer_ends_when_a_higher_term_vote_deposes_the_leader():
-    """PROTOCOL.md C.53, A.5, A.11; etcd TestLeaderTransferReceiveHigherTermVote."""
+    """docs/protocol.md C.53, A.5, A.11; etcd TestLeaderTransferReceiveHigherTermVote."""
     net = led()
     net.isolate(3)
     net.transfer(1, 3)
@@ -158,7 +158,7 @@ def test_pending_transfer_ends_when_a_higher_term_vote_deposes_the_leader():
 
 
 def test_timeout_now_is_ignored_by_non_members_and_from_non_leaders():
-    """PROTOCOL.md C.53, A.11 (on_timeout_now); etcd TestTransferNonMember."""
+    """docs/protocol.md C.53, A.11 (on_timeout_now); etcd TestTransferNonMember."""
     c = new_core(4, voters={1, 2, 3})
     c.step(Heartbeat(src=1, dst=4, term=1, commit=None, seq=1))
     assert c.leader == 1

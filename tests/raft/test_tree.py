@@ -1,4 +1,4 @@
-"""BlockTree: the core's view of every stored block and of the head path (PROTOCOL.md A.3,
+"""BlockTree: the core's view of every stored block and of the head path (docs/protocol.md A.3,
 A.7 set_head / term_summary, A.14 delete_subtree)."""
 import dataclasses
 
@@ -22,7 +22,7 @@ def tree() -> BlockTree:
 
 
 def test_fresh_tree_holds_only_genesis_as_head():
-    """PROTOCOL.md A.2 (GENESIS), A.3 (path, term_range)."""
+    """docs/protocol.md A.2 (GENESIS), A.3 (path, term_range)."""
     t = BlockTree(G)
     assert t.head == GENESIS_ID and t.path == [GENESIS_ID]
     assert t.term_range == {0: [0, 0]} and t.has(GENESIS_ID) and t.on_path(GENESIS_ID)
@@ -77,7 +77,7 @@ def test_delete_subtree_removes_a_branch_and_its_child_links():
 
 
 def test_is_ancestor_follows_parents_across_branches():
-    """PROTOCOL.md A.2 (a ⪯ b), used by the B-invariants and GC."""
+    """docs/protocol.md A.2 (a ⪯ b), used by the B-invariants and GC."""
     t = tree()
     assert t.is_ancestor(BlockId(1, 1), BlockId(2, 4))
     assert t.is_ancestor(GENESIS_ID, BlockId(1, 3))

@@ -49,7 +49,7 @@ def test_granting_a_vote_without_the_up_to_date_check_is_caught(monkeypatch):
 
 
 def test_acknowledging_an_append_before_its_sync_is_caught(monkeypatch):
-    """PROTOCOL.md A.3: an ack moved to the messages that may leave before the fsync."""
+    """docs/protocol.md A.3: an ack moved to the messages that may leave before the fsync."""
     orig = RaftCore._on_append
 
     def ack_early(self, m):  # noqa: ANN001
@@ -76,7 +76,7 @@ def test_forgetting_the_vote_on_restart_is_caught(monkeypatch):
 
 
 def test_moving_the_head_backwards_on_a_stale_append_is_caught(monkeypatch):
-    """PROTOCOL.md A.7 head rule (seed defect D.5)."""
+    """docs/protocol.md A.7 head rule (seed defect D.5)."""
     orig = RaftCore._on_append
 
     def always_move(self, m):  # noqa: ANN001

@@ -1,6 +1,6 @@
 """Codec timings (not a test): python tests/transport/bench_codec.py [blocks] [payload bytes].
 
-Timing goals are measured, never asserted in tests (DESIGN.md).
+Timing goals are measured, never asserted in tests (see the README: speed is measured by the benchmark commands).
 """
 from __future__ import annotations
 
