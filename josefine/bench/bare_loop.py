@@ -310,11 +310,11 @@ def _fmt(r: dict[str, Any]) -> str:
             f"({r['proposals']:,} proposals in {r['duration_s']:g} s)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m josefine.bench.bare_loop",
                                  description="Bare ZeroMQ + LevelDB replicated commit loop "
                                              "(no actors, no Raft): this machine's ceiling.")
-    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=3, help="processes, leader included (default 3)")
     ap.add_argument("--batch", type=int, nargs="+", default=[16, 256],
                     help="proposals per batch; one run per value (default: 16 256)")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="write batches without sync")
     ap.add_argument("--window", type=int, default=4, help="batches in flight")
     ap.add_argument("--json", action="store_true", help="print a JSON list of results")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.nodes < 1:
         ap.error("--nodes must be >= 1")

@@ -99,10 +99,11 @@ def _plot(results: list[BenchResult], path: str) -> None:
     fig.savefig(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="josefine bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client streams, each in its own worker (default 1)")
     ap.add_argument("--pipeline", type=int, default=1,
                     help="writes each client keeps outstanding (default 1: sequential)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--insecure", action="store_true",
                     help="Josefine without Curve (plaintext, unauthenticated)")
     ap.add_argument("--json", action="store_true", help="print JSON on stdout")
-    ap.add_argument("--plot", metavar="FILE.png", default=None)
+    ap.add_argument("--plot", metavar="FILE.png", default=None,
+                    help="write throughput and p50 over time of every system run here")
     ap.add_argument("--failover", action="store_true",
                     help="also measure leader-kill to first successor commit")
     ap.add_argument("--trials", type=int, default=5, help="failover trials")
@@ -132,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                          "sequentially, durable and without fsync, in the same run, and print "
                          "Josefine's p50 as a multiple of each")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --duration > 0, --payload >= 0")

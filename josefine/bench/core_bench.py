@@ -66,11 +66,17 @@ def bench_sim(seeds: int) -> float:
     return seeds / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m josefine.bench.core_bench")
-    ap.add_argument("--proposals", type=int, default=100_000)
-    ap.add_argument("--seeds", type=int, default=100)
-    a = ap.parse_args(argv)
+    ap.add_argument("--proposals", type=int, default=100_000,
+                    help="proposals through one leader core (default 100000)")
+    ap.add_argument("--seeds", type=int, default=100,
+                    help="simulation seeds to time (default 100)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     for batch in (1, 64):
         sps, pps, steps = bench_core(a.proposals, batch)
         print(f"core leader, {batch:3d} proposal(s) per input: {sps:10.0f} steps/s "

@@ -30,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "pausing and partitioning nodes, then heal and check linearizability, "
                     "identical committed chains, monotonic commit, one leader per term and "
                     "that no acknowledged write was lost.")
-    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of workload + faults")
     p.add_argument("--seed", type=int, default=0, help="seeds the operations and fault schedule")
     p.add_argument("--clients", type=int, default=8, help="concurrent client threads")
-    p.add_argument("--keys", type=int, default=8)
+    p.add_argument("--keys", type=int, default=8,
+                   help="distinct keys the workload reads and writes (default 8)")
     p.add_argument("--faults", default=",".join(FAULT_KINDS),
                    help=f"comma-separated subset of {','.join(FAULT_KINDS)}; 'none' for no faults")
     p.add_argument("--out", default=None,

@@ -125,19 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this client's Curve key pair (default: the cluster file's client key)")
 
     p = sub.add_parser("put", parents=[common], help="set KEY to VALUE")
-    p.add_argument("key")
-    p.add_argument("value")
+    p.add_argument("key", help="the key (a string)")
+    p.add_argument("value", help="its new value (a string)")
     p.set_defaults(func=_kv)
     p = sub.add_parser("get", parents=[common], help="print the value of KEY (exit 3 if absent)")
-    p.add_argument("key")
+    p.add_argument("key", help="the key to read (linearizable)")
     p.set_defaults(func=_kv)
     p = sub.add_parser("delete", parents=[common], help="remove KEY (exit 3 if absent)")
-    p.add_argument("key")
+    p.add_argument("key", help="the key to remove")
     p.set_defaults(func=_kv)
     p = sub.add_parser("cas", parents=[common], help="set KEY to NEW if it is EXPECTED (exit 3 if not)")
-    p.add_argument("key")
-    p.add_argument("expected")
-    p.add_argument("new")
+    p.add_argument("key", help="the key to compare and set")
+    p.add_argument("expected", help="the value KEY must hold for the swap")
+    p.add_argument("new", help="the value KEY gets if it held EXPECTED")
     p.set_defaults(func=_kv)
 
     status_common = argparse.ArgumentParser(add_help=False)
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "admin key. rotate NODE: give NODE a new key pair (its old "
                                    "key stays trusted until `keys forget NODE`); restart NODE "
                                    "afterwards. forget NODE: stop trusting NODE's previous keys.")
-    p.add_argument("action", choices=["reload", "rotate", "forget"])
+    p.add_argument("action", choices=["reload", "rotate", "forget"],
+                   help="reload, rotate or forget (see above)")
     p.add_argument("node", nargs="?", type=_positive_int, help="node id (rotate, forget)")
     p.add_argument("--cluster", metavar="FILE",
                    help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")

@@ -53,12 +53,18 @@ def _show(launcher: Launcher) -> None:
               f"commit={s.get('commit', '-')} applied={s.get('applied', '-')}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="josefine demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--nodes", type=int, default=3)
-    ap.add_argument("--writes", type=int, default=500)
+    ap.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
+    ap.add_argument("--writes", type=int, default=500,
+                    help="key-value writes before the leader is killed (default 500)")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="keep the cluster's files here (default: a temp dir, removed)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     tmp = None
     data = args.data_dir
