@@ -20,23 +20,26 @@ import math
 import sys
 from typing import Any
 
+from tqdm import tqdm
+
 from josefine.bench.runner import BenchResult, run_josefine, run_pysyncobj
 
 
 class _Progress:
+    """A progress bar on stderr (tqdm), shown only on a terminal; called with the fraction
+    done, from 0.0 to 1.0."""
+
     def __init__(self, label: str, enabled: bool) -> None:
-        self.label, self.enabled, self.last = label, enabled and sys.stderr.isatty(), -1
+        self.bar = tqdm(total=100, desc=f"{label:32}", unit="%", leave=True,
+                        disable=not (enabled and sys.stderr.isatty()),
+                        bar_format="{desc} {bar:30} {n:3.0f}%")
 
     def __call__(self, frac: float) -> None:
-        if not self.enabled:
-            return
-        n = int(frac * 30)
-        if n != self.last:
-            self.last = n
-            sys.stderr.write(f"\r{self.label:32} [{'#' * n}{'.' * (30 - n)}] {frac * 100:3.0f}%")
-            sys.stderr.flush()
-            if frac >= 1.0:
-                sys.stderr.write("\n")
+        n = round(min(1.0, max(0.0, frac)) * 100)
+        if n > self.bar.n:
+            self.bar.update(n - self.bar.n)
+        if n >= 100:
+            self.bar.close()
 
 
 def _fmt(r: BenchResult) -> str:
