@@ -92,6 +92,20 @@ def parse_address(address: str) -> tuple[str, int]:
     return m.group(1), port
 
 
+def parse_metrics_address(address: str) -> tuple[str, int]:
+    """Split a metrics endpoint ``HOST:PORT`` (an HTTP listener, no scheme) into (host, port).
+
+    Raises:
+        ValueError: not of that form, or the port is outside 1..65535.
+    """
+    host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or "/" in host:
+        raise ValueError(f"expected 'HOST:PORT' (e.g. '127.0.0.1:9101'), got {address!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be in 1..65535, got {port} in {address!r}")
+    return host, int(port)
+
+
 def _kind(value: Any) -> str:
     """Name a value's TOML type for error messages."""
     if isinstance(value, bool):
@@ -268,6 +282,9 @@ class NodeConfig:
     insecure: bool = False
     """Plaintext ZeroMQ, no authentication: any process that reaches the port can forge
     frames. Off by default; a node started insecure logs a warning."""
+    metrics_address: str | None = None
+    """``HOST:PORT`` where the node serves Prometheus metrics over HTTP (``/metrics``);
+    None (the default): no metrics, no listener, nothing measured."""
     secret_key_file: str | None = None
     """This node's Curve key pair (``josefine launch`` writes ``node.key_secret``, mode
     0600). Required unless `insecure`."""
@@ -402,6 +419,12 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     for key in ("secret_key_file", "cluster_file"):
         if v.get(key) is not None:
             _expect_str(source, key, v[key])
+    if v.get("metrics_address") is not None:
+        _expect_str(source, "metrics_address", v["metrics_address"])
+        try:
+            parse_metrics_address(v["metrics_address"])
+        except ValueError as exc:
+            raise _fail(source, "metrics_address", str(exc)) from None
     for key in ("fsync", "fault_injection", "pre_vote", "check_quorum", "insecure"):
         if key in v:
             _expect_bool(source, key, v[key])
@@ -458,6 +481,8 @@ class ClusterNode:
     """The node's Curve public key (Z85); required unless the cluster is insecure."""
     previous_keys: tuple[str, ...] = ()
     """Older public keys still accepted for this node while its key is being rotated."""
+    metrics_address: str | None = None
+    """Where the node serves Prometheus metrics (``HOST:PORT``), when it does."""
 
 
 @dataclass(frozen=True)
@@ -518,7 +543,8 @@ class ClusterConfig:
             raise _fail(source, "nodes", "missing (required)")
         if not isinstance(raw_nodes, Mapping) or not raw_nodes:
             raise _fail(source, "nodes", "expected a non-empty table of node tables")
-        fields = ["address", "data_dir", "config_path", "public_key", "previous_keys"]
+        fields = ["address", "data_dir", "config_path", "public_key", "previous_keys",
+                  "metrics_address"]
         nodes: dict[int, ClusterNode] = {}
         seen: dict[str, int] = {}
         for raw_id, entry in raw_nodes.items():
@@ -542,9 +568,16 @@ class ClusterConfig:
                 _expect_str(source, f"{prefix}.public_key", entry["public_key"])
             previous = _expect_str_list(source, f"{prefix}.previous_keys",
                                         entry.get("previous_keys", []))
+            if "metrics_address" in entry:
+                _expect_str(source, f"{prefix}.metrics_address", entry["metrics_address"])
+                try:
+                    parse_metrics_address(entry["metrics_address"])
+                except ValueError as exc:
+                    raise _fail(source, f"{prefix}.metrics_address", str(exc)) from None
             nodes[node_id] = ClusterNode(address=entry["address"],
                                          public_key=entry.get("public_key"),
-                                         previous_keys=previous, **paths)
+                                         previous_keys=previous,
+                                         metrics_address=entry.get("metrics_address"), **paths)
         extra: dict[str, Any] = {}
         if "insecure" in data:
             _expect_bool(source, "insecure", data["insecure"])
@@ -575,7 +608,8 @@ class ClusterConfig:
                 lines.append(f"{key} = {_toml_value(value)}")
         for node_id, node in self.nodes.items():
             lines += ["", f"[nodes.{_toml_str(str(node_id))}]", f"address = {_toml_str(node.address)}"]
-            for key in ("data_dir", "config_path", "public_key", "previous_keys"):
+            for key in ("data_dir", "config_path", "public_key", "previous_keys",
+                        "metrics_address"):
                 value = getattr(node, key)
                 if value:
                     lines.append(f"{key} = {_toml_value(value)}")

@@ -15,7 +15,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pykka
 
@@ -43,6 +43,9 @@ from josefine.raft.core import RaftCore
 from josefine.transport.faults import FaultRules
 from josefine.security import KeyFileError, TrustedKeys, load_keypair, trusted_keys
 from josefine.transport.zmq_transport import TransportSecurity, ZmqTransport
+
+if TYPE_CHECKING:
+    from josefine.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,7 @@ class Node:
         self.transfers = self.intake.transfers
         self.state_machine = state_machine if state_machine is not None else KVStateMachine()
         self._refs: list[pykka.ActorRef] = []
+        self.metrics: NodeMetrics | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -207,6 +211,15 @@ class Node:
                                security=security)
         self.store = store
         self.writer = Writer(store, cfg.fsync)
+        if cfg.metrics_address is not None:
+            from josefine.metrics import NodeMetrics   # only a node with metrics loads them
+            try:
+                self.metrics = NodeMetrics(self.id, cfg.metrics_address,
+                                           lambda: self.status(timeout=2.0))
+            except OSError as exc:
+                raise ConfigError(f"node {self.id}: key 'metrics_address': cannot listen on "
+                                  f"{cfg.metrics_address}: {exc.strerror or exc}") from None
+            self.writer.observe_sync = self.metrics.fsync_seconds.observe
         links.chain = ChainActor.start(self.id, links, fatal, self.writer, self.chain_inbox)
         self._refs.append(links.chain)
         self.chain_inbox.target = links.chain
@@ -221,7 +234,7 @@ class Node:
         self._role_actor_status = None
         links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
                                      self.proposal_inbox, self.chain_inbox, self.writer,
-                                     self._status_extra, self.peer_inbox)
+                                     self._status_extra, self.peer_inbox, self.metrics)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
         self.peer_inbox.target = links.role
@@ -251,6 +264,8 @@ class Node:
         store = getattr(self, "store", None)
         if store is not None:
             store.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.intake.fail_all()
 
     @property
@@ -332,6 +347,7 @@ class Node:
                 "waiting_proposals": len(self.proposals),
                 "rss_bytes": rss_bytes(os.getpid()),
                 "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"],
+                "metrics_address": self.config.metrics_address,
                 "writes": {"total": self.writer.planner.writes,
                            "synced": self.writer.planner.synced_writes,
                            "inline": self.writer.inline_writes,

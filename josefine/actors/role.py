@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from josefine.raft.ready import EventKind
 from josefine.actors.base import ActorEffects, NodeActor
@@ -28,6 +29,9 @@ from josefine.runtime.executor import ReadyRouter, Route, carry_out, release
 from josefine.runtime.status import NodeStatus
 from josefine.runtime.writer import Writer
 
+if TYPE_CHECKING:
+    from josefine.metrics import NodeMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +39,8 @@ class RoleActor(NodeActor):
     def __init__(self, node_id, links, fatal, core: RaftCore, gate: TickGate,  # noqa: ANN001
                  proposals: SideQueue, chain_inbox: SideQueue, writer: Writer | None = None,
                  status_extra: Callable[[], dict] | None = None,
-                 peer_inbox: SideQueue | None = None) -> None:
+                 peer_inbox: SideQueue | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.core = core
         self.gate = gate
@@ -49,6 +54,9 @@ class RoleActor(NodeActor):
         self._alive = False
         self.ran_here = 0
         """Input batches handled on a producer's thread (`run_here`), not this actor's."""
+        self.elections = 0
+        self.metrics = metrics
+        """With metrics on: proposal batch sizes and proposal-to-commit times go here."""
         self.writer = writer
         """With a writer, the role actor runs a write itself when the chain actor is idle
         and its own mailbox empty (josefine/runtime/writer.py); None: always hand over."""
@@ -104,7 +112,17 @@ class RoleActor(NodeActor):
             self._dispatch(core.step(m))
         cmds = self.proposals.drain()
         if cmds:
-            self._dispatch(core.step(Propose(commands=tuple(cmds))))
+            metrics = self.metrics
+            if metrics is None:
+                self._dispatch(core.step(Propose(commands=tuple(cmds))))
+                return
+            metrics.batch_commands.observe(len(cmds))
+            r = core.step(Propose(commands=tuple(cmds)))
+            if r.blocks and core.role is Role.LEADER:
+                at = time.perf_counter()
+                for b in r.blocks:
+                    metrics.commit_timer.proposed(b.id.height, at)
+            self._dispatch(r)
 
     def _dispatch(self, r: Ready) -> None:
         routed = self.router.route(r, self.chain_inbox.backlog())
@@ -113,6 +131,14 @@ class RoleActor(NodeActor):
         for ev in r.events:
             if ev[0] == EventKind.BECAME_LEADER:
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])
+            elif ev[0] == EventKind.CAMPAIGN:
+                self.elections += 1
+        metrics = self.metrics
+        if metrics is not None:
+            if self.core.role is not Role.LEADER:
+                metrics.commit_timer.clear()
+            elif r.commit is not None:
+                metrics.commit_timer.committed(r.commit.height)
         if routed.route is Route.QUEUE:
             plan = None
             if self.writer is not None and self.core.role is not Role.LEADER \
@@ -137,6 +163,11 @@ class RoleActor(NodeActor):
         st["queued_proposals"] = len(self.proposals)
         st["dropped_ticks"] = self.gate.dropped
         st["ran_on_io_thread"] = self.ran_here
+        st["elections"] = self.elections
+        core = self.core
+        if core.role is Role.LEADER:
+            st["followers"] = {v: (p.match.height if p.match is not None else 0)
+                               for v, p in sorted(core.prog.items())}
         if self.status_extra is not None:
             st.update(self.status_extra())
         return NodeStatus(**st)

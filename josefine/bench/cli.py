@@ -56,6 +56,12 @@ def _fmt(r: BenchResult) -> str:
 def _ratios(results: list[BenchResult]) -> dict[str, Any]:
     jose = next((r for r in results if r.system == "josefine"), None)
     pso = [r for r in results if r.system == "pysyncobj"]
+    measured = next((r for r in results if r.system == "josefine" and r is not jose
+                     and r.mode.endswith("-metrics")), None)
+    if jose is not None and measured is not None:
+        return {"throughput_metrics_vs_off": _ratio(measured.writes_per_s, jose.writes_per_s),
+                "p50_metrics_minus_off_ms": round(measured.latency_ms["p50"]
+                                                  - jose.latency_ms["p50"], 3)}
     plain = next((r for r in results if r.system == "josefine" and r is not jose
                   and r.mode.endswith("-insecure")), None)
     if jose is not None and plain is not None:
@@ -113,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
     ap.add_argument("--payload", type=int, default=10, help="value bytes per write")
     ap.add_argument("--no-fsync", action="store_true", help="Josefine without fsync")
-    ap.add_argument("--compare", choices=["pysyncobj", "insecure"], default=None,
+    ap.add_argument("--compare", choices=["pysyncobj", "insecure", "metrics"], default=None,
                     help="pysyncobj: the same load on PySyncObj; insecure: the same load on "
-                         "Josefine without Curve, for the cost of encryption")
+                         "Josefine without Curve, for the cost of encryption; metrics: the "
+                         "same load with Prometheus metrics on (scraped once a second), for "
+                         "their cost")
     ap.add_argument("--insecure", action="store_true",
                     help="Josefine without Curve (plaintext, unauthenticated)")
     ap.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -163,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         results = [run_josefine(a.nodes, a.clients, a.pipeline, a.duration, a.payload,
                                 not a.no_fsync, warm, progress=_Progress(label, show),
                                 insecure=a.insecure)]
+        if a.compare == "metrics":
+            results.append(run_josefine(a.nodes, a.clients, a.pipeline, a.duration,
+                                        a.payload, not a.no_fsync, warm,
+                                        progress=_Progress(label + " metrics", show),
+                                        insecure=a.insecure, metrics=True))
         if a.compare == "insecure" and not a.insecure:
             results.append(run_josefine(a.nodes, a.clients, a.pipeline, a.duration,
                                         a.payload, not a.no_fsync, warm,

@@ -121,18 +121,20 @@ def _split(total: int, parts: int) -> list[int]:
 def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, payload: int,
                  fsync: bool, warmup: float, procs: int = 0,
                  progress: Callable[[float], None] | None = None,
-                 insecure: bool = False) -> BenchResult:
+                 insecure: bool = False, metrics: bool = False) -> BenchResult:
     """Josefine over its client protocol; Curve on unless `insecure` (mode gets
     "-insecure"). Records launch-to-first-leader time, key generation included, as
     latency_ms["first_leader"]."""
     from josefine.bench.load import josefine_worker
     from josefine.launch.cluster import Launcher
-    mode = ("durable" if fsync else "no-fsync") + ("-insecure" if insecure else "")
+    mode = ("durable" if fsync else "no-fsync") + ("-insecure" if insecure else "") \
+        + ("-metrics" if metrics else "")
     res = BenchResult("josefine", mode, nodes, clients, pipeline, payload, duration, fsync)
     with tempfile.TemporaryDirectory(prefix="josefine-bench-") as d:
         t_launch = time.monotonic()
         launcher = Launcher(nodes, Path(d), free_port_block(nodes), fsync=fsync, out=None,
-                            insecure=insecure)
+                            insecure=insecure,
+                            metrics_base_port=free_port_block(nodes) if metrics else None)
         launcher.start()
         try:
             addrs = {i: launcher.address(i) for i in launcher.node_ids}
@@ -153,10 +155,16 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
                     p.start()
                     ps.append(p)
             sampler = ProcSampler(lambda: {f"node{i}": launcher.pid(i) for i in launcher.node_ids})
+            scraper = _Scraper([launcher.node_config(i).metrics_address
+                                for i in launcher.node_ids]) if metrics else None
             _sleep_until(t_start, progress, t_start - warmup - 1.0, t_end)
             sampler.start()
+            if scraper is not None:
+                scraper.start()
             _sleep_until(t_end, progress, t_start - warmup - 1.0, t_end)
             sampler.stop(duration, res)
+            if scraper is not None:
+                res.latency_ms["metrics_scrapes"] = scraper.stop()
             done_t: list[float] = []
             lat: list[float] = []
             for _ in ps:
@@ -174,6 +182,36 @@ def run_josefine(nodes: int, clients: int, pipeline: int, duration: float, paylo
         finally:
             launcher.stop()
     return res
+
+
+class _Scraper:
+    """Scrapes every node's /metrics once a second, as a Prometheus server would, so that
+    `--compare metrics` prices the scrapes too. Counts the successful ones."""
+
+    def __init__(self, addresses: list[str | None]) -> None:
+        self.addresses = [a for a in addresses if a]
+        self.ok = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+        while not self._halt.wait(1.0):
+            for a in self.addresses:
+                try:
+                    with urllib.request.urlopen(f"http://{a}/metrics", timeout=2) as r:
+                        r.read()
+                    self.ok += 1
+                except OSError:
+                    pass
+
+    def stop(self) -> int:
+        self._halt.set()
+        self._thread.join(timeout=5)
+        return self.ok
 
 
 def _get_result(q: Any, ps: list) -> dict:

@@ -54,7 +54,7 @@ _DELEGATED = {
 
 STATUS_FIELDS = ("id", "address", "reachable", "pid", "role", "term", "leader",
                  "head", "commit", "applied", "dropped_frames", "rss_bytes",
-                 "leveldb_memory_bytes", "error")
+                 "leveldb_memory_bytes", "error", "metrics_address")
 """Keys of each node object in ``josefine status --json`` (see `_status`)."""
 
 
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-restart", action="store_true", help="do not restart nodes that exit")
     p.add_argument("--fault-injection", action="store_true", help="let nodes accept fault rules")
     p.add_argument("--no-fsync", action="store_true", help="do not fsync writes (benchmarks only)")
+    p.add_argument("--metrics-base-port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics: node i on http://127.0.0.1:PORT+i-1/metrics "
+                        "(written into cluster.toml; default: no metrics)")
     p.add_argument("--set", dest="settings", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                    help="any other node.toml key for every node, VALUE in TOML syntax (repeatable)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -332,6 +335,7 @@ def _launch(args: argparse.Namespace) -> int:
             out=None if args.quiet else sys.stdout,
             config=settings,
             insecure=args.insecure,
+            metrics_base_port=args.metrics_base_port,
         )
         return launcher.run_forever()
     except (ConfigError, LaunchError) as exc:
@@ -452,7 +456,8 @@ def _status(args: argparse.Namespace) -> int:
                     "pid": 4242, "role": "leader", "term": 3, "leader": 1,
                     "head": [3, 17], "commit": [3, 16], "applied": [3, 16],
                     "dropped_frames": 0, "rss_bytes": 41943040,
-                    "leveldb_memory_bytes": 2097152, "error": null}, ...]}
+                    "leveldb_memory_bytes": 2097152, "error": null,
+                    "metrics_address": "127.0.0.1:9101"}, ...]}
 
     `nodes` is in id order. Block references (`head`, `commit`, `applied`) are
     ``[term, height]`` arrays, or whatever integer height the node reports, or
@@ -460,6 +465,7 @@ def _status(args: argparse.Namespace) -> int:
     (LevelDB's own estimate of its memtables and caches) are null where the node cannot
     tell. For an unreachable node `reachable` is false, `role` is
     ``"unreachable"``, `error` says why and every other status field is null.
+    `metrics_address` comes from the cluster file (null when the node serves no metrics).
     Exit status 0 when every node answered, 1 otherwise.
     """
     cluster = _load_cluster("status", args.cluster)
@@ -486,6 +492,8 @@ def _status(args: argparse.Namespace) -> int:
     nodes = list(cluster.nodes.items())
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
         rows = list(pool.map(lambda item: ask(item[0], item[1].address), nodes))
+    for row in rows:   # from the cluster file: known for unreachable nodes too
+        row["metrics_address"] = cluster.nodes[row["id"]].metrics_address
 
     if args.json:
         print(json.dumps({"cluster_id": cluster.cluster_id, "nodes": rows}, indent=2, default=str))

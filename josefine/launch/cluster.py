@@ -55,6 +55,7 @@ from josefine.config import (
     ConfigError,
     NodeConfig,
     load_cluster_config,
+    parse_metrics_address,
 )
 from josefine.errors import JosefineError
 from josefine.launch import procutil
@@ -199,6 +200,7 @@ class Launcher:
         check_ports: bool = True,
         config: Mapping[str, Any] | None = None,
         insecure: bool = False,
+        metrics_base_port: int | None = None,
         **settings: Any,
     ) -> None:
         settings = {**(config or {}), **settings}
@@ -206,6 +208,15 @@ class Launcher:
             raise LaunchError(f"nodes must be an integer >= 1, got {nodes!r}")
         if isinstance(base_port, bool) or not isinstance(base_port, int) or not 1 <= base_port <= 65535 - nodes + 1:
             raise LaunchError(f"base_port must be in 1..{65535 - nodes + 1} for {nodes} nodes, got {base_port!r}")
+        if metrics_base_port is not None and (
+                isinstance(metrics_base_port, bool) or not isinstance(metrics_base_port, int)
+                or not 1 <= metrics_base_port <= 65535 - nodes + 1):
+            raise LaunchError(f"metrics_base_port must be in 1..{65535 - nodes + 1} for {nodes} "
+                              f"nodes, got {metrics_base_port!r}")
+        if metrics_base_port is not None and not (
+                metrics_base_port + nodes <= base_port or base_port + nodes <= metrics_base_port):
+            raise LaunchError(f"metrics ports {metrics_base_port}..{metrics_base_port + nodes - 1} "
+                              f"overlap the node ports {base_port}..{base_port + nodes - 1}")
         overrides = {i: dict(o) for i, o in (node_overrides or {}).items()}
         for where, keys in [("settings", settings), *((f"node_overrides[{i}]", o) for i, o in overrides.items())]:
             fixed = sorted(set(keys) & _LAUNCHER_OWNED)
@@ -247,6 +258,8 @@ class Launcher:
                 **({} if self.insecure else {
                     "secret_key_file": str(node_dir / "node.key_secret"),
                     "cluster_file": str(self.cluster_path)}),
+                **({} if metrics_base_port is None else {
+                    "metrics_address": f"{HOST}:{metrics_base_port + i - 1}"}),
                 **common,
                 **overrides.get(i, {}),
             }
@@ -289,7 +302,8 @@ class Launcher:
             return ClusterConfig(
                 cluster_id=self.cluster_id, insecure=True,
                 nodes={i: ClusterNode(address=n.config.address, data_dir=n.config.data_dir,
-                                      config_path=str(n.config_path))
+                                      config_path=str(n.config_path),
+                                      metrics_address=n.config.metrics_address)
                        for i, n in self._nodes.items()})
         old = self._existing
         nodes = {}
@@ -300,7 +314,7 @@ class Launcher:
                 address=n.config.address, data_dir=n.config.data_dir,
                 config_path=str(n.config_path),
                 public_key=self._keypair(Path(n.config.secret_key_file), f"node {i}").public.decode(),
-                previous_keys=prev)
+                previous_keys=prev, metrics_address=n.config.metrics_address)
         client = self._keypair(self.client_key_path, "client").public.decode()
         admin = self._keypair(self.admin_key_path, "admin").public.decode()
         # Keys an operator added to an existing cluster.toml are kept on relaunch.
@@ -760,16 +774,20 @@ class Launcher:
 
     def _ensure_ports_free(self) -> None:
         for i, node in self._nodes.items():
-            port = node.config.port
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind((HOST, port))
-                except OSError as exc:
-                    raise LaunchError(
-                        f"port {port} for node {i} on {HOST} is not free ({exc.strerror}); "
-                        "choose another --base-port"
-                    ) from None
+            wanted = [(node.config.port, "--base-port")]
+            if node.config.metrics_address is not None:
+                wanted.append((parse_metrics_address(node.config.metrics_address)[1],
+                               "--metrics-base-port"))
+            for port, flag in wanted:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((HOST, port))
+                    except OSError as exc:
+                        raise LaunchError(
+                            f"port {port} for node {i} on {HOST} is not free ({exc.strerror}); "
+                            f"choose another {flag}"
+                        ) from None
 
     def _atexit(self) -> None:
         # Interpreter exiting without stop(): shut the nodes down gracefully.

@@ -44,6 +44,12 @@ class NodeStatus(Mapping[str, Any]):
     waiting_proposals: int | None = None
     rss_bytes: int | None = None
     leveldb_memory_bytes: int | None = None
+    elections: int | None = None
+    """Elections this node started as a candidate (pre-votes not counted)."""
+    followers: dict[int, int] | None = None
+    """A leader's view of each follower's match height; None on a non-leader."""
+    metrics_address: str | None = None
+    """Where the node serves Prometheus metrics, or None."""
     writes: dict[str, int] | None = None
     """total, synced, inline (writes run by whichever thread held the role actor's state,
     without the hand-off to the chain actor), readys (Readys they carried)."""

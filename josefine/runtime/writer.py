@@ -11,21 +11,24 @@ out in the same contract order either way (write, then the messages that promise
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 from josefine.raft.ready import Ready
 from josefine.runtime.executor import CommitMarker, Plan, StoreWrite, WritePlanner
 
 
 class Writer:
-    __slots__ = ("store", "planner", "_lock", "inline_writes")
+    __slots__ = ("store", "planner", "_lock", "inline_writes", "observe_sync")
 
     def __init__(self, store: Any, fsync: bool) -> None:
         self.store = store
         self.planner = WritePlanner(fsync)
         self._lock = threading.Lock()
         self.inline_writes = 0
-        """Writes run by the role actor's thread because the writer was idle."""
+        """Writes run by the thread holding the role actor's state, the writer being idle."""
+        self.observe_sync: Callable[[float], None] | None = None
+        """With metrics on: called with the seconds each synced write took."""
 
     def write(self, items: Sequence[Ready | CommitMarker]) -> Plan:
         """Plan `items` and write the plan (blocking until the writer is free); the caller
@@ -50,5 +53,12 @@ class Writer:
         return plan
 
     def _store_write(self, w: StoreWrite) -> None:
+        observe = self.observe_sync
+        if observe is not None and w.sync:
+            t0 = time.perf_counter()
+            self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
+                             commit=w.commit, delete=w.delete, sync=True)
+            observe(time.perf_counter() - t0)
+            return
         self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
                          commit=w.commit, delete=w.delete, sync=w.sync)
