@@ -32,15 +32,15 @@ still works everywhere else; asking the Applier to snapshot it raises TypeError.
 * `snapshot(out)` writes the whole state to the binary stream `out`. Stream it (many small
   writes, e.g. `josefine.codec.write_record` per item) rather than building the state as
   one object: a large state must not need twice its memory to be saved. It must be
-  deterministic, equal states giving equal bytes whatever history led to them (replicas
-  compare snapshots, and a follower installing the leader's must reach the leader's
-  state), and must not change the state. Josefine never runs it concurrently with `apply`
-  on the same object, so it sees a state nothing is changing. It must not close `out`.
+  deterministic, equal states giving equal bytes whatever history led to them (so that
+  replicas' snapshots can be compared byte for byte), and must not change the state.
+  Josefine never runs it concurrently with `apply` on the same object, so it sees a state
+  nothing is changing. It must not close `out`.
 * `restore(inp)` replaces the whole state (nothing of the old one survives) by what one
-  `snapshot(out)` wrote, reading no further than its end (a caller may put more after
-  it) and without closing `inp`. The bytes come from disk or from
-  another node, so on invalid or truncated input it raises ValueError and leaves the state
-  unchanged: build the new state aside and swap it in at the end, never half-loaded.
+  `snapshot(out)` wrote, reading no further than its end (a caller may put more after it)
+  and without closing `inp`. The bytes come from disk or from another node, so on invalid
+  or truncated input it raises ValueError and leaves the state unchanged: build the new
+  state aside and swap it in at the end, never half-loaded.
 
 Also optional: `digest() -> bytes`, a stable hash of the state, to compare replicas in
 tests.
