@@ -19,6 +19,9 @@ none may change without a new version):
 * A **Block** is the row ``[term, height, parent_term|nil, parent_height|nil, kind,
   payload, digest]``. The same row is a block on the wire (inside AppendBlocks) and a block
   record in LevelDB (``b/…`` keys): one encoding, one decoder, one set of checks.
+* A **stream record** (`write_record` / `read_record`) is a 4-byte big-endian length, then
+  that many bytes of msgpack. Snapshots are sequences of them, so a large state is written
+  and read one record at a time instead of as one object.
 
 Decoding is the validation point: every field is type-checked (ints are non-negative ints,
 not bools; bytes are bytes; digests are 32 bytes; enum values exist), and every problem,
@@ -33,7 +36,7 @@ import threading
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import msgpack
 
@@ -64,6 +67,7 @@ from josefine.types import BlockId
 
 __all__ = [
     "DIGEST_BYTES",
+    "MAX_RECORD_BYTES",
     "REASONS",
     "TAGS",
     "CodecError",
@@ -73,10 +77,12 @@ __all__ = [
     "encode_message",
     "pack",
     "packb",
+    "read_record",
     "tag_of",
     "unpack",
     "unpackb",
     "wire_fields",
+    "write_record",
 ]
 
 DIGEST_BYTES = 32
@@ -147,6 +153,65 @@ def pack(obj: Any) -> bytes:
         return data
     except Exception as exc:
         raise CodecError("malformed", f"cannot encode: {type(exc).__name__}: {exc}") from None
+
+
+# ------------------------------------------------------------------------ stream records
+
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+"""Largest stream record `read_record` accepts by default: far above any frame (16 MiB by
+default), so any value a command can carry fits, while a corrupt length prefix is refused
+before anything is read."""
+
+_RECORD_LEN = struct.Struct(">I")
+_READ_CHUNK = 1024 * 1024
+
+
+def write_record(out: BinaryIO, obj: Any) -> int:
+    """Write `obj` as one length-prefixed record; return the number of bytes written.
+
+    Raises:
+        CodecError: `obj` cannot be packed, or packs to more than `MAX_RECORD_BYTES`
+            (nothing is written then).
+    """
+    data = pack(obj)
+    n = len(data)
+    if n > MAX_RECORD_BYTES:
+        raise CodecError("oversized", f"record of {n} > {MAX_RECORD_BYTES} bytes")
+    out.write(_RECORD_LEN.pack(n))
+    out.write(data)
+    return _RECORD_LEN.size + n
+
+
+def _read_exact(inp: BinaryIO, n: int) -> bytes:
+    # Read in bounded chunks, so a length prefix that promises more than the stream holds
+    # costs what the stream holds, not what the prefix claims.
+    first = inp.read(min(n, _READ_CHUNK)) or b""
+    if len(first) == n:
+        return first
+    parts, got = [first], len(first)
+    while got < n:
+        chunk = inp.read(min(n - got, _READ_CHUNK))
+        if not chunk:
+            raise CodecError("malformed", f"stream ends after {got} of {n} bytes")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_record(inp: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Read one record written by `write_record` and return its plain data.
+
+    Reads exactly the record's bytes, so records of several writers can follow each other
+    in one stream. The content is unpacked but not validated: that is the caller's job.
+
+    Raises:
+        CodecError: the stream ends inside the record or the body is not msgpack
+            ("malformed"), or the length exceeds `max_bytes` ("oversized").
+    """
+    (n,) = _RECORD_LEN.unpack(_read_exact(inp, _RECORD_LEN.size))
+    if n > max_bytes:
+        raise CodecError("oversized", f"record of {n} > {max_bytes} bytes")
+    return unpack(_read_exact(inp, n))
 
 
 # --------------------------------------------------------------------------- validators

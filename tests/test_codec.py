@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import io
+import tracemalloc
 import types
 import typing
 from pathlib import Path
@@ -21,8 +23,10 @@ from josefine.codec import (
     CodecError,
     decode_message,
     encode_message,
+    read_record,
     unpackb,
     wire_fields,
+    write_record,
 )
 from josefine.messages import LOCAL_MESSAGE_TYPES, WIRE_MESSAGE_TYPES, Status
 from josefine.types import BlockId
@@ -199,3 +203,74 @@ def test_only_the_vocabulary_codec_imports_msgpack():
     importers = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
                  if "msgpack" in {m.split(".")[0] for m in _imports(p)}}
     assert importers == {"josefine/codec.py"}
+
+
+# ------------------------------------------------------------------------ stream records
+
+
+def test_records_follow_each_other_in_one_stream():
+    buf = io.BytesIO()
+    objs = [["head", 1, 3], ["k", b"\x00v"], {"a": [1, None, 2.5]}, []]
+    sizes = [write_record(buf, o) for o in objs]
+    assert sum(sizes) == len(buf.getvalue())
+    buf.write(b"tail")
+    buf.seek(0)
+    assert [read_record(buf) for _ in objs] == objs
+    assert buf.read() == b"tail"   # each read took exactly its record
+
+
+def test_a_stream_cut_anywhere_is_malformed():
+    buf = io.BytesIO()
+    write_record(buf, ["first", 1])
+    write_record(buf, ["second", b"x" * 20])
+    data = buf.getvalue()
+    for cut in range(len(data)):
+        inp = io.BytesIO(data[:cut])
+        with pytest.raises(CodecError) as exc:
+            read_record(inp)
+            read_record(inp)
+        assert exc.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("body", [b"\xc1", b"\x91", b"\x90\x90", b"\xd4\x05\x00"])
+def test_a_record_body_that_is_not_one_plain_value_is_malformed(body):
+    # invalid byte, short array, two values, extension type
+    inp = io.BytesIO(len(body).to_bytes(4, "big") + body)
+    with pytest.raises(CodecError) as exc:
+        read_record(inp)
+    assert exc.value.reason == "malformed"
+
+
+def test_an_oversized_length_is_refused_before_reading_it():
+    inp = io.BytesIO((codec.MAX_RECORD_BYTES + 1).to_bytes(4, "big") + b"\x90")
+    with pytest.raises(CodecError) as exc:
+        read_record(inp)
+    assert exc.value.reason == "oversized"
+    small = io.BytesIO()
+    write_record(small, "x" * 100)
+    small.seek(0)
+    with pytest.raises(CodecError):
+        read_record(small, max_bytes=50)
+
+
+def test_a_length_that_promises_more_than_the_file_holds_costs_only_the_file(tmp_path):
+    """A corrupt prefix must not make the reader allocate what it claims: a buffered file's
+    read(n) reserves n bytes before it finds the file shorter."""
+    path = tmp_path / "short"
+    path.write_bytes((200 * 1024 * 1024).to_bytes(4, "big") + b"\x90" * 10)
+    with open(path, "rb") as inp:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CodecError):
+                read_record(inp)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+def test_an_unencodable_record_writes_nothing():
+    buf = io.BytesIO()
+    with pytest.raises(CodecError):
+        write_record(buf, {"x": object()})
+    assert buf.getvalue() == b""

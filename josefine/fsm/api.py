@@ -24,15 +24,30 @@ Rules a state machine must follow:
   float, str, bytes, lists and dicts of those).
 * `apply` should be short: it runs in a process whose other actors must keep heartbeating.
 
-Optional (used later for snapshots, A.14; the Applier uses them when present):
+Optional: snapshots (`SnapshotStateMachine`, docs/protocol.md A.14). A node that has a
+snapshot can forget the blocks below it and restart without replaying them, and a follower
+that is too far behind is sent the snapshot instead. A state machine without these methods
+still works everywhere else; asking the Applier to snapshot it raises TypeError.
 
-* `snapshot() -> bytes` — the whole state, deterministic for equal states.
-* `restore(data)` — replace the state with one produced by `snapshot()`.
-* `digest() -> bytes` — a stable hash of the state, for cross-replica comparison in tests.
+* `snapshot(out)` writes the whole state to the binary stream `out`. Stream it (many small
+  writes, e.g. `josefine.codec.write_record` per item) rather than building the state as
+  one object: a large state must not need twice its memory to be saved. It must be
+  deterministic, equal states giving equal bytes whatever history led to them (so that
+  replicas' snapshots can be compared byte for byte), and must not change the state.
+  Josefine never runs it concurrently with `apply` on the same object, so it sees a state
+  nothing is changing. It must not close `out`.
+* `restore(inp)` replaces the whole state (nothing of the old one survives) by what one
+  `snapshot(out)` wrote, reading no further than its end (a caller may put more after it)
+  and without closing `inp`. The bytes come from disk or from another node, so on invalid
+  or truncated input it raises ValueError and leaves the state unchanged: build the new
+  state aside and swap it in at the end, never half-loaded.
+
+Also optional: `digest() -> bytes`, a stable hash of the state, to compare replicas in
+tests.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 __all__ = ["StateMachine", "SnapshotStateMachine", "DigestStateMachine"]
 
@@ -52,12 +67,15 @@ class StateMachine(Protocol):
 
 @runtime_checkable
 class SnapshotStateMachine(StateMachine, Protocol):
-    """A state machine that can be snapshotted and restored (used later, A.14)."""
+    """A state machine that can stream its state out and back (module docstring)."""
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, out: BinaryIO) -> None:
+        """Write the whole state to `out`; deterministic for equal states."""
         ...
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, inp: BinaryIO) -> None:
+        """Replace the whole state by one snapshot read from `inp`; ValueError (state
+        unchanged) if the input is not a valid one."""
         ...
 
 

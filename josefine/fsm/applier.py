@@ -14,25 +14,51 @@ path in height order; the Applier
 
 Everything here is deterministic and driven by the blocks alone, so replicas that applied
 the same path have equal `sm_digest()`s.
+
+A snapshot (A.14) is everything needed to go on applying after `applied` without the
+blocks up to it: a stream of `josefine.codec` records,
+
+    ["josefine-snapshot", 1, [term, height], block_digest, [node ids]]   the header
+    the session table's stream                     (`SessionTable.snapshot`)
+    the state machine's own stream                 (`SnapshotStateMachine.snapshot`)
+
+The sessions are in it because exactly-once must survive a restore: without them a client
+retrying a command applied before the snapshot would have it applied twice. The block
+digest lets a node that installs the snapshot tell whether a block it holds with the same
+id is the same block; the configuration is the membership as of `applied`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from josefine.chain.block import Block, BlockKind, Command, decode_commands
-from josefine.codec import packb, unpackb
+from josefine.codec import DIGEST_BYTES, packb, read_record, write_record
 from josefine.fsm.api import SnapshotStateMachine, StateMachine
 from josefine.fsm.sessions import SessionTable, Verdict
 from josefine.types import GENESIS_ID, BlockId
 
-__all__ = ["Applier"]
+__all__ = ["Applier", "SnapshotInfo"]
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOT_TAG = "applier1"
+_SNAPSHOT_TAG = "josefine-snapshot"
+_SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """What a snapshot's header says about the chain it stands in for."""
+
+    applied: BlockId
+    """The last block whose effects the snapshot contains (the new base)."""
+    digest: bytes
+    """That block's digest."""
+    config: frozenset[int]
+    """The configuration (voting node ids) in force at `applied`."""
 
 
 class Applier:
@@ -112,29 +138,63 @@ class Applier:
         h.update(self.sessions.digest())
         return h.digest()
 
-    # ----------------------------------------------------------- snapshots (later, A.14)
+    # --------------------------------------------------------------------- snapshots, A.14
 
-    def snapshot(self) -> bytes:
-        """applied id + sessions + `sm.snapshot()`; the SM must support snapshots."""
-        return packb([_SNAPSHOT_TAG, [self.applied.term, self.applied.height],
-                      self.sessions.dump(), self._snapshotting().snapshot()])
+    def snapshot(self, out: BinaryIO, *, block_digest: bytes,
+                 config: frozenset[int]) -> SnapshotInfo:
+        """Stream a snapshot as of `applied` to `out` (layout: module docstring).
 
-    def restore(self, data: bytes) -> None:
-        """Replace applied id, sessions and SM state by a `snapshot()`; ValueError if invalid."""
-        try:
-            tag, applied, rows, sm_state = unpackb(data)
-            if tag != _SNAPSHOT_TAG:
-                raise ValueError(f"unknown tag {tag!r}")
-            if not (isinstance(applied, list) and len(applied) == 2
-                    and all(type(x) is int for x in applied)):
-                raise ValueError(f"bad applied id {applied!r}")
-            sessions = SessionTable(self.sessions.max_sessions)
-            sessions.load(rows)
-        except Exception as exc:
-            raise ValueError(f"not an applier snapshot: {exc}") from None
-        self._snapshotting().restore(sm_state)
+        `block_digest` is the digest of the block `applied` names and `config` the voting
+        members as of it; the Applier knows neither, so the caller passes both.
+
+        Raises:
+            TypeError: the state machine has no snapshot()/restore() (nothing written).
+            ValueError: `block_digest` or `config` is malformed (nothing written), or a
+                cached client result cannot be encoded.
+        """
+        sm = self._snapshotting()
+        info = SnapshotInfo(self.applied, block_digest, config)
+        _check_info(info)
+        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION,
+                           [info.applied.term, info.applied.height], info.digest,
+                           sorted(info.config)])
+        self.sessions.snapshot(out)
+        sm.snapshot(out)
+        return info
+
+    def restore(self, inp: BinaryIO) -> SnapshotInfo:
+        """Replace applied id, sessions and state machine state by a snapshot from `inp`.
+
+        The old state survives nothing: applied, sessions and the state machine all come
+        from the snapshot. The state machine is restored last and swaps its state in only
+        when its stream is valid, so everything else is swapped after it and an invalid
+        stream changes nothing.
+
+        Raises:
+            TypeError: the state machine has no snapshot()/restore() (nothing read).
+            ValueError: the stream is not a valid snapshot (nothing changed).
+        """
+        sm = self._snapshotting()
+        head = read_record(inp)
+        if not (type(head) is list and len(head) == 5 and head[0] == _SNAPSHOT_TAG
+                and type(head[1]) is int and head[1] == _SNAPSHOT_VERSION):
+            raise ValueError(f"not a Josefine snapshot header: {head!r:.100}")
+        _, _, applied, digest, config = head
+        if not (type(applied) is list and len(applied) == 2
+                and all(type(x) is int and x >= 0 for x in applied)):
+            raise ValueError(f"bad applied block id in snapshot: {applied!r:.100}")
+        if not (type(config) is list and all(type(x) is int for x in config)
+                and config == sorted(set(config))):
+            raise ValueError(f"bad configuration in snapshot: {config!r:.100}")
+        info = SnapshotInfo(BlockId(*applied), digest, frozenset(config))
+        _check_info(info)
+        sessions = SessionTable(self.sessions.max_sessions)
+        sessions.restore(inp)
+        sm.restore(inp)
+        sessions.evictions += self.sessions.evictions
         self.sessions = sessions
-        self.applied = BlockId(*applied)
+        self.applied = info.applied
+        return info
 
     def _snapshotting(self) -> SnapshotStateMachine:
         sm = self.sm
@@ -154,3 +214,11 @@ class Applier:
             "sessions": len(self.sessions),
             "evictions": self.sessions.evictions,
         }
+
+
+def _check_info(info: SnapshotInfo) -> None:
+    if not (type(info.digest) is bytes and len(info.digest) == DIGEST_BYTES):
+        raise ValueError(f"a block digest is {DIGEST_BYTES} bytes, not {info.digest!r:.100}")
+    if not (info.config and all(type(x) is int and x >= 0 for x in info.config)):
+        raise ValueError(
+            f"a configuration is a non-empty set of node ids, not {info.config!r:.100}")

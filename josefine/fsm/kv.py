@@ -14,20 +14,27 @@ replica agree on the bytes:
 Keys and values are `str` or `bytes` (msgpack keeps the two apart, so "a" and b"a" are
 different keys). A command that does not decode or is not one of the above yields
 `{"error": "..."}`: a bad command committed to the chain must not crash every replica.
+
+Snapshot stream (`josefine.codec` stream records): ``["josefine-kv", 1, count]``, then
+`count` records ``[key, value]`` in key order (every str key before every bytes key, each
+group in Python's order). The order makes equal states give equal bytes whatever order the
+keys were written in, and lets `restore` refuse a stream with a repeated key.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+import itertools
+from typing import Any, BinaryIO, Iterator
 
-from josefine.codec import packb, unpackb
+from josefine.codec import packb, read_record, unpackb, write_record
 
 __all__ = ["KVStateMachine", "kv_put", "kv_delete", "kv_cas", "kv_get"]
 
 Key = str | bytes
 Value = str | bytes
 
-_SNAPSHOT_TAG = "kv1"
+_SNAPSHOT_TAG = "josefine-kv"
+_SNAPSHOT_VERSION = 1
 
 
 def _is_kv(x: object) -> bool:
@@ -115,24 +122,41 @@ class KVStateMachine:
         """SHA-256 of the sorted contents: equal states give equal digests on every replica."""
         return hashlib.sha256(b"josefine-kv" + packb(self._pairs())).digest()
 
-    def snapshot(self) -> bytes:
-        return packb([_SNAPSHOT_TAG, self._pairs()])
+    def snapshot(self, out: BinaryIO) -> None:
+        """Stream the state to `out`, one record per pair (see the module docstring).
 
-    def restore(self, data: bytes) -> None:
-        """Replace the state by a `snapshot()`; raises ValueError (state unchanged) if invalid."""
-        try:
-            obj = unpackb(data)
-        except Exception as exc:
-            raise ValueError(f"undecodable KV snapshot: {exc!r}") from None
-        if not (isinstance(obj, list) and len(obj) == 2 and obj[0] == _SNAPSHOT_TAG
-                and isinstance(obj[1], list)):
-            raise ValueError("not a KV snapshot")
+        Extra memory is one record plus the sorted key list (a pointer per key, a small
+        fraction of the state): the pairs are never packed into one object.
+        """
+        data = self._data
+        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION, len(data)])
+        for key in self._sorted_keys():
+            write_record(out, [key, data[key]])
+
+    def restore(self, inp: BinaryIO) -> None:
+        """Replace the state by one `snapshot()` streamed, reading exactly that stream.
+
+        Raises ValueError (state unchanged) on invalid or truncated input, including keys
+        out of order or repeated: the new dict is built aside and swapped in at the end.
+        """
+        head = read_record(inp)
+        if not (type(head) is list and len(head) == 3 and head[0] == _SNAPSHOT_TAG
+                and type(head[1]) is int and head[1] == _SNAPSHOT_VERSION
+                and type(head[2]) is int and head[2] >= 0):
+            raise ValueError(f"not a KV snapshot header: {head!r:.100}")
         new: dict[Key, Value] = {}
-        for pair in obj[1]:
-            if not (isinstance(pair, list) and len(pair) == 2 and _is_kv(pair[0])
+        prev: tuple[bool, Key] | None = None
+        for _ in range(head[2]):
+            pair = read_record(inp)
+            if not (type(pair) is list and len(pair) == 2 and _is_kv(pair[0])
                     and _is_kv(pair[1])):
-                raise ValueError(f"bad KV snapshot entry {pair!r}")
-            new[pair[0]] = pair[1]
+                raise ValueError(f"bad KV snapshot entry {pair!r:.100}")
+            key = pair[0]
+            order = (type(key) is bytes, key)
+            if prev is not None and not prev < order:
+                raise ValueError(f"KV snapshot key {key!r:.100} is out of order or repeated")
+            prev = order
+            new[key] = pair[1]
         self._data = new
 
     def get(self, key: Key) -> Value | None:
@@ -147,6 +171,15 @@ class KVStateMachine:
 
     def _pairs(self) -> list[list]:
         return [[k, v] for k, v in sorted(self._data.items(), key=_sort_key)]
+
+    def _sorted_keys(self) -> Iterator[Key]:
+        # Two plain sorts of the keys alone: no (flag, key) tuple per key, as a key= sort
+        # would build, so the extra memory is one list of pointers.
+        strs = [k for k in self._data if isinstance(k, str)]
+        strs.sort()
+        raw = [k for k in self._data if isinstance(k, bytes)]
+        raw.sort()
+        return itertools.chain(strs, raw)
 
 
 def _decode(data: bytes) -> tuple[str, list] | dict:

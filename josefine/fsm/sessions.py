@@ -23,13 +23,16 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
-from josefine.codec import packb
+from josefine.codec import packb, read_record, write_record
 
 __all__ = ["Session", "SessionTable", "Verdict", "STALE_RESULT"]
 
 STALE_RESULT = {"error": "stale sequence"}
+
+_SNAPSHOT_TAG = "josefine-sessions"
+_SNAPSHOT_VERSION = 1
 
 
 class Verdict(Enum):
@@ -101,10 +104,42 @@ class SessionTable:
         """Replace the table by a `dump()`; raises ValueError (table unchanged) if malformed."""
         new: OrderedDict[str, Session] = OrderedDict()
         for row in rows:
-            if not (isinstance(row, list) and len(row) == 4 and type(row[0]) is str
-                    and type(row[1]) is int and type(row[3]) is int):
-                raise ValueError(f"bad session row {row!r}")
-            new[row[0]] = Session(row[0], row[1], row[2], row[3])
+            _add_row(new, row)
+        self._replace(new)
+
+    def snapshot(self, out: BinaryIO) -> None:
+        """Stream the table to `out`: a header ``[tag, version, count]``, then one record per
+        session in eviction order (the order is state: it decides future evictions).
+
+        Raises ValueError if a cached result cannot be encoded (results go to clients, so
+        they must be msgpack-encodable anyway). A restored result is what msgpack gives
+        back (a tuple comes back as a list): the same value a client got over the wire.
+        """
+        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION, len(self._s)])
+        for s in self._s.values():
+            write_record(out, [s.client_id, s.last_seq, s.result, s.height])
+
+    def restore(self, inp: BinaryIO) -> None:
+        """Replace the table by one `snapshot()` streamed, reading exactly that stream.
+
+        Raises ValueError (table unchanged) on invalid or truncated input. Sessions beyond
+        `max_sessions` (a snapshot taken with a larger limit) are evicted oldest first, as
+        the next `record` would have done.
+        """
+        head = read_record(inp)
+        if not (type(head) is list and len(head) == 3 and head[0] == _SNAPSHOT_TAG
+                and type(head[1]) is int and head[1] == _SNAPSHOT_VERSION
+                and type(head[2]) is int and head[2] >= 0):
+            raise ValueError(f"not a session table snapshot header: {head!r:.100}")
+        new: OrderedDict[str, Session] = OrderedDict()
+        for _ in range(head[2]):
+            _add_row(new, read_record(inp))
+        self._replace(new)
+
+    def _replace(self, new: OrderedDict[str, Session]) -> None:
+        while len(new) > self.max_sessions:
+            new.popitem(last=False)
+            self.evictions += 1
         self._s = new
 
     def digest(self) -> bytes:
@@ -114,3 +149,12 @@ class SessionTable:
         except Exception:  # a result msgpack cannot encode: fall back to its repr
             data = repr(self.dump()).encode()
         return hashlib.sha256(b"josefine-sessions" + data).digest()
+
+
+def _add_row(table: OrderedDict[str, Session], row: Any) -> None:
+    if not (type(row) is list and len(row) == 4 and type(row[0]) is str
+            and type(row[1]) is int and type(row[3]) is int and row[1] >= 0 and row[3] >= 0):
+        raise ValueError(f"bad session row {row!r:.100}")
+    if row[0] in table:
+        raise ValueError(f"session {row[0]!r:.100} appears twice")
+    table[row[0]] = Session(row[0], row[1], row[2], row[3])

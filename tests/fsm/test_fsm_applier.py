@@ -150,23 +150,6 @@ def test_sm_digest_tracks_applied_state_and_sessions():
     assert isinstance(c.sm_digest(), bytes)
 
 
-def test_snapshot_restore_round_trip():
-    ap = Applier(KVStateMachine())
-    b1 = normal(G, [Command("c", 1, kv_put("k", "v")), Command("d", 4, kv_put("x", "y"))])
-    ap.apply_block(b1)
-    snap = ap.snapshot()
-    other = Applier(KVStateMachine())
-    other.restore(snap)
-    assert other.applied == b1.id and other.sm_digest() == ap.sm_digest()
-    # sessions came along: a retry is answered from the cache
-    b2 = normal(b1, [Command("c", 1, kv_put("k", "changed"))])
-    (_, res), = other.apply_block(b2)
-    assert res == {"ok": True} and other.query(kv_get("k")) == {"value": "v"}
-    with pytest.raises(ValueError):
-        other.restore(b"\xc1")
-    assert other.applied == b2.id
-
-
 def test_applier_starts_at_given_base():
     b1 = normal(G, [])
     ap = Applier(KVStateMachine(), applied=b1.id)

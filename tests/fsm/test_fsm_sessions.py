@@ -1,6 +1,9 @@
 """Client session table: duplicates, stale sequence numbers, deterministic eviction."""
+import io
+
 import pytest
 
+from josefine.codec import write_record
 from josefine.fsm.sessions import STALE_RESULT, SessionTable, Verdict
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,6 +65,72 @@ def test_dump_load_round_trip_keeps_order():
     with pytest.raises(ValueError):
         u.load([["a", "not-an-int", None, 1]])
     assert u.dump() == t.dump()
+
+
+def _snapshot(t: SessionTable) -> bytes:
+    out = io.BytesIO()
+    t.snapshot(out)
+    return out.getvalue()
+
+
+def test_snapshot_restore_round_trip_keeps_order_and_reads_only_its_stream():
+    t = SessionTable(max_sessions=10)
+    for cid in ["q", "a", "m"]:
+        t.record(cid, 3, {"r": [cid, b"\x00"]}, 1)
+    t.record("a", 4, None, 2)
+    u = SessionTable(max_sessions=10)
+    u.record("other", 1, None, 1)
+    inp = io.BytesIO(_snapshot(t) + b"next")
+    u.restore(inp)
+    assert inp.read() == b"next"
+    assert u.dump() == t.dump() and u.digest() == t.digest()
+    assert [s.client_id for s in u] == ["q", "m", "a"]
+    assert _snapshot(u) == _snapshot(t)
+
+
+@pytest.mark.parametrize("rows", [
+    [["a", "not-an-int", None, 1]],
+    [["a", 1, None]],
+    [["a", -1, None, 1]],
+    [[7, 1, None, 1]],
+    [["a", 1, None, 1], ["a", 2, None, 2]],     # one client twice
+])
+def test_restore_refuses_bad_rows_and_keeps_the_table(rows):
+    t = SessionTable()
+    t.record("keep", 1, "me", 1)
+    before = _snapshot(t)
+    out = io.BytesIO()
+    write_record(out, ["josefine-sessions", 1, len(rows)])
+    for row in rows:
+        write_record(out, row)
+    with pytest.raises(ValueError):
+        t.restore(io.BytesIO(out.getvalue()))
+    with pytest.raises(ValueError):
+        t.load(rows)
+    assert _snapshot(t) == before
+
+
+def test_restore_refuses_truncated_streams_and_keeps_the_table():
+    src = SessionTable()
+    for i in range(4):
+        src.record(f"c{i}", i, {"i": i}, i)
+    snap = _snapshot(src)
+    t = SessionTable()
+    t.record("keep", 1, "me", 1)
+    before = _snapshot(t)
+    for cut in range(len(snap)):
+        with pytest.raises(ValueError):
+            t.restore(io.BytesIO(snap[:cut]))
+        assert _snapshot(t) == before
+
+
+def test_restore_into_a_smaller_table_evicts_the_oldest():
+    src = SessionTable(max_sessions=5)
+    for cid in ["a", "b", "c", "d"]:
+        src.record(cid, 1, None, 1)
+    t = SessionTable(max_sessions=2)
+    t.restore(io.BytesIO(_snapshot(src)))
+    assert [s.client_id for s in t] == ["c", "d"] and t.evictions == 2
 
 
 def test_max_sessions_must_be_positive():
