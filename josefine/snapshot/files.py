@@ -266,7 +266,7 @@ class SnapshotReader:
 
     Raises:
         CorruptSnapshotError: from the constructor, `read` and `chunks`.
-        OSError: the file cannot be opened or read (not a corruption).
+        OSError: the file cannot be opened or read (an I/O error, not a corruption).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -444,6 +444,8 @@ def latest_valid(directory: str | os.PathLike[str], *, strict: bool = False,
 
     Raises:
         CorruptSnapshotError: in strict mode, the newest snapshot does not verify.
+        OSError: a file cannot be read at all; an I/O error is not taken for corruption,
+            so it stops the caller instead of silently falling back.
     """
     for path in list_snapshots(directory):
         try:

@@ -288,6 +288,7 @@ def test_temp_file_of_a_crashed_writer_is_ignored_and_pruned(tmp_path):
 
     found = latest_valid(tmp_path)
     assert found is not None and found.path == old
+    assert latest_valid(tmp_path, strict=True).path == old  # a crashed write is not corruption
 
     assert prune(tmp_path, keep=2) == [temp]
     assert sorted(tmp_path.iterdir()) == [old]
@@ -378,7 +379,7 @@ def record_commit(monkeypatch, module, directory: Path) -> tuple[list, Path]:
         real_fsync(fd)
 
     def rename(src, dst):
-        events.append(("rename", str(src), str(dst)))
+        events.append(("rename", os.path.realpath(src), os.path.realpath(dst)))
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -391,6 +392,7 @@ def record_commit(monkeypatch, module, directory: Path) -> tuple[list, Path]:
 
 def check_commit_order(events: list, final: Path) -> None:
     """File fsync (of the complete content) -> rename -> directory fsync, nothing else."""
+    final = final.resolve()  # /proc/self/fd names real paths
     temp = str(final) + ".tmp"
     assert events == [
         ("fsync", temp, final.stat().st_size),
@@ -416,7 +418,8 @@ def test_prune_syncs_the_directory_after_deleting(tmp_path, monkeypatch):
                         os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)))
     prune(tmp_path, keep=1)
     assert events == [("unlink", snapshot_name(meta(height=2))),
-                      ("unlink", snapshot_name(meta(height=1))), ("fsync", str(tmp_path))]
+                      ("unlink", snapshot_name(meta(height=1))),
+                      ("fsync", str(tmp_path.resolve()))]
 
 
 STEP1 = "os.fsync(f.fileno())  # durability step 1"
