@@ -35,10 +35,11 @@ __all__ = ["DEFAULT_LAST", "MAX_LAST", "BlockInfo", "Branch", "ChainView", "Chai
            "render_text", "render_image", "snapshot_base"]
 
 DEFAULT_LAST = 20
-MAX_LAST = 100_000
-"""Upper bound of `--last`: 100k path entries are ~2 MB of msgpack, far below a frame's
-16 MiB, and take the role actor tens of milliseconds to collect (evicted blocks are read
-back from LevelDB for their sizes)."""
+MAX_LAST = 10_000
+"""Upper bound of `--last`. The role actor collects the answer on its own thread, reading
+path blocks it has evicted from memory back from LevelDB for their sizes: 10,000 of them
+take it about 50 ms (a pause of the node's protocol work, below an election timeout), and
+the answer is about 110 KB of msgpack, far below a frame's 16 MiB."""
 MAX_OFF_PATH = 10_000
 """At most this many off-path blocks in one answer; the rest are counted in `omitted`."""
 MAX_BRANCH_SHOWN = 8
@@ -372,6 +373,7 @@ def render_image(views: Sequence[ChainView], out: str | Path) -> Path:
     plt = _matplotlib()
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
 
     lanes = [1 + sum(1 for _ in v.branches) for v in views]
     span = max(max(1, len(v.path)) for v in views)
@@ -381,7 +383,7 @@ def render_image(views: Sequence[ChainView], out: str | Path) -> Path:
         fig, axes = plt.subplots(len(views), 1, figsize=(width, sum(heights) + 0.6),
                                  squeeze=False, gridspec_kw={"height_ratios": heights})
         for ax, v in zip(axes[:, 0], views, strict=True):
-            _draw_view(ax, v, Rectangle, PatchCollection)
+            _draw_view(ax, v, Rectangle, PatchCollection, MaxNLocator)
         fig.tight_layout()
         fig.savefig(out, format=fmt, dpi=100)
         plt.close(fig)
@@ -391,7 +393,8 @@ def render_image(views: Sequence[ChainView], out: str | Path) -> Path:
 _COMMITTED, _OPEN, _DEAD, _LIVE = "#4c9f70", "#ffffff", "#d9534f", "#f0ad4e"
 
 
-def _draw_view(ax: Any, v: ChainView, Rectangle: Any, PatchCollection: Any) -> None:  # noqa: N803
+def _draw_view(ax: Any, v: ChainView, Rectangle: Any, PatchCollection: Any,  # noqa: N803
+               MaxNLocator: Any) -> None:  # noqa: N803
     n_blocks = len(v.path) + sum(len(b.blocks) for b in v.branches)
     labels = n_blocks <= _LABEL_LIMIT
     w, hh = 0.8, 0.6
@@ -421,6 +424,14 @@ def _draw_view(ax: Any, v: ChainView, Rectangle: Any, PatchCollection: Any) -> N
                 ha="left", va="center", fontsize=7, color=color)
     ax.add_collection(PatchCollection(rects, facecolors=colors, edgecolors="#333333",
                                       linewidths=0.6 if labels else 0.0))
+    if not labels:   # blocks too small to label: mark where each term starts instead
+        starts = [b for i, b in enumerate(v.path) if i == 0 or b.id.term != v.path[i - 1].id.term]
+        if len(starts) <= 40:
+            for b in starts:
+                ax.plot([b.id.height - 0.5] * 2, [-hh / 2, hh / 2 + 0.15], color="#333333",
+                        linewidth=0.8)
+                ax.text(b.id.height - 0.5, hh / 2 + 0.17, f"term {b.id.term}", ha="left",
+                        va="bottom", fontsize=7)
     xs = [b.id.height for b in v.path] + [b.id.height for br in v.branches for b in br.blocks]
     x0, x1 = (min(xs), max(xs)) if xs else (0, 1)
     ax.axvline(v.commit.height + 0.5, color="#1f4e79", linestyle="--", linewidth=1)
@@ -442,6 +453,7 @@ def _draw_view(ax: Any, v: ChainView, Rectangle: Any, PatchCollection: Any) -> N
     ax.set_xlim(x0 - 1, right)
     ax.set_ylim(-len(v.branches) - 0.7, 1.3)
     ax.set_yticks([])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("height")
     for s in ("top", "right", "left"):
         ax.spines[s].set_visible(False)
