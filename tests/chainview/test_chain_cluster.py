@@ -19,34 +19,34 @@ def _row(text: str, height: int) -> list[str]:
 
 
 def test_chain_of_a_running_cluster_then_of_its_stopped_data_dirs(tmp_path, capsys):
-    l = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
-    l.start()
+    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
+    launcher.start()
     try:
-        addrs = {i: l.address(i) for i in l.node_ids}
-        creds = l.credentials()
-        wait_for(lambda: leader_of(addrs, l.cluster_id, creds), 30, "a leader")
-        with Client(addrs, l.cluster_id, timeout=20, credentials=creds) as c:
+        addrs = {i: launcher.address(i) for i in launcher.node_ids}
+        creds = launcher.credentials()
+        wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+        with Client(addrs, launcher.cluster_id, timeout=20, credentials=creds) as c:
             for i in range(30):
                 c.put(f"k{i}", "v" * 20)
 
         def settled():   # every node at the same head, committed
-            st = statuses(addrs, l.cluster_id, credentials=creds)
+            st = statuses(addrs, launcher.cluster_id, credentials=creds)
             heads = {tuple(s.get("head", ())) for s in st.values()}
             ok = len(heads) == 1 and all(s.get("commit") == s.get("head") for s in st.values())
             return st if ok else None
         st = wait_for(settled, 30, "all nodes at one committed head")
         head = st[1]["head"]
-        cluster_file = str(l.cluster_path)
+        cluster_file = str(launcher.cluster_path)
 
         # the admin request itself: bounded by `last`, refused without the admin key
-        desc = admin_request(addrs[1], l.cluster_id, "chain", {"last": 5}, timeout=5,
-                             credentials=l.credentials(admin=True))
+        desc = admin_request(addrs[1], launcher.cluster_id, "chain", {"last": 5}, timeout=5,
+                             credentials=launcher.credentials(admin=True))
         assert desc["head"] == head and len(desc["blocks"]) == 5
         with pytest.raises(RejectedError, match="last"):
-            admin_request(addrs[1], l.cluster_id, "chain", {"last": 0}, timeout=5,
-                          credentials=l.credentials(admin=True))
+            admin_request(addrs[1], launcher.cluster_id, "chain", {"last": 0}, timeout=5,
+                          credentials=launcher.credentials(admin=True))
         with pytest.raises(RejectedError, match="admin key required"):
-            admin_request(addrs[1], l.cluster_id, "chain", {}, timeout=2, credentials=creds)
+            admin_request(addrs[1], launcher.cluster_id, "chain", {}, timeout=2, credentials=creds)
 
         assert cli.main(["chain", "--cluster", cluster_file, "--last", "5"]) == 0
         out = capsys.readouterr().out
@@ -70,8 +70,8 @@ def test_chain_of_a_running_cluster_then_of_its_stopped_data_dirs(tmp_path, caps
         err = capsys.readouterr().err
         assert "is locked" in err and "--cluster" in err
     finally:
-        l.stop()
-    assert all(pid is None for pid in l.pids().values())
+        launcher.stop()
+    assert all(pid is None for pid in launcher.pids().values())
 
     # stopped: the same chains from disk (the commit marker on disk may lag: it is lazy)
     assert cli.main(["chain", "--data-dir", str(tmp_path / "c"), "--last", "5"]) == 0
