@@ -302,6 +302,15 @@ class StatusQuery:
     reply: Any
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainQuery:
+    """Ask the role actor for a bounded description of its block tree (`josefine chain`);
+    `reply` is called, on the role actor's thread, with `chainview.describe_core`'s dict."""
+
+    last: int
+    reply: Any
+
+
 LOCAL_MESSAGE_TYPES: tuple[type, ...] = (Tick, Propose, ReadIndex, Persisted, TransferLeadership,
-                                         Outbound, Nudge, ApplyWork, StatusQuery)
+                                         Outbound, Nudge, ApplyWork, StatusQuery, ChainQuery)
 """Every class that never leaves its process (the codec refuses to encode them)."""

@@ -33,7 +33,7 @@ from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderEr
 from josefine.fsm.api import StateMachine
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
-from josefine.messages import Status, StatusQuery, TransferLeadership
+from josefine.messages import ChainQuery, Status, StatusQuery, TransferLeadership
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
@@ -312,12 +312,29 @@ class Node:
             except ValueError as exc:
                 return False, None, str(exc)
             return True, self.faults.to_dict(), ""
+        if op == "chain":
+            return self._chain_query(args)
         if op == "reload_keys":
             try:
                 return True, self.reload_keys(), ""
             except (ConfigError, RuntimeError) as exc:
                 return False, None, str(exc)
         return False, None, f"unknown admin op {op!r}"
+
+    def _chain_query(self, args: dict) -> tuple[bool, Any, str]:
+        """`josefine chain`: the role actor describes its block tree on its own thread; the
+        answer leaves when it is ready (a Future result), so the transport's I/O thread never
+        waits for the role actor."""
+        from josefine.chainview import DEFAULT_LAST, MAX_LAST
+        last = args.get("last", DEFAULT_LAST)
+        if type(last) is not int or not 1 <= last <= MAX_LAST:
+            return False, None, f"chain: 'last' must be an integer in 1..{MAX_LAST}"
+        fut: Future = Future()
+
+        def reply(desc: dict) -> None:
+            fut.set_result((False, None, desc["error"]) if "error" in desc else (True, desc, ""))
+        self.intake.tell_role(ChainQuery(last=last, reply=reply))
+        return True, fut, ""
 
     def reload_keys(self) -> dict:
         """Re-read the trusted keys from the cluster file and apply them at once: new

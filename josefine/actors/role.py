@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from josefine.raft.ready import EventKind
 from josefine.actors.base import ActorEffects, NodeActor
-from josefine.messages import Nudge, Persisted, Propose, StatusQuery, Tick
+from josefine.chainview import describe_core
+from josefine.messages import ChainQuery, Nudge, Persisted, Propose, StatusQuery, Tick
 from josefine.raft.core import RaftCore, Role
 from josefine.raft.ready import Ready
 from josefine.runtime.channels import SideQueue, TickGate
@@ -84,6 +85,9 @@ class RoleActor(NodeActor):
                 self.gate.pending = False
             elif t is StatusQuery:
                 message.reply(self.status())
+                return
+            elif t is ChainQuery:   # read on this thread: the core is this actor's alone
+                message.reply(describe_core(self.core, message.last))
                 return
             self._dispatch(self.core.step(message))
 

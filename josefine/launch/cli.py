@@ -8,6 +8,8 @@ Subcommands::
     josefine put KEY VALUE | get KEY | delete KEY | cas KEY EXPECTED NEW
                                                 use the built-in key-value store
     josefine status [--json]                    every node's role, term, head, commit
+    josefine chain [--cluster F | --data-dir D] [--node ID] [--last N] [--out F.png|F.svg]
+                                                a node's chain of blocks as a picture
     josefine check HISTORY ...                  check a recorded history (josefine.check)
     josefine chaos ... | bench ...              chaos runs and benchmarks, when built in
 
@@ -169,6 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-node timeout (default 2)")
     p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
     p.set_defaults(func=_keys)
+
+    p = sub.add_parser(
+        "chain", help="draw a node's chain of blocks (text, or --out FILE.png|FILE.svg)",
+        description="Per node: the committed path (its last N heights), the commit frontier, "
+                    "the head, and the branches off the path (dead ones fork below the "
+                    "commit and can never commit) with the height they fork at and their "
+                    "terms; every block with its height, term and payload bytes. A running "
+                    "cluster is asked through an admin request (admin key); a stopped "
+                    "node's store is read from disk.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="FILE",
+                       help=f"ask the running cluster of this cluster.toml (default: "
+                            f"${CLUSTER_ENV_VAR})")
+    where.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="read stopped nodes from disk: a node's data dir, its chain "
+                            "store, or a `josefine launch` DIR (every node, or --node)")
+    p.add_argument("--node", type=_positive_int, metavar="ID", help="only node ID (default: every node)")
+    p.add_argument("--last", type=_positive_int, default=20, metavar="N",
+                   help="show the last N heights of each path (default 20; the commit "
+                        "and every block above it are always shown)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write an image, FILE.png or FILE.svg (needs matplotlib), instead "
+                        "of printing text")
+    p.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                   help="per-node timeout with --cluster (default 5)")
+    p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
+    p.set_defaults(func=_chain)
 
     # Listed for --help only; main() hands these to their own modules first.
     sub.add_parser("check", help="check a recorded history for linearizability", add_help=False)
@@ -567,6 +596,80 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"josefine keys: node {node_id} ({node.address}): {_describe_error(exc)}",
                   file=sys.stderr)
     return EXIT_OK if not failed else EXIT_ERROR
+
+
+def _chain_stores(data_dir: Path, node: int | None) -> list[tuple[int | None, Path]]:
+    """(node id, chain store directory) for what `--data-dir` names: a chain store itself,
+    a node's data dir (holding `chain/`), a launched node's directory (`data/chain/`), or a
+    `josefine launch` directory (`node-<i>/data/chain/` for each node)."""
+    def node_id(p: Path) -> int | None:
+        if node is not None:
+            return node
+        for q in (p, *list(p.parents)[:2]):   # .../node-<i>/data/chain
+            if q.name.startswith("node-") and q.name[5:].isdigit():
+                return int(q.name[5:])
+        return None
+
+    for sub in (data_dir, data_dir / "chain", data_dir / "data" / "chain"):
+        if (sub / "CURRENT").is_file():
+            return [(node_id(sub.resolve()), sub)]
+    found: list[tuple[int | None, Path]] = []
+    for d in sorted(data_dir.glob("node-*"), key=lambda p: (len(p.name), p.name)):
+        i = int(d.name[5:]) if d.name[5:].isdigit() else None
+        if i is not None and (d / "data" / "chain" / "CURRENT").is_file() \
+                and (node is None or i == node):
+            found.append((i, d / "data" / "chain"))
+    if not found:
+        which = f"node {node}'s " if node is not None else ""
+        raise ConfigError(f"no {which}chain store under {data_dir} (a node's data dir holds "
+                          "chain/; a launch directory holds node-<i>/data/chain/)")
+    return found
+
+
+def _chain(args: argparse.Namespace) -> int:
+    """``josefine chain``: see `josefine.chainview`."""
+    from josefine import chainview
+
+    views = []
+    failed = 0
+    try:
+        if args.data_dir is not None:
+            for node_id, path in _chain_stores(args.data_dir, args.node):
+                try:
+                    views.append(chainview.load_store_view(path, args.last, node_id))
+                except (chainview.ChainViewError, ValueError) as exc:
+                    failed += 1
+                    print(f"josefine chain: {exc}", file=sys.stderr)
+        else:
+            cluster = _load_cluster("chain", args.cluster)
+            if isinstance(cluster, int):
+                return cluster
+            if args.node is not None and args.node not in cluster.nodes:
+                return _error("chain", f"no node {args.node} in the cluster file")
+            creds = _credentials(cluster, args, admin=True)
+            from josefine.client import admin_request
+            for node_id, node in cluster.nodes.items():
+                if args.node is not None and node_id != args.node:
+                    continue
+                try:
+                    desc = admin_request(node.address, cluster.cluster_id, "chain",
+                                         {"last": min(args.last, chainview.MAX_LAST)},
+                                         timeout=args.timeout, **creds)
+                    views.append(chainview.view_from_description(desc, args.last,
+                                                                 source=node.address))
+                except Exception as exc:  # noqa: BLE001 - reported per node
+                    failed += 1
+                    print(f"josefine chain: node {node_id} ({node.address}): "
+                          f"{_describe_error(exc)}", file=sys.stderr)
+        if views:
+            if args.out:
+                out = chainview.render_image(views, args.out)
+                print(f"wrote {out}")
+            else:
+                sys.stdout.write(chainview.render_text(views))
+    except (JosefineError, chainview.ChainViewError) as exc:
+        return _error("chain", str(exc))
+    return EXIT_OK if views and not failed else EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

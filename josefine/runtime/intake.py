@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import pykka
@@ -118,6 +119,14 @@ class ClientIntake:
             self.tell_role(TransferLeadership(target=msg.target))
         elif t is ClientAdmin:
             ok, result, error = self.admin(msg.op, msg.args)
+            if isinstance(result, Future):
+                # Answered later by another thread (e.g. "chain", by the role actor): the
+                # Future's result is the (ok, result, error) triple.
+                cid, rid = msg.client_id, msg.read_id
+                result.add_done_callback(lambda f: zt.reply_client(identity, ClientAdminResp(
+                    client_id=cid, read_id=rid, ok=f.result()[0], result=f.result()[1],
+                    error=f.result()[2])))
+                return
             zt.reply_client(identity, ClientAdminResp(client_id=msg.client_id,
                                                       read_id=msg.read_id, ok=ok,
                                                       result=result, error=error))
