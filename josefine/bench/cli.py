@@ -56,19 +56,26 @@ def _fmt(r: BenchResult) -> str:
 def _ratios(results: list[BenchResult]) -> dict[str, Any]:
     jose = next((r for r in results if r.system == "josefine"), None)
     pso = [r for r in results if r.system == "pysyncobj"]
-    measured = next((r for r in results if r.system == "josefine" and r is not jose
-                     and r.mode.endswith("-metrics")), None)
-    if jose is not None and measured is not None:
-        return {"throughput_metrics_vs_off": _ratio(measured.writes_per_s, jose.writes_per_s),
-                "p50_metrics_minus_off_ms": round(measured.latency_ms["p50"]
-                                                  - jose.latency_ms["p50"], 3)}
-    plain = next((r for r in results if r.system == "josefine" and r is not jose
-                  and r.mode.endswith("-insecure")), None)
-    if jose is not None and plain is not None:
-        return {"throughput_curve_vs_insecure": _ratio(jose.writes_per_s, plain.writes_per_s),
-                "p50_curve_minus_insecure_ms": round(jose.latency_ms["p50"]
-                                                     - plain.latency_ms["p50"], 3)}
-    if jose is None or not pso:
+    if jose is None:
+        return {}
+
+    def variant(suffix: str) -> BenchResult | None:
+        """The second Josefine run of a --compare (its mode ends with `suffix`)."""
+        return next((r for r in results if r.system == "josefine" and r is not jose
+                     and r.mode.endswith(suffix)), None)
+
+    def pair(a: BenchResult, b: BenchResult, name: str) -> dict[str, Any]:
+        """a's throughput over b's and a's p50 minus b's, under `name`."""
+        return {f"throughput_{name}": _ratio(a.writes_per_s, b.writes_per_s),
+                f"p50_{name.replace('_vs_', '_minus_')}_ms":
+                    round(a.latency_ms["p50"] - b.latency_ms["p50"], 3)}
+    measured = variant("-metrics")
+    if measured is not None:
+        return pair(measured, jose, "metrics_vs_off")
+    plain = variant("-insecure")
+    if plain is not None:
+        return pair(jose, plain, "curve_vs_insecure")
+    if not pso:
         return {}
     best = max(pso, key=lambda r: r.writes_per_s)
     nob = next((r for r in pso if r.mode == "no-batch"), None)
