@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from josefine.raft.ready import OutcomeKind
 from josefine.actors.base import NodeActor
-from josefine.runtime.intake import ReplyBatch
-from josefine.runtime.waiters import Waiters
 from josefine.fsm.applier import Applier
 from josefine.messages import ApplyWork, Status
+from josefine.raft.ready import OutcomeKind
+from josefine.runtime.intake import ReplyBatch
+from josefine.runtime.waiters import Waiters
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from josefine.raft.ready import EventKind
 from josefine.actors.base import ActorEffects, NodeActor
 from josefine.chainview import describe_core
 from josefine.messages import ChainQuery, Nudge, Persisted, Propose, StatusQuery, Tick
 from josefine.raft.core import RaftCore, Role
-from josefine.raft.ready import Ready
+from josefine.raft.ready import EventKind, Ready
 from josefine.runtime.channels import SideQueue, TickGate
 from josefine.runtime.executor import ReadyRouter, Route, carry_out, release
 from josefine.runtime.status import NodeStatus

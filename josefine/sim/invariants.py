@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from josefine.raft.ready import EventKind
 from josefine.chain.block import Block, verify_digest
 from josefine.messages import AppendResp, PreVoteReq, PreVoteResp, VoteResp
 from josefine.raft.core import RaftCore, Role
+from josefine.raft.ready import EventKind
 from josefine.types import GENESIS_ID, BlockId
 
 

@@ -31,17 +31,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from josefine.raft.ready import EventKind, OutcomeKind
 from josefine.chain.block import Command, genesis
 from josefine.chain.memory import MemoryStore
+from josefine.config import core_config
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
 from josefine.messages import ApplyWork, Persisted, Propose, ReadIndex, Status, Tick
-from josefine.config import core_config
 from josefine.raft.core import CoreConfig, RaftCore, Role
-from josefine.raft.ready import Ready
-from josefine.runtime.executor import (CommitMarker, Plan, ReadyRouter, Route, StoreWrite,
-                                       WritePlanner, carry_out)
+from josefine.raft.ready import EventKind, OutcomeKind, Ready
+from josefine.runtime.executor import (
+    CommitMarker,
+    Plan,
+    ReadyRouter,
+    Route,
+    StoreWrite,
+    WritePlanner,
+    carry_out,
+)
 from josefine.sim.invariants import Invariants, InvariantViolation
 from josefine.types import SafetyViolation
 
