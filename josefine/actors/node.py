@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -402,9 +403,35 @@ class Node:
         self.intake.tell_role(TransferLeadership(target=to))
         return fut
 
+    def hand_over_leadership(self, timeout: float | None = None) -> int | None:
+        """If this node leads, transfer leadership to the most caught-up voter (highest match
+        height, then lowest id) and wait for it to take over; return its id, or None when
+        this node was not leading, has no peer, or the transfer did not complete in time
+        (default: one election timeout). For planned stops: clients then lose one round
+        trip to the new leader instead of an election timeout (thesis §3.10)."""
+        if timeout is None:
+            timeout = self.config.election_ticks * self.config.tick_ms / 1000.0
+        try:
+            st = self.status(timeout=timeout)
+        except JosefineError:
+            return None
+        followers = st.followers
+        if st.role != "leader" or not followers:
+            return None
+        target = min(followers, key=lambda v: (-followers[v], v))
+        t0 = time.monotonic()
+        try:
+            self.transfer_leadership(target).result(timeout)
+        except (JosefineError, FutureTimeout) as exc:
+            log.warning("node %d: leadership hand-over to node %d did not complete: %s",
+                        self.id, target, exc or "timed out")
+            return None
+        log.info("node %d: handed leadership to node %d in %.1f ms", self.id, target,
+                 (time.monotonic() - t0) * 1000)
+        return target
+
     def wait_for_leader(self, timeout: float = 10.0) -> int:
         """Block until this node knows a leader (itself or a peer); return its id."""
-        import time
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.fatal_error is not None or self.stopped:
