@@ -248,7 +248,8 @@ class NodeConfig:
     cluster_id: str
     """Shared by all nodes of a cluster; messages carrying another id are dropped."""
     address: str
-    """Where this node listens: ``tcp://HOST:PORT``."""
+    """Where peers and clients reach this node: ``tcp://HOST:PORT`` (what it advertises).
+    It listens there too unless `bind` says otherwise."""
     peers: dict[int, str] = field(hash=False)
     """The other nodes' addresses by node id (never includes `node_id`)."""
     data_dir: str
@@ -282,6 +283,9 @@ class NodeConfig:
     insecure: bool = False
     """Plaintext ZeroMQ, no authentication: any process that reaches the port can forge
     frames. Off by default; a node started insecure logs a warning."""
+    bind: str | None = None
+    """Where this node listens, when that differs from `address` (a container, NAT, or
+    ``tcp://0.0.0.0:PORT`` for every interface); None: listen on `address`."""
     metrics_address: str | None = None
     """``HOST:PORT`` where the node serves Prometheus metrics over HTTP (``/metrics``);
     None (the default): no metrics, no listener, nothing measured."""
@@ -388,6 +392,35 @@ def core_config(source: Any, **fixed: Any) -> "CoreConfig":
     return CoreConfig(**kw, **fixed)
 
 
+_UNSPECIFIED_HOSTS = frozenset({"*", "0.0.0.0", "[::]", "[0:0:0:0:0:0:0:0]"})
+_LOOPBACK_HOSTS = frozenset({"localhost", "[::1]"})
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _check_bind(v: Mapping[str, Any], source: str) -> None:
+    """`address` is dialed by others and `bind` is listened on: refuse the combinations
+    that cannot work, naming the fix."""
+    host, _ = parse_address(v["address"])
+    if host in _UNSPECIFIED_HOSTS:
+        raise _fail(source, "address",
+                    f"{v['address']} cannot be dialed by peers or clients: set address to a "
+                    f"host they can reach and bind = \"tcp://{host}:PORT\" to listen on "
+                    "every interface")
+    bind = v.get("bind")
+    if bind is None:
+        return
+    _expect_address(source, "bind", bind)
+    bind_host, _ = parse_address(bind)
+    if _is_loopback(bind_host) and not _is_loopback(host):
+        raise _fail(source, "bind",
+                    f"{bind} accepts loopback connections only, but the node advertises "
+                    f"{v['address']}: peers dialing that would never get through (bind to "
+                    "that host, or to 0.0.0.0)")
+
+
 def _check_node(v: Mapping[str, Any], source: str) -> None:
     """Validate every NodeConfig field; raise ConfigError naming the first bad key."""
     _expect_int(source, "node_id", v["node_id"], lo=1)
@@ -419,6 +452,7 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     for key in ("secret_key_file", "cluster_file"):
         if v.get(key) is not None:
             _expect_str(source, key, v[key])
+    _check_bind(v, source)
     if v.get("metrics_address") is not None:
         _expect_str(source, "metrics_address", v["metrics_address"])
         try:

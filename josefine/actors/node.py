@@ -204,7 +204,7 @@ class Node:
         self.peer_inbox = SideQueue(PEER_IN)
         self.gate = TickGate()
         self.faults = FaultRules(seed=cfg.seed)
-        self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.address, cfg.peers,
+        self.zt = ZmqTransport(cfg.node_id, cfg.cluster_id, cfg.bind or cfg.address, cfg.peers,
                                self._on_peer_message, self.intake.on_client_request,
                                on_client_batch=self.intake.on_client_batch,
                                on_fatal=lambda exc: fatal("transport I/O thread", exc),

@@ -215,3 +215,83 @@ def test_waiters_expire_local_requests_with_an_answer_and_drop_remote_ones(monke
     w.add_remote_many([f"k{i}" for i in range(4097)], b"id")   # triggers a sweep
     assert got == [Status.UNKNOWN] and remote == []
     assert not w.has("old-local") and not w.has("old-remote") and w.has("k0")
+
+
+class _PortForward:
+    """A TCP forwarder on loopback, standing in for a container's or a NAT's port mapping:
+    connections to `listen` are piped to `target`."""
+
+    def __init__(self, listen: int, target: int) -> None:
+        import socket
+        import threading
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", listen))
+        self.conns: list = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        while True:
+            try:
+                a, _ = self.server.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:  # noqa: ANN001
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def test_a_node_listens_on_bind_and_is_reached_at_its_advertised_address(tmp_path):
+    """bind vs address: the node listens on `bind` (port B); clients reach it at `address`
+    (port A), which a port mapping forwards to B, as in a container or behind NAT."""
+    from josefine.client import Client
+    from josefine.config import load_cluster_config
+    from josefine.security import client_credentials
+    bind_port = free_port_block(2)
+    public_port = bind_port + 1
+    advertised = f"tcp://127.0.0.1:{public_port}"
+    forward = _PortForward(public_port, bind_port)
+    cluster_file = make_cluster_keys(tmp_path / "keys", "embed", {1: advertised})
+    cfg = NodeConfig(node_id=1, cluster_id="embed", address=advertised, peers={},
+                     data_dir=str(tmp_path / "n1"), bind=f"tcp://127.0.0.1:{bind_port}",
+                     secret_key_file=str(tmp_path / "keys" / "node-1.key_secret"),
+                     cluster_file=str(cluster_file))
+    try:
+        node = Node.start(cfg, KVStateMachine())
+        try:
+            assert node.zt.address == f"tcp://127.0.0.1:{bind_port}"
+            node.wait_for_leader(10)
+            creds = client_credentials(load_cluster_config(cluster_file),
+                                       source=str(cluster_file))
+            with Client({1: advertised}, "embed", timeout=10, credentials=creds) as c:
+                c.put("k", "v")
+                assert c.get("k") == "v"
+        finally:
+            node.stop()
+    finally:
+        forward.close()

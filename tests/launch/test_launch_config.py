@@ -152,6 +152,12 @@ def test_relative_data_dir_is_relative_to_the_file(tmp_path):
         ({"log_level": "LOUD"}, "log_level", "expected one of DEBUG"),
         ({"max_frame_bytes": 10}, "max_frame_bytes", "must be >= 1024"),
         ({"seed": "x"}, "seed", "expected an integer"),
+        ({"address": "tcp://0.0.0.0:7001"}, "address", "cannot be dialed by peers"),
+        ({"address": "tcp://*:7001"}, "address", "bind = \"tcp://*:PORT\""),
+        ({"bind": "7001"}, "bind", "expected 'tcp://HOST:PORT'"),
+        ({"address": "tcp://10.1.2.3:7001", "bind": "tcp://127.0.0.1:7001"}, "bind",
+         "accepts loopback connections only"),
+        ({"metrics_address": "tcp://127.0.0.1:9101"}, "metrics_address", "expected 'HOST:PORT'"),
     ],
 )
 def test_bad_key_is_named(tmp_path, change, key, why):
@@ -268,3 +274,13 @@ def test_a_secure_cluster_file_without_a_node_key_is_refused(tmp_path):
     path.write_text('cluster_id = "abc"\n[nodes."1"]\naddress = "tcp://127.0.0.1:7001"\n')
     with pytest.raises(ConfigError, match="nodes.1.public_key.*insecure = true"):
         load_cluster_config(path)
+
+
+def test_bind_and_advertised_address_round_trip(tmp_path):
+    config = load_node_config(_write(tmp_path, {**_valid(), "address": "tcp://10.1.2.3:7001",
+                                                "bind": "tcp://0.0.0.0:7001"}))
+    assert (config.address, config.bind) == ("tcp://10.1.2.3:7001", "tcp://0.0.0.0:7001")
+    path = tmp_path / "again.toml"
+    path.write_text(config.to_toml())
+    assert load_node_config(path) == config
+    assert load_node_config(_write(tmp_path, _valid())).bind is None   # listens on address
