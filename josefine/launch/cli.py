@@ -34,6 +34,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-node timeout (default 2)")
     p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
     p.set_defaults(func=_keys)
+
+    p = sub.add_parser("transfer", help="move leadership to node ID (default: the most "
+                                        "caught-up follower)",
+                       description="Ask the leader to hand leadership to node ID, or, without "
+                                   "an id, to its most caught-up follower (highest match "
+                                   "height); waits until that node leads. Needs the admin key.")
+    p.add_argument("node", nargs="?", type=_positive_int, metavar="ID",
+                   help="the node that should lead (default: the most caught-up follower)")
+    p.add_argument("--cluster", metavar="FILE",
+                   help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                   help="give up after this long (default 10)")
+    p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
+    p.set_defaults(func=_transfer)
 
     p = sub.add_parser(
         "chain", help="draw a node's chain of blocks (text, or --out FILE.png|FILE.svg)",
@@ -596,6 +611,67 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"josefine keys: node {node_id} ({node.address}): {_describe_error(exc)}",
                   file=sys.stderr)
     return EXIT_OK if not failed else EXIT_ERROR
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """``josefine transfer [ID]``: leadership to ID, or to the most caught-up follower."""
+    from josefine.client import Client, query_status
+    cluster = _load_cluster("transfer", args.cluster)
+    if isinstance(cluster, int):
+        return cluster
+    if args.node is not None and args.node not in cluster.nodes:
+        print(f"josefine transfer: error: node {args.node} is not a member of cluster "
+              f"{cluster.cluster_id} (members: {sorted(cluster.nodes)})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        creds = _credentials(cluster, args, admin=True)
+    except JosefineError as exc:
+        return _error("transfer", str(exc))
+
+    def current_leader() -> tuple[int, dict[str, Any]] | None:
+        found = []
+        for node_id, node in cluster.nodes.items():
+            try:
+                st = query_status(node.address, cluster.cluster_id, min(2.0, args.timeout),
+                                  **creds)
+            except Exception:  # noqa: BLE001 - an unreachable node cannot be the leader we ask
+                continue
+            if st.get("role") == "leader":
+                found.append((st.get("term") or 0, node_id, st))
+        if not found:
+            return None
+        _, node_id, st = max(found, key=lambda x: (x[0], x[1]))
+        return node_id, st
+
+    deadline = time.monotonic() + args.timeout
+    now = current_leader()
+    if now is None:
+        return _error("transfer", "no node of the cluster is leading right now")
+    leader, st = now
+    target = args.node
+    if target is None:
+        followers = {int(k): v for k, v in (st.get("followers") or {}).items()}
+        if not followers:
+            return _error("transfer", f"node {leader} leads alone: no follower to take over")
+        target = min(followers, key=lambda v: (-followers[v], v))
+    if target == leader:
+        print(f"node {leader} already leads (term {st.get('term')})")
+        return EXIT_OK
+    addresses = {i: n.address for i, n in cluster.nodes.items()}
+    t0 = time.monotonic()
+    try:
+        with Client(addresses, cluster.cluster_id, timeout=args.timeout, **creds) as client:
+            client.transfer_leadership(target)
+    except JosefineError as exc:
+        return _error("transfer", f"to node {target}: {_describe_error(exc)}")
+    while time.monotonic() < deadline:
+        now = current_leader()
+        if now is not None and now[0] == target:
+            print(f"node {target} leads (term {now[1].get('term')}), taken over from node "
+                  f"{leader} in {(time.monotonic() - t0) * 1000:.0f} ms")
+            return EXIT_OK
+        time.sleep(0.02)
+    return _error("transfer", f"node {target} did not take over within {args.timeout} s")
 
 
 def _chain_stores(data_dir: Path, node: int | None) -> list[tuple[int | None, Path]]:

@@ -1,0 +1,50 @@
+"""`josefine transfer [ID]`: leadership moves to the named node, or to the most caught-up
+follower, on a launched cluster; bad ids are refused."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from josefine.launch.cluster import Launcher
+from tests.cluster.helpers import free_port_block, leader_of, statuses, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+
+
+def _transfer(launcher: Launcher, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "josefine.launch.cli", "transfer", *args,
+                           "--cluster", str(launcher.cluster_path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_transfer_to_a_named_node_and_to_the_most_caught_up(tmp_path):
+    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
+    launcher.start()
+    try:
+        addrs = {i: launcher.address(i) for i in launcher.node_ids}
+        creds = launcher.credentials()
+        first = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+        target = next(i for i in addrs if i != first)
+        out = _transfer(launcher, str(target))
+        assert out.returncode == 0, out.stderr
+        assert f"node {target} leads" in out.stdout
+        assert leader_of(addrs, launcher.cluster_id, creds) == target
+
+        st = statuses(addrs, launcher.cluster_id, credentials=creds)[target]
+        best = min(st["followers"], key=lambda v: (-st["followers"][v], v))
+        out = _transfer(launcher)
+        assert out.returncode == 0, out.stderr
+        assert f"node {best} leads" in out.stdout
+        assert leader_of(addrs, launcher.cluster_id, creds) == best
+
+        out = _transfer(launcher, str(best))
+        assert out.returncode == 0 and "already leads" in out.stdout
+
+        out = _transfer(launcher, "9")
+        assert out.returncode == 2 and "node 9 is not a member" in out.stderr
+        assert leader_of(addrs, launcher.cluster_id, creds) == best   # nothing changed
+    finally:
+        launcher.stop()
+    assert all(pid is None for pid in launcher.pids().values())
