@@ -173,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
     p.set_defaults(func=_keys)
 
+    p = sub.add_parser("member", help="the cluster's members (list)",
+                       description="Membership of the cluster. `member list`: every member "
+                                   "with its address, role (voter or learner), the leader's "
+                                   "view of its match height and how far it lags the "
+                                   "leader's head.")
+    msub = p.add_subparsers(dest="member_command", metavar="VERB", required=True)
+    mp = msub.add_parser("list", help="every member: id, address, role, match height, lag")
+    mp.add_argument("--json", action="store_true",
+                    help='print {"members": [{"id", "address", "role", "match_height", '
+                         '"lag", "leader"}]}')
+    mp.add_argument("--cluster", metavar="FILE",
+                    help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    mp.add_argument("--timeout", type=_positive_float, default=2.0, metavar="SECONDS",
+                    help="per-node timeout (default 2)")
+    mp.add_argument("--key-file", metavar="FILE",
+                    help="Curve key pair to use (default: the cluster file's)")
+    mp.set_defaults(func=_member_list)
+
     p = sub.add_parser("transfer", help="move leadership to node ID (default: the most "
                                         "caught-up follower)",
                        description="Ask the leader to hand leadership to node ID, or, without "
@@ -611,6 +629,67 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"josefine keys: node {node_id} ({node.address}): {_describe_error(exc)}",
                   file=sys.stderr)
     return EXIT_OK if not failed else EXIT_ERROR
+
+
+MEMBER_FIELDS = ("id", "address", "role", "match_height", "lag", "leader")
+"""Keys of each member object in ``josefine member list --json``."""
+
+
+def _member_list(args: argparse.Namespace) -> int:
+    """``josefine member list [--json]``.
+
+    JSON form, stable::
+
+        {"members": [{"id": 1, "address": "tcp://127.0.0.1:7001", "role": "voter",
+                      "match_height": 120, "lag": 0, "leader": true}, ...]}
+
+    `role` is ``voter`` or ``learner`` (every member is a voter until membership changes
+    exist). `match_height` is the leader's view of the member (the leader's own head for the
+    leader) and `lag` the leader's head height minus it; both are null when no leader
+    answered. Exit status 0 when a leader answered, 1 otherwise.
+    """
+    from josefine.client import query_status
+    cluster = _load_cluster("member", args.cluster)
+    if isinstance(cluster, int):
+        return cluster
+    try:
+        creds = _credentials(cluster, args)
+    except JosefineError as exc:
+        return _error("member", str(exc))
+    leader: tuple[int, int, dict[str, Any]] | None = None   # (term, id, status)
+    for node_id, node in cluster.nodes.items():
+        try:
+            st = query_status(node.address, cluster.cluster_id, args.timeout, **creds)
+        except Exception:  # noqa: BLE001 - an unreachable node is simply not the leader
+            continue
+        if st.get("role") == "leader" and (leader is None or (st.get("term") or 0) > leader[0]):
+            leader = (st.get("term") or 0, node_id, st)
+    rows = []
+    head = None
+    matches: dict[int, int] = {}
+    if leader is not None:
+        lst = leader[2]
+        head = (lst.get("head") or [0, 0])[1]
+        matches = {int(k): int(v) for k, v in (lst.get("followers") or {}).items()}
+        matches[leader[1]] = head
+    for node_id, node in sorted(cluster.nodes.items()):
+        m = matches.get(node_id)
+        rows.append({"id": node_id, "address": node.address, "role": "voter",
+                     "match_height": m, "lag": None if m is None or head is None else head - m,
+                     "leader": leader is not None and leader[1] == node_id})
+    if args.json:
+        print(json.dumps({"members": rows}, indent=2))
+    else:
+        table: list[list[str]] = [["id", "address", "role", "match", "lag", "leader"]] + [
+            [str(r["id"]), str(r["address"]), str(r["role"]), _cell(r["match_height"]),
+             _cell(r["lag"]), "*" if r["leader"] else ""] for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if leader is None:
+        print("josefine member: no leader answered: match heights unknown", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def _transfer(args: argparse.Namespace) -> int:

@@ -48,3 +48,38 @@ def test_transfer_to_a_named_node_and_to_the_most_caught_up(tmp_path):
     finally:
         launcher.stop()
     assert all(pid is None for pid in launcher.pids().values())
+
+
+def test_member_list_shows_every_member_with_match_and_lag(tmp_path):
+    import json
+
+    from josefine.client import Client
+    from josefine.launch.cli import MEMBER_FIELDS
+    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
+    launcher.start()
+    try:
+        addrs = {i: launcher.address(i) for i in launcher.node_ids}
+        creds = launcher.credentials()
+        leader = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+        with Client(addrs, launcher.cluster_id, timeout=30, credentials=creds) as c:
+            for i in range(30):
+                c.put(f"k{i}", "v")
+        cmd = [sys.executable, "-m", "josefine.launch.cli", "member", "list",
+               "--cluster", str(launcher.cluster_path)]
+        doc = wait_for(lambda: (lambda d: d if all(m["lag"] == 0 for m in d["members"])
+                                else None)(json.loads(subprocess.run(
+                                    cmd + ["--json"], capture_output=True, text=True,
+                                    timeout=60).stdout)), 30, "followers caught up")
+        members = doc["members"]
+        assert [m["id"] for m in members] == [1, 2, 3]
+        assert all(tuple(m) == MEMBER_FIELDS for m in members)
+        assert {m["id"]: m["address"] for m in members} == addrs
+        assert all(m["role"] == "voter" for m in members)
+        assert [m["id"] for m in members if m["leader"]] == [leader]
+        assert all(m["match_height"] >= 31 for m in members)   # 30 writes + the no-op
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.splitlines()[0].split() == \
+            ["id", "address", "role", "match", "lag", "leader"]
+        assert len(out.stdout.splitlines()) == 4
+    finally:
+        launcher.stop()
