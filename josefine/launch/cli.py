@@ -166,11 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["reload", "rotate", "forget"],
                    help="reload, rotate or forget (see above)")
     p.add_argument("node", nargs="?", type=_positive_int, help="node id (rotate, forget)")
-    p.add_argument("--cluster", metavar="FILE",
-                   help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
-    p.add_argument("--timeout", type=_positive_float, default=2.0, metavar="SECONDS",
-                   help="per-node timeout (default 2)")
-    p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
+    _cluster_options(p, 2.0, "per-node timeout", "admin key pair")
     p.set_defaults(func=_keys)
 
     p = sub.add_parser("member", help="the cluster's members (list)",
@@ -183,12 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--json", action="store_true",
                     help='print {"members": [{"id", "address", "role", "match_height", '
                          '"lag", "leader"}]}')
-    mp.add_argument("--cluster", metavar="FILE",
-                    help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
-    mp.add_argument("--timeout", type=_positive_float, default=2.0, metavar="SECONDS",
-                    help="per-node timeout (default 2)")
-    mp.add_argument("--key-file", metavar="FILE",
-                    help="Curve key pair to use (default: the cluster file's)")
+    _cluster_options(mp, 2.0, "per-node timeout", "Curve key pair to use")
     mp.set_defaults(func=_member_list)
 
     p = sub.add_parser("transfer", help="move leadership to node ID (default: the most "
@@ -198,11 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "height); waits until that node leads. Needs the admin key.")
     p.add_argument("node", nargs="?", type=_positive_int, metavar="ID",
                    help="the node that should lead (default: the most caught-up follower)")
-    p.add_argument("--cluster", metavar="FILE",
-                   help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
-    p.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                   help="give up after this long (default 10)")
-    p.add_argument("--key-file", metavar="FILE", help="admin key pair (default: the cluster file's)")
+    _cluster_options(p, 10.0, "give up after this long", "admin key pair")
     p.set_defaults(func=_transfer)
 
     p = sub.add_parser(
@@ -292,6 +279,16 @@ def _exit_code(code: object) -> int:
         return code
     print(code, file=sys.stderr)
     return EXIT_ERROR
+
+
+def _cluster_options(p: argparse.ArgumentParser, timeout: float, timeout_help: str,
+                     key_help: str) -> None:
+    """--cluster, --timeout and --key-file, as every verb that talks to a cluster has them."""
+    p.add_argument("--cluster", metavar="FILE",
+                   help=f"cluster.toml written by `josefine launch` (default: ${CLUSTER_ENV_VAR})")
+    p.add_argument("--timeout", type=_positive_float, default=timeout, metavar="SECONDS",
+                   help=f"{timeout_help} (default {timeout:g})")
+    p.add_argument("--key-file", metavar="FILE", help=f"{key_help} (default: the cluster file's)")
 
 
 def _error(command: str, message: str) -> int:
@@ -635,6 +632,25 @@ MEMBER_FIELDS = ("id", "address", "role", "match_height", "lag", "leader")
 """Keys of each member object in ``josefine member list --json``."""
 
 
+def _find_leader(cluster: ClusterConfig, timeout: float,
+                 creds: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """(id, status) of the node that says it leads, the newest term winning (two leaders of
+    different terms can coexist for a moment); None when no node answers as leader."""
+    from josefine.client import query_status
+    found = []
+    for node_id, node in cluster.nodes.items():
+        try:
+            st = query_status(node.address, cluster.cluster_id, timeout, **creds)
+        except Exception:  # noqa: BLE001 - an unreachable node is simply not the leader
+            continue
+        if st.get("role") == "leader":
+            found.append((st.get("term") or 0, node_id, st))
+    if not found:
+        return None
+    _, node_id, st = max(found, key=lambda x: (x[0], x[1]))
+    return node_id, st
+
+
 def _member_list(args: argparse.Namespace) -> int:
     """``josefine member list [--json]``.
 
@@ -648,7 +664,6 @@ def _member_list(args: argparse.Namespace) -> int:
     leader) and `lag` the leader's head height minus it; both are null when no leader
     answered. Exit status 0 when a leader answered, 1 otherwise.
     """
-    from josefine.client import query_status
     cluster = _load_cluster("member", args.cluster)
     if isinstance(cluster, int):
         return cluster
@@ -656,27 +671,20 @@ def _member_list(args: argparse.Namespace) -> int:
         creds = _credentials(cluster, args)
     except JosefineError as exc:
         return _error("member", str(exc))
-    leader: tuple[int, int, dict[str, Any]] | None = None   # (term, id, status)
-    for node_id, node in cluster.nodes.items():
-        try:
-            st = query_status(node.address, cluster.cluster_id, args.timeout, **creds)
-        except Exception:  # noqa: BLE001 - an unreachable node is simply not the leader
-            continue
-        if st.get("role") == "leader" and (leader is None or (st.get("term") or 0) > leader[0]):
-            leader = (st.get("term") or 0, node_id, st)
+    leader = _find_leader(cluster, args.timeout, creds)
     rows = []
     head = None
     matches: dict[int, int] = {}
     if leader is not None:
-        lst = leader[2]
+        lst = leader[1]
         head = (lst.get("head") or [0, 0])[1]
         matches = {int(k): int(v) for k, v in (lst.get("followers") or {}).items()}
-        matches[leader[1]] = head
+        matches[leader[0]] = head
     for node_id, node in sorted(cluster.nodes.items()):
         m = matches.get(node_id)
         rows.append({"id": node_id, "address": node.address, "role": "voter",
                      "match_height": m, "lag": None if m is None or head is None else head - m,
-                     "leader": leader is not None and leader[1] == node_id})
+                     "leader": leader is not None and leader[0] == node_id})
     if args.json:
         print(json.dumps({"members": rows}, indent=2))
     else:
@@ -694,7 +702,7 @@ def _member_list(args: argparse.Namespace) -> int:
 
 def _transfer(args: argparse.Namespace) -> int:
     """``josefine transfer [ID]``: leadership to ID, or to the most caught-up follower."""
-    from josefine.client import Client, query_status
+    from josefine.client import Client
     cluster = _load_cluster("transfer", args.cluster)
     if isinstance(cluster, int):
         return cluster
@@ -708,19 +716,7 @@ def _transfer(args: argparse.Namespace) -> int:
         return _error("transfer", str(exc))
 
     def current_leader() -> tuple[int, dict[str, Any]] | None:
-        found = []
-        for node_id, node in cluster.nodes.items():
-            try:
-                st = query_status(node.address, cluster.cluster_id, min(2.0, args.timeout),
-                                  **creds)
-            except Exception:  # noqa: BLE001 - an unreachable node cannot be the leader we ask
-                continue
-            if st.get("role") == "leader":
-                found.append((st.get("term") or 0, node_id, st))
-        if not found:
-            return None
-        _, node_id, st = max(found, key=lambda x: (x[0], x[1]))
-        return node_id, st
+        return _find_leader(cluster, min(2.0, args.timeout), creds)
 
     deadline = time.monotonic() + args.timeout
     now = current_leader()

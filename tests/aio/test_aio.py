@@ -12,11 +12,10 @@ from josefine import KVStateMachine, Node
 from josefine.aio import AsyncClient, AsyncNode
 from josefine.errors import NotLeaderError, UnavailableError
 from josefine.fsm.kv import kv_cas, kv_get, kv_put
-from josefine.launch.cluster import Launcher
 from josefine.launch.ports import free_port_block
 from josefine.config import NodeConfig
 from josefine.security import make_cluster_keys
-from tests.cluster.helpers import leader_of, statuses, wait_for
+from tests.cluster.helpers import leader_of, running_cluster, statuses
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,12 +79,8 @@ def test_an_async_node_that_is_not_leader_raises_the_public_error(tmp_path):
 
 @pytest.mark.cluster
 def test_async_client_put_get_cas_across_a_leader_kill(tmp_path):
-    launcher = Launcher(3, tmp_path / "cluster", free_port_block(3), out=None)
-    launcher.start()
-    try:
-        addrs = {i: launcher.address(i) for i in launcher.node_ids}
-        creds = launcher.credentials()
-        wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+    with running_cluster(tmp_path / "cluster") as rc:
+        launcher, addrs, creds = rc.launcher, rc.addrs, rc.creds
 
         async def main() -> dict[str, str]:
             acked: dict[str, str] = {}
@@ -118,6 +113,3 @@ def test_async_client_put_get_cas_across_a_leader_kill(tmp_path):
 
         acked = asyncio.run(main())
         assert len(acked) == 4 * 50 - 1
-    finally:
-        launcher.stop()
-    assert all(pid is None for pid in launcher.pids().values())

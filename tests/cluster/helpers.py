@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from josefine.client import query_status
 from josefine.launch.ports import free_port_block  # noqa: F401 - re-exported for tests
@@ -42,3 +44,29 @@ def leader_of(addresses: dict[int, str], cluster_id: str, credentials: Any = Non
     if leaders:  # two leaders of different terms can coexist briefly: take the newest
         return max(leaders, key=lambda i: st[i]["term"])
     return None
+
+
+@dataclass
+class RunningCluster:
+    launcher: Any
+    addrs: dict[int, str]
+    creds: Any
+    leader: int
+    """The first leader, found before the test body runs."""
+
+
+@contextmanager
+def running_cluster(data_dir: Any, nodes: int = 3, **kw: Any) -> Iterator[RunningCluster]:
+    """A launched cluster of real node processes with a leader; stopped afterwards, and no
+    node process may outlive it."""
+    from josefine.launch.cluster import Launcher
+    launcher = Launcher(nodes, data_dir, free_port_block(nodes), out=None, **kw)
+    launcher.start()
+    try:
+        addrs = {i: launcher.address(i) for i in launcher.node_ids}
+        creds = launcher.credentials()
+        leader = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+        yield RunningCluster(launcher, addrs, creds, leader)
+    finally:
+        launcher.stop()
+    assert all(pid is None for pid in launcher.pids().values()), "a node process outlived it"

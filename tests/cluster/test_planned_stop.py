@@ -8,19 +8,14 @@ import time
 import pytest
 
 from josefine.client import Client
-from josefine.launch.cluster import Launcher
-from tests.cluster.helpers import free_port_block, leader_of, statuses, wait_for
+from tests.cluster.helpers import leader_of, running_cluster, statuses, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
 def test_sigterm_of_the_leader_hands_leadership_over(tmp_path):
-    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
-    launcher.start()
-    try:
-        addrs = {i: launcher.address(i) for i in launcher.node_ids}
-        creds = launcher.credentials()
-        old = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+    with running_cluster(tmp_path / "c") as rc:
+        launcher, addrs, creds, old = rc.launcher, rc.addrs, rc.creds, rc.leader
         old_term = statuses(addrs, launcher.cluster_id, credentials=creds)[old]["term"]
         with Client(addrs, launcher.cluster_id, timeout=30, credentials=creds) as c:
             for i in range(20):
@@ -39,23 +34,13 @@ def test_sigterm_of_the_leader_hands_leadership_over(tmp_path):
         # a transfer: the successor's TimeoutNow election is the only new term
         assert statuses(rest, launcher.cluster_id, credentials=creds)[new]["term"] \
             == old_term + 1
-    finally:
-        launcher.stop()
-    assert all(pid is None for pid in launcher.pids().values())
 
 
 def test_a_follower_stopped_on_purpose_just_stops(tmp_path):
-    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
-    launcher.start()
-    try:
-        addrs = {i: launcher.address(i) for i in launcher.node_ids}
-        creds = launcher.credentials()
-        leader = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
-        follower = next(i for i in addrs if i != leader)
+    with running_cluster(tmp_path / "c") as rc:
+        follower = next(i for i in rc.addrs if i != rc.leader)
         t0 = time.monotonic()
-        assert launcher.stop_node(follower) == 0
+        assert rc.launcher.stop_node(follower) == 0
         assert time.monotonic() - t0 < 5
-        assert "handed leadership" not in launcher.log_path(follower).read_text()
-        assert leader_of(addrs, launcher.cluster_id, creds) == leader
-    finally:
-        launcher.stop()
+        assert "handed leadership" not in rc.launcher.log_path(follower).read_text()
+        assert leader_of(rc.addrs, rc.launcher.cluster_id, rc.creds) == rc.leader

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from josefine.launch.cluster import Launcher
-from tests.cluster.helpers import free_port_block, leader_of, statuses, wait_for
+from tests.cluster.helpers import leader_of, running_cluster, statuses, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -20,12 +20,8 @@ def _transfer(launcher: Launcher, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_transfer_to_a_named_node_and_to_the_most_caught_up(tmp_path):
-    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
-    launcher.start()
-    try:
-        addrs = {i: launcher.address(i) for i in launcher.node_ids}
-        creds = launcher.credentials()
-        first = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+    with running_cluster(tmp_path / "c") as rc:
+        launcher, addrs, creds, first = rc.launcher, rc.addrs, rc.creds, rc.leader
         target = next(i for i in addrs if i != first)
         out = _transfer(launcher, str(target))
         assert out.returncode == 0, out.stderr
@@ -45,9 +41,6 @@ def test_transfer_to_a_named_node_and_to_the_most_caught_up(tmp_path):
         out = _transfer(launcher, "9")
         assert out.returncode == 2 and "node 9 is not a member" in out.stderr
         assert leader_of(addrs, launcher.cluster_id, creds) == best   # nothing changed
-    finally:
-        launcher.stop()
-    assert all(pid is None for pid in launcher.pids().values())
 
 
 def test_member_list_shows_every_member_with_match_and_lag(tmp_path):
@@ -55,12 +48,8 @@ def test_member_list_shows_every_member_with_match_and_lag(tmp_path):
 
     from josefine.client import Client
     from josefine.launch.cli import MEMBER_FIELDS
-    launcher = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
-    launcher.start()
-    try:
-        addrs = {i: launcher.address(i) for i in launcher.node_ids}
-        creds = launcher.credentials()
-        leader = wait_for(lambda: leader_of(addrs, launcher.cluster_id, creds), 30, "a leader")
+    with running_cluster(tmp_path / "c") as rc:
+        launcher, addrs, creds, leader = rc.launcher, rc.addrs, rc.creds, rc.leader
         with Client(addrs, launcher.cluster_id, timeout=30, credentials=creds) as c:
             for i in range(30):
                 c.put(f"k{i}", "v")
@@ -81,5 +70,3 @@ def test_member_list_shows_every_member_with_match_and_lag(tmp_path):
         assert out.returncode == 0 and out.stdout.splitlines()[0].split() == \
             ["id", "address", "role", "match", "lag", "leader"]
         assert len(out.stdout.splitlines()) == 4
-    finally:
-        launcher.stop()
