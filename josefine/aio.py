@@ -21,11 +21,10 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from josefine.actors.node import Node
 from josefine.client import Client
-from josefine.config import load_cluster_config, resolve_cluster_path
 from josefine.errors import UnavailableError
 from josefine.messages import StatusQuery
 from josefine.runtime.status import NodeStatus
-from josefine.security import ClientCredentials, client_credentials
+from josefine.security import ClientCredentials
 
 __all__ = ["AsyncClient", "AsyncNode"]
 
@@ -91,22 +90,26 @@ class AsyncClient:
     def __init__(self, addresses: Sequence[str] | Mapping[int, str], cluster_id: str, *,
                  timeout: float = 10.0, request_timeout: float = 1.0,
                  credentials: ClientCredentials | None = None, concurrency: int = 8) -> None:
+        self._wrap(Client(addresses, cluster_id, timeout=timeout,
+                          request_timeout=request_timeout, credentials=credentials),
+                   concurrency)
+
+    def _wrap(self, client: Client, concurrency: int) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        self.client = Client(addresses, cluster_id, timeout=timeout,
-                             request_timeout=request_timeout, credentials=credentials)
+        self.client = client
         self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                         thread_name_prefix="josefine-aio")
 
     @classmethod
     def from_cluster_file(cls, path: str | None = None, *, admin: bool = False,
-                          key_file: str | None = None, **kw: Any) -> "AsyncClient":
+                          key_file: str | None = None, concurrency: int = 8,
+                          **kw: Any) -> "AsyncClient":
         """As `Client.from_cluster_file`: addresses, cluster id and key from cluster.toml."""
-        path_ = resolve_cluster_path(path)
-        cc = load_cluster_config(path_)
-        creds = client_credentials(cc, admin=admin, key_file=key_file, source=str(path_))
-        return cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id,
-                   credentials=creds, **kw)
+        self = cls.__new__(cls)
+        self._wrap(Client.from_cluster_file(path, admin=admin, key_file=key_file, **kw),
+                   concurrency)
+        return self
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
