@@ -53,3 +53,9 @@ def test_docs_runtime_lists_every_channel():
     text = (Path(__file__).resolve().parents[1] / "docs" / "runtime.md").read_text()
     for ch in CHANNELS:
         assert f"| `{ch.name}` |" in text, ch.name
+
+
+def test_the_hand_over_target_is_the_most_caught_up_then_the_lowest_id():
+    from josefine.runtime.status import most_caught_up
+    assert most_caught_up({2: 40, 3: 41}) == 3
+    assert most_caught_up({3: 41, 2: 41, 5: 7}) == 2

@@ -38,7 +38,7 @@ from josefine.messages import ChainQuery, Status, StatusQuery, TransferLeadershi
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
-from josefine.runtime.status import NodeStatus
+from josefine.runtime.status import NodeStatus, most_caught_up
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
 from josefine.transport.faults import FaultRules
@@ -418,7 +418,7 @@ class Node:
         followers = st.followers
         if st.role != "leader" or not followers:
             return None
-        target = min(followers, key=lambda v: (-followers[v], v))
+        target = most_caught_up(followers)
         t0 = time.monotonic()
         try:
             self.transfer_leadership(target).result(timeout)

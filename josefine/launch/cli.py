@@ -728,7 +728,8 @@ def _transfer(args: argparse.Namespace) -> int:
         followers = {int(k): v for k, v in (st.get("followers") or {}).items()}
         if not followers:
             return _error("transfer", f"node {leader} leads alone: no follower to take over")
-        target = min(followers, key=lambda v: (-followers[v], v))
+        from josefine.runtime.status import most_caught_up
+        target = most_caught_up(followers)
     if target == leader:
         print(f"node {leader} already leads (term {st.get('term')})")
         return EXIT_OK

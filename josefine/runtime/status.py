@@ -68,3 +68,9 @@ class NodeStatus(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+def most_caught_up(followers: Mapping[int, int]) -> int:
+    """The follower a leader should hand over to: the highest match height, then the lowest
+    id (`NodeStatus.followers` maps follower id to match height; must not be empty)."""
+    return min(followers, key=lambda v: (-followers[v], v))
