@@ -60,6 +60,9 @@ from josefine.messages import (
     PreVoteResp,
     Status,
     TimeoutNow,
+    InstallSnapshotResp,
+    SnapshotChunk,
+    SnapshotChunkAck,
     VoteReq,
     VoteResp,
 )
@@ -376,6 +379,9 @@ TAGS: dict[int, type] = {
     7: Heartbeat,
     8: HeartbeatResp,
     9: TimeoutNow,
+    10: InstallSnapshotResp,
+    11: SnapshotChunk,
+    12: SnapshotChunkAck,
     # client messages
     32: ClientPropose,
     33: ClientProposeResp,

@@ -120,11 +120,73 @@ class TimeoutNow:
     term: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallSnapshot:
+    """Leader -> follower: "your next block lies below my base; take my snapshot" (A.14).
+
+    The core's form of the message: the leader's core emits it (as an eager message) and
+    the runtime streams the snapshot file whose base is `last` as `SnapshotChunk`s; the
+    follower's runtime hands it to the core only once the whole file is durable on its
+    disk. It never travels as such, so it is a local type."""
+
+    src: int
+    dst: int
+    term: int
+    last: BlockId
+    """The snapshot's base: the last block whose effects it holds."""
+    last_digest: bytes
+    voters: tuple[int, ...]
+    """The configuration in force at `last`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallSnapshotResp:
+    """Follower's answer; a success leaves only after snapshot, base and head are durable,
+    and counts as an AppendResp whose match is `last` (A.14)."""
+
+    src: int
+    dst: int
+    term: int
+    success: bool
+    match: BlockId | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotChunk:
+    """One piece of a snapshot file on its way to a follower (runtime to runtime: the
+    cores see only the whole snapshot, as `InstallSnapshot`). `offset` is where `data`
+    starts in the file; `done` marks the last chunk."""
+
+    src: int
+    dst: int
+    term: int
+    last: BlockId
+    last_digest: bytes
+    offset: int
+    data: bytes
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotChunkAck:
+    """Flow control for `SnapshotChunk`: `offset` is the next byte the receiver expects
+    (after a refusal, 0: the sender starts over); `ok` False means the transfer failed."""
+
+    src: int
+    dst: int
+    term: int
+    last: BlockId
+    offset: int
+    ok: bool
+
+
 PeerMessage = Union[PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks, AppendResp,
-                    Heartbeat, HeartbeatResp, TimeoutNow]
+                    Heartbeat, HeartbeatResp, TimeoutNow, InstallSnapshot, InstallSnapshotResp]
 PEER_MESSAGE_TYPES: tuple[type, ...] = (PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks,
-                                        AppendResp, Heartbeat, HeartbeatResp, TimeoutNow)
-LEADER_MESSAGES: tuple[type, ...] = (AppendBlocks, Heartbeat, TimeoutNow)
+                                        AppendResp, Heartbeat, HeartbeatResp, TimeoutNow,
+                                        InstallSnapshotResp, SnapshotChunk, SnapshotChunkAck)
+"""Peer messages that travel between nodes (`InstallSnapshot` travels as chunks)."""
+LEADER_MESSAGES: tuple[type, ...] = (AppendBlocks, Heartbeat, TimeoutNow, InstallSnapshot)
 
 
 # ------------------------------------------------------------------------- client messages
@@ -266,7 +328,27 @@ class TransferLeadership:
     target: int
 
 
-CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLeadership]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotTaken:
+    """This node's snapshot whose base is `last` is durable on disk: the core may serve
+    it to followers and compact its chain (A.14)."""
+
+    last: BlockId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotStatus:
+    """The runtime's report on streaming a snapshot to `peer`: `ok` False means the transfer
+    failed (unreachable follower, missing file), so the leader probes again later."""
+
+    peer: int
+    last: BlockId
+    ok: bool
+
+
+CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLeadership,
+                  SnapshotTaken, SnapshotStatus]
 
 
 # ------------------------------------------------------- actor messages (never on the wire)
@@ -293,6 +375,9 @@ class ApplyWork:
     outcomes: tuple
     decoded: Any = None
     """BlockId -> the commands of that block as this node proposed them (Ready.decoded)."""
+    restore: BlockId | None = None
+    """Before `blocks`: replace the state machine by this node's snapshot whose base is
+    this block (an installed snapshot, A.14)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,5 +397,6 @@ class ChainQuery:
 
 
 LOCAL_MESSAGE_TYPES: tuple[type, ...] = (Tick, Propose, ReadIndex, Persisted, TransferLeadership,
+                                         SnapshotTaken, SnapshotStatus, InstallSnapshot,
                                          Outbound, Nudge, ApplyWork, StatusQuery, ChainQuery)
 """Every class that never leaves its process (the codec refuses to encode them)."""

@@ -70,6 +70,13 @@ def genesis(cluster_id: str) -> Block:
     return Block(GENESIS_ID, None, BlockKind.NOOP, b"", digest)
 
 
+def base_header(bid: BlockId, digest: bytes) -> Block:
+    """A header standing in for a compacted base block (A.14): its real id and digest,
+    nothing else. The digest is all a child's digest check needs; the parent is None and
+    the payload empty because both are gone with the history the snapshot replaced."""
+    return Block(bid, None, BlockKind.NOOP, b"", digest)
+
+
 def make_block(parent: Block, term: int, kind: BlockKind, payload: bytes) -> Block:
     """Create the child of `parent` at `term` (only the leader of `term` calls this)."""
     bid = BlockId(term, parent.id.height + 1)

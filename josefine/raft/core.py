@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from josefine import messages as msg
-from josefine.chain.block import (Block, BlockKind, Command, encode_commands, make_block,
-                                  verify_digest)
+from josefine.chain.block import (Block, BlockKind, Command, base_header, encode_commands,
+                                  make_block, verify_digest)
 from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreInput, Heartbeat,
-                               HeartbeatResp, PeerMessage, PreVoteReq, PreVoteResp, Status,
-                               TimeoutNow, VoteReq, VoteResp)
+                               HeartbeatResp, InstallSnapshot, InstallSnapshotResp, PeerMessage,
+                               PreVoteReq, PreVoteResp, SnapshotStatus, Status, TimeoutNow,
+                               VoteReq, VoteResp)
 from josefine.raft.progress import Progress, ProgressState
 from josefine.raft.ready import EventKind, HardState, Outcome, OutcomeKind, Ready, Role
 from josefine.raft.tree import BlockTree
@@ -61,6 +62,13 @@ class CoreConfig:
     keep_bytes: int = 8 << 20
     """Beyond `keep_blocks`, older committed blocks stay in memory only while their payloads
     total less than this; the rest are read back from the store when needed."""
+    keep_previous_snapshot: bool = True
+    """On a new snapshot, compact only up to the previous one: a torn newest file can then
+    fall back to the older one plus its tail, and followers that lag by less than one
+    snapshot interval catch up by blocks. False compacts up to the new snapshot."""
+    snapshot_timeout_ticks: int = 1500
+    """A follower in SNAPSHOT whose install was neither acknowledged nor reported failed
+    for this long is probed again (a backstop: the runtime reports failures itself)."""
 
 
 @dataclass
@@ -77,29 +85,47 @@ class RaftCore:
     def __init__(self, cfg: CoreConfig, genesis: Block, *, term: int = 0,
                  voted_for: int | None = None, blocks: dict[BlockId, Block] | None = None,
                  head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID,
-                 loader: Callable[[BlockId], Block | None] | None = None) -> None:
+                 loader: Callable[[BlockId], Block | None] | None = None,
+                 base: Block | None = None, applied: BlockId | None = None,
+                 snapshot: tuple[BlockId, bytes] | None = None) -> None:
+        """Restart (A.13): `base` is the store's base header (None: never compacted, the
+        chain starts at `genesis`); `blocks` those above it; `applied` what the state
+        machine already holds (the restored snapshot's base; default the base), and
+        `snapshot` the newest durable snapshot (base id, digest), which the node serves to
+        followers that need what it compacted."""
         self.cfg = cfg
         self.id = cfg.node_id
         self.voters = cfg.voters
         self.peers = sorted((cfg.voters) - {cfg.node_id})
         self.quorum = len(cfg.voters) // 2 + 1
-        self.tree = BlockTree(genesis, loader)
+        root = base if base is not None else genesis
+        self.tree = BlockTree(root, loader)
         for b in sorted((blocks or {}).values(), key=lambda b: b.id.height):
-            if b.id != GENESIS_ID:
+            if b.id.height > root.id.height:
                 if not self.tree.has(b.parent):  # type: ignore[arg-type]
                     raise SafetyViolation(f"stored block {b.id} has no stored parent")
                 self.tree.add(b)
         if not self.tree.has(head):
             raise SafetyViolation(f"stored head {head} is not a stored block")
         self.tree.set_head(head)
+        if commit.height < root.id.height:
+            commit = root.id   # restart restores max(commit on disk, base) (A.13)
         if not self.tree.on_path(commit):
             raise SafetyViolation(f"stored commit {commit} is not below head {head}")
+        if applied is None:
+            applied = root.id
+        if not self.tree.on_path(applied):
+            raise SafetyViolation(f"applied {applied} is not on the path to head {head}")
+        if applied.height > commit.height:
+            commit = applied   # a snapshot holds only committed blocks
+        self.snapshot = snapshot
+        """(base id, digest) of the newest durable snapshot of this node, or None."""
         self.term = term
         self.voted_for = voted_for
         self.role = Role.FOLLOWER
         self.leader: int | None = None
         self.commit = commit
-        self.applied = GENESIS_ID
+        self.applied = applied
         self.durable_head = head
         self.elapsed = 0
         self.hb_elapsed = 0
@@ -184,6 +210,16 @@ class RaftCore:
                     self._on_timeout_now(m)
             case msg.TransferLeadership:
                 self._transfer(m.target)
+            case msg.InstallSnapshotResp:
+                if (m.term == self.term or self._admit(m)) and self.role == Role.LEADER:
+                    self._on_install_snapshot_resp(m)
+            case msg.InstallSnapshot:
+                if m.term == self.term or self._admit(m):
+                    self._on_install_snapshot(m)
+            case msg.SnapshotTaken:
+                self._on_snapshot_taken(m.last, m.digest)
+            case msg.SnapshotStatus:
+                self._on_snapshot_status(m)
             case _:
                 raise TypeError(f"not a core input: {type(inp).__name__} "
                                 "(see josefine.messages.CoreInput)")
@@ -292,6 +328,15 @@ class RaftCore:
         self.elapsed += 1
         cfg = self.cfg
         if self.role == Role.LEADER:
+            for f, p in self.prog.items():
+                if p.state == ProgressState.SNAPSHOT:
+                    p.snap_ticks += 1
+                    if p.snap_ticks >= cfg.snapshot_timeout_ticks:
+                        log.warning("node %d: snapshot %s to node %d unanswered for %d ticks; "
+                                    "probing again", self.id, p.pending_snapshot, f,
+                                    p.snap_ticks)
+                        p.become_probe()
+                        p.probe_sent = True   # the next heartbeat answer resends
             self.hb_elapsed += 1
             if self.hb_elapsed >= cfg.heartbeat_ticks:
                 self.hb_elapsed = 0
@@ -446,6 +491,9 @@ class RaftCore:
             p.next = head_h + 1
         if p.state == ProgressState.REPLICATE and p.next > head_h:
             return  # nothing new; heartbeats keep the follower alive
+        if p.next <= tree.root.id.height:
+            self._send_snapshot(f)   # what it needs next was compacted away (A.14)
+            return
         prev = tree.at(p.next - 1)
         hi = min(head_h, p.next + self.cfg.max_batch_blocks - 1)
         blocks = tuple(tree.get(tree.at(h)) for h in range(p.next, hi + 1))
@@ -474,6 +522,11 @@ class RaftCore:
             log.error("node %d: AppendBlocks from %d in my own term %d", self.id, m.src, self.term)
             return
         tree = self.tree
+        if m.prev.height < tree.root.id.height:
+            clipped = self._clip_to_base(m)
+            if clipped is None:
+                return
+            m = clipped
         parent = tree.lookup(m.prev)
         if parent is None or not self._well_formed(m, parent):
             self.role, self.leader = Role.FOLLOWER, m.src
@@ -499,6 +552,26 @@ class RaftCore:
         r.events.append((_ACKED, self.term, tail))
         self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
                               match=tail))
+
+    def _clip_to_base(self, m: AppendBlocks) -> AppendBlocks | None:
+        """The part of `m` above our base (A.7): blocks at or below it are committed and
+        compacted here, so `m` becomes a run on top of the base, with a commit no lower
+        than the base. A block at the base's height that is not our base cannot come from
+        a legitimate leader (its chain holds our committed base): refused like
+        `_refuse_append`, None."""
+        root = self.tree.root
+        rh = root.id.height
+        i = rh - m.prev.height - 1   # index in m.blocks of the block at our base height
+        if i < len(m.blocks):
+            b = m.blocks[i]
+            if b.id != root.id or b.digest != root.digest:
+                self._refuse_append(m, b.id)
+                return None
+            rest = m.blocks[i + 1:]
+        else:
+            rest = ()
+        c = m.commit if m.commit is not None and m.commit.height >= rh else root.id
+        return replace(m, prev=root.id, blocks=rest, commit=c)
 
     def _keeps_commit(self, m: AppendBlocks, tail: BlockId) -> bool:
         """Tripwire: does the branch ending at `tail` (m.blocks on top of m.prev) hold our
@@ -556,8 +629,9 @@ class RaftCore:
             return
         p.active = True
         if m.success:
-            if m.match is None or not self.tree.on_path(m.match):
-                return
+            if m.match is None or not (self.tree.on_path(m.match)
+                                       or m.match.height < self.tree.root.id.height):
+                return   # (below our base: committed, so on our path, but compacted)
             if p.match is None or m.match.height > p.match.height:
                 p.match = m.match
             p.ack(p.match.height)
@@ -573,8 +647,8 @@ class RaftCore:
             else:
                 self._catch_up(m.src)
         else:
-            if m.rejected_prev is None:
-                return
+            if m.rejected_prev is None or p.state == ProgressState.SNAPSHOT:
+                return   # (while a snapshot is on its way, an old rejection says nothing)
             if p.match is not None and m.rejected_prev.height <= p.match.height:
                 return  # outdated
             if p.state == ProgressState.PROBE and p.probe_sent \
@@ -722,6 +796,153 @@ class RaftCore:
                         r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
                                                   Status.ABORTED, self.leader, d))
 
+    # ================================================================== snapshots (A.14)
+    def _on_snapshot_taken(self, last: BlockId, digest: bytes) -> None:
+        """Our own snapshot of `last` is durable: serve it from now on, and compact.
+
+        The chain is cut at the previous snapshot (`keep_previous_snapshot`), so two
+        snapshots' worth of history is never more than one interval of blocks: if the
+        newest file is ever found torn, the older one plus the blocks after it still
+        rebuild the state (A.13)."""
+        old = self.snapshot
+        if old is not None and last.height <= old[0].height:
+            return   # older than what we have (an installed snapshot overtook it)
+        if last.height > self.applied.height or not self.tree.on_path(last):
+            log.warning("node %d: snapshot %s is not on our applied path (applied %s); "
+                        "not used", self.id, last, self.applied)
+            return
+        self.snapshot = (last, digest)
+        if not self.cfg.keep_previous_snapshot:
+            self._compact(base_header(last, digest))
+        elif old is not None and old[0].height > self.tree.root.id.height \
+                and self.tree.on_path(old[0]):
+            self._compact(base_header(*old))
+
+    def _compact(self, base: Block) -> None:
+        self.tree.rebase(base)
+        self._r.base = base
+        self._r.events.append((EventKind.COMPACTED, base.id))
+
+    def _send_snapshot(self, f: int) -> None:
+        p = self.prog[f]
+        snap = self.snapshot
+        if snap is None:   # cannot happen: the base rises only with a snapshot
+            log.error("node %d: node %d needs blocks below base %s, but there is no "
+                      "snapshot", self.id, f, self.tree.root.id)
+            return
+        p.become_snapshot(snap[0])
+        log.info("node %d: node %d needs height %d, below our base %s: sending snapshot %s",
+                 self.id, f, p.next, self.tree.root.id, snap[0])
+        self._eager(InstallSnapshot(src=self.id, dst=f, term=self.term, last=snap[0],
+                                    last_digest=snap[1], voters=tuple(sorted(self.voters))))
+
+    def _on_snapshot_status(self, m: SnapshotStatus) -> None:
+        """The runtime could not deliver the snapshot: probe again, paced by heartbeat
+        answers (a PROBE that counts as sent waits for one)."""
+        p = self.prog.get(m.peer) if self.role == Role.LEADER else None
+        if p is None or p.state != ProgressState.SNAPSHOT or p.pending_snapshot != m.last:
+            return
+        if not m.ok:
+            p.become_probe()
+            p.probe_sent = True
+
+    def _on_install_snapshot_resp(self, m: InstallSnapshotResp) -> None:
+        """A.14: a success counts as an AppendResp whose match is the snapshot's base."""
+        p = self.prog.get(m.src)
+        if p is None:
+            return
+        p.active = True
+        if not m.success or m.match is None:
+            if p.state == ProgressState.SNAPSHOT:
+                p.become_probe()
+                p.probe_sent = True
+            return
+        tree = self.tree
+        if not (tree.on_path(m.match) or m.match.height < tree.root.id.height):
+            return
+        if p.match is None or m.match.height > p.match.height:
+            p.match = m.match
+        p.become_probe()
+        p.next = max(p.next, p.match.height + 1)
+        self._leader_advance_commit()
+        if self.role != Role.LEADER:
+            return
+        if self.transfer == m.src and p.match == self.head:
+            self._eager(TimeoutNow(src=self.id, dst=m.src, term=self.term))
+        else:
+            self._send_append(m.src)
+
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        """A.14, follower side: the snapshot file is already durable here (the runtime
+        hands it over only then). Keep what we hold above its base if it extends it,
+        forget the rest, restart the chain at its base, and answer once the new base,
+        head and deletions are durable (the answer is a promise, so it rides in
+        `messages`, behind this Ready's write)."""
+        if self.role == Role.LEADER:
+            log.error("node %d: InstallSnapshot from %d in my own term %d", self.id, m.src,
+                      self.term)
+            return
+        self.role, self.leader = Role.FOLLOWER, m.src
+        self._reset_timer()
+        last = m.last
+        r = self._r
+        resp = InstallSnapshotResp(src=self.id, dst=m.src, term=self.term, success=True,
+                                   match=last)
+        if last.height <= self.commit.height:
+            # Already past it: both are committed, so last ⪯ commit, and every block up
+            # to our head is written by Readys ahead of this answer (A.14).
+            r.events.append((_ACKED, self.term, last))
+            self._send(resp)
+            return
+        old = self.tree
+        have = old.lookup(last) if last.height >= old.root.id.height else None
+        header = base_header(last, m.last_digest)
+        tree = BlockTree(header, old.loader)
+        kept: set[BlockId] = set()
+        if have is not None and have.digest == m.last_digest:
+            stack = list(old.children.get(last, ()))
+            while stack:
+                bid = stack.pop()
+                blk = old.blocks.get(bid)
+                if blk is None:
+                    continue
+                kept.add(bid)
+                stack.extend(old.children.get(bid, ()))
+            for bid in sorted(kept, key=lambda b: b.height):
+                tree.add(old.blocks[bid])
+        for bid in old.blocks:
+            if bid.height > last.height and bid not in kept:
+                r.delete.append(bid)
+                for c in self.orphaned.pop(bid, ()):
+                    r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
+                                              Status.ABORTED, self.leader, bid))
+        for bid in [b for b in self.orphaned if b.height <= last.height]:
+            # At or below the base: committed (answered by the client's retry and the
+            # session table) or dead; dead for sure only where we can see it fork off.
+            cmds = self.orphaned.pop(bid)
+            if have is not None and not old.is_ancestor(bid, last):
+                for c in cmds:
+                    r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
+                                              Status.ABORTED, self.leader, bid))
+        tree.set_head(old.head if old.head in kept else last)
+        self.tree = tree
+        if not tree.on_path(self.durable_head):
+            self.durable_head = last
+        self.commit = self.applied = last
+        self.snapshot = (last, m.last_digest)
+        self._kept_bytes = 0
+        r.base = header
+        r.head = tree.head
+        r.commit = last
+        r.restore = last
+        r.apply.clear()   # anything queued below the snapshot is in it
+        r.events.append((EventKind.INSTALLED, self.term, last))
+        r.events.append((_COMMIT, self.role, self.term, last))
+        r.events.append((_ACKED, self.term, last))
+        log.info("node %d: installed snapshot %s from node %d (kept %d blocks above it)",
+                 self.id, last, m.src, len(kept))
+        self._send(resp)
+
     # ================================================================== proposals
     def _propose(self, commands: tuple[Command, ...]) -> None:
         if self.role != Role.LEADER or self.transfer is not None:
@@ -761,17 +982,24 @@ class RaftCore:
         for f, p in self.prog.items():
             c = None
             if p.match is not None:
-                c = self.commit if self.commit.height <= p.match.height else tree.at(p.match.height)
+                mh = p.match.height
+                if self.commit.height <= mh:
+                    c = self.commit
+                elif mh >= tree.root.id.height:
+                    c = tree.at(mh)
             self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=self.hb_seq))
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if self.role == Role.LEADER:
             return
-        if self._commit_conflicts(m.commit):
+        c = m.commit
+        if c is not None and c.height < self.tree.root.id.height:
+            c = None   # below our base: already committed and compacted here
+        if self._commit_conflicts(c):
             return   # tripwire: dropped unanswered, like a refused AppendBlocks
         self.role, self.leader = Role.FOLLOWER, m.src
         self._reset_timer()
-        self._advance_commit_to(m.commit)
+        self._advance_commit_to(c)
         self._send(HeartbeatResp(src=self.id, dst=m.src, term=self.term, seq=m.seq))
 
     def _on_heartbeat_resp(self, m: HeartbeatResp) -> None:
@@ -885,6 +1113,8 @@ class RaftCore:
     def status(self) -> dict:
         return {"id": self.id, "role": self.role.name.lower(), "term": self.term,
                 "voted_for": self.voted_for, "leader": self.leader, "head": list(self.head),
+                "base": list(self.tree.root.id),
+                "snapshot": list(self.snapshot[0]) if self.snapshot is not None else None,
                 "commit": list(self.commit), "applied": list(self.applied),
                 "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values())),
                 "tripwire": {"refused_appends": self.refused_appends,

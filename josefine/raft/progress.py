@@ -3,7 +3,9 @@
 PROBE keeps one AppendBlocks outstanding until an answer or a heartbeat response; REPLICATE
 pipelines up to `max_inflight` messages. Each in-flight entry remembers the heartbeat seq at
 send time: when heartbeats sent two rounds *after* it have round-tripped but the entry is
-still unacked, the append was lost and the follower drops back to PROBE.
+still unacked, the append was lost and the follower drops back to PROBE. SNAPSHOT (the
+follower needs blocks the leader compacted away) sends nothing until the snapshot is
+acknowledged or fails (A.14).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from josefine.types import BlockId
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
-    SNAPSHOT = 2  # reserved for InstallSnapshot (docs/protocol.md A.14)
+    SNAPSHOT = 2  # an InstallSnapshot is on its way (docs/protocol.md A.14)
 
 
 class Progress:
-    __slots__ = ("acked_seq", "active", "inflight", "match", "next", "probe_sent", "seq", "state")
+    __slots__ = ("acked_seq", "active", "inflight", "match", "next", "pending_snapshot",
+                 "probe_sent", "seq", "snap_ticks", "state")
 
     def __init__(self, next_height: int) -> None:
         self.match: BlockId | None = None
@@ -31,6 +34,8 @@ class Progress:
         self.active = False
         self.acked_seq = 0
         self.seq = 0  # AppendBlocks sequence numbers for this follower
+        self.pending_snapshot: BlockId | None = None  # the snapshot base sent, in SNAPSHOT
+        self.snap_ticks = 0   # ticks spent in SNAPSHOT (a backstop for a lost answer)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -51,9 +56,17 @@ class Progress:
 
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
+        self.pending_snapshot = None
         self.probe_sent = False
         self.inflight.clear()
         self.next = (self.match.height + 1) if self.match is not None else self.next
+
+    def become_snapshot(self, last: BlockId) -> None:
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = last
+        self.snap_ticks = 0
+        self.probe_sent = False
+        self.inflight.clear()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE

@@ -4,11 +4,12 @@ The runtime executes a Ready as:
 
 1. send `eager` (a leader's AppendBlocks/Heartbeat: a leader may ship its own new blocks
    before its fsync finishes, A.3);
-2. write `hard_state`, `blocks`, `head`, `commit` and `delete` as ONE synced batch
+2. write `hard_state`, `blocks`, `head`, `commit`, `delete` and `base` as ONE synced batch
    (skip when `needs_sync` is False), then feed `Persisted(head)` back to the core when
    `head` was set, so a leader may count itself toward a quorum;
 3. send `messages` — votes and append acks, which promise what step 2 made durable;
-4. apply `apply` (committed blocks, height order) to the state machine, then serve `reads`
+4. restore the state machine from the snapshot `restore` names (an installed snapshot),
+   then apply `apply` (committed blocks, height order) to it, then serve `reads`
    (each read's index is already applied by then), then deliver `outcomes`.
 
 Readys must be executed in the order they were produced.
@@ -50,6 +51,8 @@ class EventKind(StrEnum):
     BECAME_LEADER = "became_leader"
     COMMIT = "commit"
     ACKED = "acked"
+    COMPACTED = "compacted"
+    INSTALLED = "installed"
 
 
 # Events stay plain tuples tagged by their kind: consumers index them (ev[0], ev[1]) and a
@@ -64,7 +67,12 @@ Commit = tuple[Literal[EventKind.COMMIT], Role, int, BlockId]
 """(COMMIT, role, term, commit): the commit moved while this node was in `role`."""
 Acked = tuple[Literal[EventKind.ACKED], int, BlockId]
 """(ACKED, term, match): this node will ack `match` once `Ready` is durable."""
-Event = Campaign | Voted | BecameLeader | Commit | Acked
+Compacted = tuple[Literal[EventKind.COMPACTED], BlockId]
+"""(COMPACTED, base): blocks below `base` left this node's chain (a snapshot holds them)."""
+Installed = tuple[Literal[EventKind.INSTALLED], int, BlockId]
+"""(INSTALLED, term, base): this node installed the leader's snapshot whose base is `base`;
+its InstallSnapshotResp leaves once the Ready is durable."""
+Event = Campaign | Voted | BecameLeader | Commit | Acked | Compacted | Installed
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +103,18 @@ class Ready:
     decoded: dict[BlockId, tuple[Command, ...]] | None = None
     """Commands of blocks in `apply` that this node proposed itself, as it proposed them:
     the leader's applier takes them from here instead of decoding the payload again."""
+    base: Block | None = None
+    """The chain's new base (a header: id and digest): the store records it and deletes
+    every block at or below its height, in the same batch (A.14)."""
+    restore: BlockId | None = None
+    """Restore the state machine from this node's snapshot whose base is this block, before
+    `apply` (an installed snapshot; the snapshot file is already durable)."""
 
     @property
     def needs_sync(self) -> bool:
         return (self.hard_state is not None or bool(self.blocks) or self.head is not None
-                or bool(self.delete))
+                or bool(self.delete) or self.base is not None)
 
     def is_empty(self) -> bool:
         return not (self.needs_sync or self.commit or self.eager or self.messages or self.apply
-                    or self.reads or self.outcomes or self.events)
+                    or self.reads or self.outcomes or self.events or self.restore)

@@ -1,5 +1,9 @@
 """The core's volatile view of the chain: every known block, and the path to the head.
 
+The tree is rooted at the chain's *base*: genesis, or, once a snapshot has compacted the
+chain, a header (id and digest) standing in for the snapshot's last block (A.14). Below the
+root nothing is known: those heights are committed, applied and gone.
+
 This is the `ChainView` of the design: the core reads blocks only through it and every
 durable write leaves the core as an effect. A restarted node rebuilds it from the store.
 
@@ -24,20 +28,23 @@ class BlockTree:
     """Blocks by id, parent -> children, and the head path."""
 
     __slots__ = ("_base", "_recent", "blocks", "children", "evicted_below", "loader",
-                 "term_range")
+                 "root", "term_range")
 
-    def __init__(self, genesis: Block,
+    def __init__(self, root: Block,
                  loader: Callable[[BlockId], Block | None] | None = None) -> None:
-        self.blocks: dict[BlockId, Block] = {genesis.id: genesis}
+        self.root = root
+        """Genesis, or the header of the snapshot base the chain was compacted to."""
+        h = root.id.height
+        self.blocks: dict[BlockId, Block] = {root.id: root}
         self.children: dict[BlockId, list[BlockId]] = {}
-        self._recent: list[BlockId] = [genesis.id]
-        self._base = 0
+        self._recent: list[BlockId] = [root.id]
+        self._base = h
         """Height of `_recent[0]`; the path below it is known through `term_range`."""
-        self.term_range: dict[int, list[int]] = {genesis.id.term: [0, 0]}
+        self.term_range: dict[int, list[int]] = {root.id.term: [h, h]}
         self.loader = loader
         """Reads a block back from durable storage (the runtime's ChainView); with it, old
         committed blocks may leave memory (`evict_below`) and are read again on demand."""
-        self.evicted_below = 1
+        self.evicted_below = h + 1
 
     # ------------------------------------------------------------------ reading
     @property
@@ -46,8 +53,8 @@ class BlockTree:
 
     @property
     def path(self) -> list[BlockId]:
-        """Every id genesis..head (O(height): for tests and diagnostics, not hot paths)."""
-        return [self.at(h) for h in range(self.head.height + 1)]
+        """Every id root..head (O(height): for tests and diagnostics, not hot paths)."""
+        return [self.at(h) for h in range(self.root.id.height, self.head.height + 1)]
 
     def has(self, bid: BlockId) -> bool:
         return bid in self.blocks or (bid.height < self.evicted_below and self.on_path(bid))
@@ -86,21 +93,25 @@ class BlockTree:
             self._base = keep_from
 
     def on_path(self, bid: BlockId) -> bool:
+        """Is `bid` on the path root..head? False below the root: unknown there."""
         h = bid.height
         if h >= self._base:
             i = h - self._base
             return i < len(self._recent) and self._recent[i] == bid
+        if h < self.root.id.height:
+            return False
         return self._term_at(h) == bid.term
 
     def at(self, height: int) -> BlockId:
+        """The path's id at `height`; IndexError below the root or above the head."""
         if height >= self._base:
             return self._recent[height - self._base]
-        if height < 0:
+        if height < self.root.id.height:
             raise IndexError(height)
         return BlockId(self._term_at(height), height)
 
     def _term_at(self, height: int) -> int:
-        """The term of the path's block at `height` (0 <= height <= head height)."""
+        """The term of the path's block at `height` (root height <= height <= head height)."""
         for t, (lo, hi) in self.term_range.items():
             if lo <= height <= hi:
                 return t
@@ -141,7 +152,7 @@ class BlockTree:
         while y is not None and not self.on_path(y):
             missing.append(y)
             y = self.get(y).parent
-        assert y is not None, "genesis is always on the path"
+        assert y is not None, "the root is always on the path"
         self._truncate(y.height)
         for bid in reversed(missing):
             self._push(bid)
@@ -164,6 +175,29 @@ class BlockTree:
             self.term_range[bid.term] = [bid.height, bid.height]
         else:
             r[1] = bid.height
+
+    def rebase(self, base: Block) -> None:
+        """Re-root the tree at `base` (a header of a block on the path, at or above the
+        root): everything below it is forgotten, as the snapshot replaced it (A.14).
+        Blocks off the path below `base` are gone too: they forked below the commit, so GC
+        deleted them already, or they are dead anyway."""
+        h = base.id.height
+        assert self.on_path(base.id) and h >= self.root.id.height, (base.id, self.root.id)
+        if h == self.root.id.height:
+            return
+        blocks, children = self.blocks, self.children
+        for bid in [b for b in blocks if b.height < h]:
+            del blocks[bid]
+            children.pop(bid, None)
+        blocks[base.id] = base
+        self.root = base
+        if self._base < h:
+            del self._recent[:h - self._base]
+            self._base = h
+        for t in [t for t, (_, hi) in self.term_range.items() if hi < h]:
+            del self.term_range[t]
+        self.term_range[base.id.term][0] = h
+        self.evicted_below = max(self.evicted_below, h + 1)
 
     def delete_subtree(self, root: BlockId) -> list[BlockId]:
         """Remove root and all its descendants (GC of a dead branch); returns the ids."""

@@ -26,6 +26,11 @@ class NodeStatus(Mapping[str, Any]):
     commit: list[int] | None = None
     applied: list[int] | None = None
     """[term, height] of the last block the state machine applied."""
+    base: list[int] | None = None
+    """[term, height] of the chain's base: genesis, or the block the chain was compacted
+    to (its blocks below are gone from this node, held by a snapshot)."""
+    snapshot: list[int] | None = None
+    """[term, height] of the base of this node's newest durable snapshot, or None."""
     blocks: int | None = None
     """Blocks the core holds in memory."""
     pending: int | None = None

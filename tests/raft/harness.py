@@ -15,6 +15,13 @@ whole message types ignored; a message is lost if its link is closed when it is 
 when it is delivered. `crash()` throws the core away together with anything not yet synced;
 `restart()` rebuilds a core from the `Disk`, as a real node does from LevelDB.
 
+Snapshots (A.14): `snapshot(i)` records node i's applied state (the list of applied
+commands) as a durable snapshot on its disk and tells the core; the core's `base` writes
+compact the disk; an `InstallSnapshot` put on the wire carries, when delivered, the
+sender's snapshot to the receiver's disk first (the runtime's chunk stream, in one piece);
+a `restore` replaces the receiver's state machine by it; `restart` restores the newest
+snapshot on disk at or above the base and replays from there.
+
 After every `stabilize()` (and on demand via `check()`) the harness asserts a subset of the
 docs/protocol.md §B invariants: B1, B2, B3/B4, B6, B8, B11, B12, B15 and B19.
 """
@@ -26,7 +33,8 @@ from typing import Any, Callable, Iterable
 
 from josefine.chain.block import (Block, BlockKind, Command, decode_commands, encode_commands,
                                   genesis, make_block)
-from josefine.messages import (PreVoteReq, PreVoteResp, Persisted, Propose, ReadIndex, Tick,
+from josefine.messages import (InstallSnapshot, PreVoteReq, PreVoteResp, Persisted, Propose,
+                               ReadIndex, SnapshotStatus, SnapshotTaken, Tick,
                                TransferLeadership, VoteReq, VoteResp)
 from josefine.raft.core import CoreConfig, RaftCore, Role
 from josefine.raft.ready import Outcome, Ready
@@ -66,6 +74,9 @@ class Disk:
     blocks: dict[BlockId, Block] = field(default_factory=dict)
     head: BlockId = GENESIS_ID
     commit: BlockId = GENESIS_ID
+    base: Block | None = None
+    snaps: dict[BlockId, tuple[bytes, list]] = field(default_factory=dict)
+    """Durable snapshots: base id -> (base digest, the applied commands it holds)."""
 
     @classmethod
     def of(cls, blocks: Iterable[Block] = (), *, term: int = 0, voted_for: int | None = None,
@@ -77,7 +88,8 @@ class Disk:
         return cls(term, voted_for, d, head, commit)
 
     def copy(self) -> "Disk":
-        return Disk(self.term, self.voted_for, dict(self.blocks), self.head, self.commit)
+        return Disk(self.term, self.voted_for, dict(self.blocks), self.head, self.commit,
+                    self.base, dict(self.snaps))
 
 
 # ============================================================================ single cores
@@ -178,6 +190,8 @@ class Network:
         self.ever_committed: set[BlockId] = {G.id}
         self.wire_term: dict[int, int] = {i: 0 for i in self.ids}
         self.acked: dict[int, tuple[int, BlockId]] = {}
+        self.applied_from: dict[int, int] = {i: 0 for i in self.ids}
+        """Height of the state machine's starting point since the last (re)start/restore."""
         self._seq = 0
         for d in self.disk.values():
             for b in d.blocks.values():
@@ -188,12 +202,26 @@ class Network:
     # ------------------------------------------------------------------ lifecycle
     def _boot(self, i: int) -> None:
         d = self.disk[i]
+        base_h = d.base.id.height if d.base is not None else 0
+        snaps = [s for s in d.snaps if s.height >= base_h]
+        snap = max(snaps, key=lambda s: s.height) if snaps else None
         core = RaftCore(self.cfgs[i], G, term=d.term, voted_for=d.voted_for,
-                        blocks=dict(d.blocks), head=d.head, commit=d.commit)
+                        blocks=dict(d.blocks), head=d.head, commit=d.commit, base=d.base,
+                        applied=snap, snapshot=(snap, d.snaps[snap][0]) if snap else None)
         self.nodes[i] = core
         self.applied[i] = []
-        self.sm[i] = []
+        self.sm[i] = list(d.snaps[snap][1]) if snap else []
+        self.applied_from[i] = core.applied.height
         self._handle(i, "start", core.start())
+
+    def snapshot(self, i: int) -> BlockId:
+        """Node i snapshots its applied state (durably) and tells its core; returns the base."""
+        core = self.nodes[i]
+        last = core.applied
+        digest = self.registry[last].digest if last in self.registry else core.tree.root.digest
+        self.disk[i].snaps[last] = (digest, list(self.sm[i]))
+        self.step(i, SnapshotTaken(last=last, digest=digest))
+        return last
 
     def crash(self, i: int) -> None:
         """Stop node i; whatever it had not fsync'ed is lost. Messages to it are lost."""
@@ -256,6 +284,13 @@ class Network:
         for x in r.delete:
             d.blocks.pop(x, None)
             self.deleted[i].append(x)
+        if r.base is not None:
+            bh = r.base.id.height
+            d.base = r.base
+            for x in [x for x in d.blocks if x.height <= bh]:
+                del d.blocks[x]
+            if d.commit.height < bh:
+                d.commit = r.base.id
         if r.head is not None:
             d.head = r.head
         if r.commit is not None:
@@ -268,6 +303,10 @@ class Network:
                 self.acked[i] = (ev[1], ev[2])
         for m in r.messages:
             self._send(m)
+        if r.restore is not None:
+            self.sm[i] = list(d.snaps[r.restore][1])
+            self.applied[i] = []
+            self.applied_from[i] = r.restore.height
         for b in r.apply:
             self.applied[i].append(b)
             if b.kind == BlockKind.NORMAL:
@@ -294,13 +333,23 @@ class Network:
         else:
             self.queue.append(m)
 
+    def _arrive(self, m: Any) -> None:
+        if type(m) is InstallSnapshot:
+            snap = self.disk[m.src].snaps.get(m.last)
+            if snap is None:   # the sender's file is gone: its runtime reports failure
+                if m.src not in self.down:
+                    self.step(m.src, SnapshotStatus(peer=m.dst, last=m.last, ok=False))
+                return
+            self.disk[m.dst].snaps[m.last] = snap   # streamed and made durable
+        self.step(m.dst, m)
+
     def deliver_one(self) -> Any:
         m = self.queue.popleft()
         if self._closed(m):
             self.lost.append(m)
             return None
         self.delivered.append(m)
-        self.step(m.dst, m)
+        self._arrive(m)
         return m
 
     def stabilize(self, limit: int = 100_000) -> int:
@@ -326,7 +375,7 @@ class Network:
                     self.lost.append(m)
                 else:
                     self.delivered.append(m)
-                    self.step(m.dst, m)
+                    self._arrive(m)
             else:
                 keep.append(m)
         # messages produced by the deliveries go after the ones that were waiting
@@ -434,10 +483,12 @@ class Network:
     def commits(self) -> dict[int, BlockId]:
         return {i: self.nodes[i].commit for i in self.live()}
 
-    def path(self, i: int, upto: BlockId | None = None) -> list[BlockId]:
+    def path(self, i: int, upto: BlockId | None = None, start: int | None = None) -> list[BlockId]:
+        """Node i's path from `start` (default: its base) up to `upto` (default: head)."""
         t = self.nodes[i].tree
         h = (upto or t.head).height
-        return [t.at(x) for x in range(h + 1)]
+        lo = t.root.id.height if start is None else start
+        return [t.at(x) for x in range(lo, h + 1)]
 
     def statuses(self, kind: str, key: Any) -> list:
         return [o.status for i in self.ids for o in self.outcomes[i]
@@ -504,11 +555,15 @@ class Network:
             assert core.applied == core.commit, f"B8: node {i} applied {core.applied}"
             # B15: what was applied is exactly the committed path, in height order
             # (a node whose disk is paused has not executed its latest Readys yet)
-            app = [b.id for b in self.applied[i]]
-            assert i in self.paused or app == self.path(i, core.commit)[1:], f"B15: node {i} applied {app}"
+            # (compaction since then hides the path below the base: compare above it)
+            lo = max(self.applied_from[i], core.tree.root.id.height) + 1
+            app = [b.id for b in self.applied[i] if b.id.height >= lo]
+            assert i in self.paused or app == self.path(i, core.commit, lo), \
+                f"B15: node {i} applied {app}"
             # B19 ack stability
             if i in self.acked and self.acked[i][0] == core.term:
-                assert core.tree.on_path(self.acked[i][1]), \
+                a = self.acked[i][1]
+                assert core.tree.on_path(a) or a.height < core.tree.root.id.height, \
                     f"B19: node {i} acked {self.acked[i][1]} but its head is {core.head}"
         # B15 across nodes: same id at every applied height
         at: dict[int, BlockId] = {}

@@ -18,8 +18,9 @@ from harness import Network, make_leader, new_core
 
 from josefine.chain.block import Command
 from josefine.messages import (AppendBlocks, AppendResp, CoreInput, Heartbeat, HeartbeatResp,
-                               Persisted, PreVoteReq, PreVoteResp, Propose, ReadIndex, Status,
-                               Tick, TimeoutNow, TransferLeadership, VoteReq, VoteResp)
+                               InstallSnapshot, InstallSnapshotResp, Persisted, PreVoteReq,
+                               PreVoteResp, Propose, ReadIndex, SnapshotStatus, SnapshotTaken,
+                               Status, Tick, TimeoutNow, TransferLeadership, VoteReq, VoteResp)
 from josefine.raft.core import RaftCore, Role
 from josefine.raft.ready import EventKind, OutcomeKind
 from josefine.types import GENESIS_ID
@@ -45,6 +46,15 @@ INPUTS: dict[type, tuple[Callable[[], Any], str, Role]] = {
     PreVoteResp: (lambda: PreVoteResp(**_P, granted=False), "_on_vote_resp",
                   Role.PRECANDIDATE),
     TimeoutNow: (lambda: TimeoutNow(**_P), "_on_timeout_now", Role.FOLLOWER),
+    InstallSnapshot: (lambda: InstallSnapshot(**_P, last=GENESIS_ID, last_digest=bytes(32),
+                                              voters=(1, 2, 3)),
+                      "_on_install_snapshot", Role.FOLLOWER),
+    InstallSnapshotResp: (lambda: InstallSnapshotResp(**_P, success=True, match=GENESIS_ID),
+                          "_on_install_snapshot_resp", Role.LEADER),
+    SnapshotTaken: (lambda: SnapshotTaken(last=GENESIS_ID, digest=bytes(32)),
+                    "_on_snapshot_taken", Role.FOLLOWER),
+    SnapshotStatus: (lambda: SnapshotStatus(peer=2, last=GENESIS_ID, ok=False),
+                     "_on_snapshot_status", Role.FOLLOWER),
 }
 
 
@@ -67,7 +77,8 @@ def test_every_core_input_reaches_its_own_handler(typ, monkeypatch):
     assert len(calls) == 1, f"{typ.__name__} did not reach {handler}"
 
 
-@pytest.mark.parametrize("typ", [AppendResp, HeartbeatResp, VoteResp, PreVoteResp],
+@pytest.mark.parametrize("typ", [AppendResp, HeartbeatResp, VoteResp, PreVoteResp,
+                                 InstallSnapshotResp],
                          ids=lambda t: t.__name__)
 def test_answers_reach_their_handler_only_in_the_role_that_asked(typ, monkeypatch):
     """A leader's AppendResp reaching a follower (it stepped down since) is dropped, and so is
