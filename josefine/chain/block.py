@@ -70,6 +70,19 @@ def genesis(cluster_id: str) -> Block:
     return Block(GENESIS_ID, None, BlockKind.NOOP, b"", digest)
 
 
+def base_header(bid: BlockId, digest: bytes) -> Block:
+    """The header a store keeps for a compacted snapshot base, in place of the block.
+
+    Once a snapshot stands in for the chain up to its base, the base's payload and its own
+    parent are history nobody may ask for again; what its children still need is the base's
+    id (their `parent`) and its digest, which every child's digest chains over. So the header
+    carries the real block's digest, no parent (there is nothing below it to point at, as
+    for genesis) and an empty payload: `verify_digest(child, header.digest)` holds exactly
+    when it held against the real block. Genesis is its own header.
+    """
+    return Block(bid, None, BlockKind.NOOP, b"", digest)
+
+
 def make_block(parent: Block, term: int, kind: BlockKind, payload: bytes) -> Block:
     """Create the child of `parent` at `term` (only the leader of `term` calls this)."""
     bid = BlockId(term, parent.id.height + 1)
