@@ -166,7 +166,13 @@ class _Compactor:
     def _run(self) -> None:
         while True:
             try:
-                self._db.compact_range(start=BLOCK_PREFIX, stop=BLOCK_PREFIX_END)
+                # Twice: LevelDB's CompactRange picks the deepest level to compact *before*
+                # it flushes the memtable, and a flush can place its table deeper than that
+                # (a fresh store's first flush lands at level 2). The first pass then merges
+                # the tombstones only down to level 1, above the data they delete; the
+                # second sees every level. Measured: one pass left 5.5 of 7.9 MB on disk.
+                for _ in range(2):
+                    self._db.compact_range(start=BLOCK_PREFIX, stop=BLOCK_PREFIX_END)
             except Exception:   # a failed compaction costs disk space, never data
                 log.exception("compacting %s failed", self._name)
             with self._cv:
