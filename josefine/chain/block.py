@@ -71,9 +71,15 @@ def genesis(cluster_id: str) -> Block:
 
 
 def base_header(bid: BlockId, digest: bytes) -> Block:
-    """A header standing in for a compacted base block (A.14): its real id and digest,
-    nothing else. The digest is all a child's digest check needs; the parent is None and
-    the payload empty because both are gone with the history the snapshot replaced."""
+    """The header a store keeps for a compacted snapshot base, in place of the block.
+
+    Once a snapshot stands in for the chain up to its base, the base's payload and its own
+    parent are history nobody may ask for again; what its children still need is the base's
+    id (their `parent`) and its digest, which every child's digest chains over. So the header
+    carries the real block's digest, no parent (there is nothing below it to point at, as
+    for genesis) and an empty payload: `verify_digest(child, header.digest)` holds exactly
+    when it held against the real block. Genesis is its own header.
+    """
     return Block(bid, None, BlockKind.NOOP, b"", digest)
 
 

@@ -97,6 +97,7 @@ WRITES = {
     "hard state": {"hard_state": HardState(1, 2)},
     "blocks and head": {"blocks": [A, B], "head": B.id},
     "commit marker": {"blocks": [A], "commit": A.id},
+    "base and compaction": {"blocks": [A, B], "head": B.id, "base": A},
 }
 
 
