@@ -272,6 +272,11 @@ class NodeConfig:
     """Most unacknowledged AppendBlocks messages per follower."""
     max_uncommitted_bytes: int = 64 * _MIB
     """Leader answers BUSY once uncommitted payload exceeds this."""
+    snapshot_blocks: int = 2048
+    """Snapshot the state machine once this many blocks were applied since the last
+    snapshot (0: never by count). Snapshots bound disk use and restart time (A.14)."""
+    snapshot_bytes: int = 32 * _MIB
+    """... or once the payloads applied since then reach this many bytes (0: never)."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (case-insensitive)."""
     seed: int | None = None
@@ -466,6 +471,8 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     _expect_int(source, "max_batch_blocks", v.get("max_batch_blocks", _default("max_batch_blocks")), lo=1)
     _expect_int(source, "max_inflight", v.get("max_inflight", _default("max_inflight")), lo=1)
     _expect_int(source, "max_uncommitted_bytes", v.get("max_uncommitted_bytes", _default("max_uncommitted_bytes")), lo=1)
+    _expect_int(source, "snapshot_blocks", v.get("snapshot_blocks", _default("snapshot_blocks")), lo=0)
+    _expect_int(source, "snapshot_bytes", v.get("snapshot_bytes", _default("snapshot_bytes")), lo=0)
     level = v.get("log_level", _default("log_level"))
     _expect_str(source, "log_level", level)
     if level.upper() not in _LOG_LEVELS:

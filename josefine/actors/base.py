@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import pykka
 
+from josefine.messages import InstallSnapshot
 from josefine.runtime.channels import SideQueue, TickGate  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ class Links:
         self.fsm: pykka.ActorRef | None = None
         self.transport: pykka.ActorRef | None = None
         self.timer: pykka.ActorRef | None = None
+        self.snapshots: pykka.ActorRef | None = None
+        """Streams snapshot files; takes the core's InstallSnapshot requests."""
         self.run_role_here: Callable[[SideQueue], None] | None = None
         """The role actor's `run_here`, once it has started (see RoleActor.run_here)."""
         self.send: Callable[[dict[int, list]], None] | None = None
@@ -31,6 +34,13 @@ class Links:
     def send_msgs(self, msgs: Any) -> None:
         by_peer: dict[int, list] = {}
         for m in msgs:
+            if type(m) is InstallSnapshot:   # a file to stream, not a frame to send
+                if self.snapshots is not None:
+                    try:
+                        self.snapshots.tell(m)
+                    except pykka.ActorDeadError:
+                        pass
+                continue
             lst = by_peer.get(m.dst)
             if lst is None:
                 by_peer[m.dst] = [m]

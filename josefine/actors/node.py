@@ -22,7 +22,8 @@ import pykka
 
 from josefine.actors.base import Links, SideQueue
 from josefine.actors.chain import ChainActor
-from josefine.actors.fsm import FsmActor
+from josefine.actors.fsm import FsmActor, SnapshotPolicy, TakeSnapshot
+from josefine.actors.snapshots import SnapshotActor
 from josefine.actors.role import RoleActor
 from josefine.actors.timer import TickGate, TimerActor
 from josefine.actors.transport import TransportActor
@@ -34,10 +35,12 @@ from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderEr
 from josefine.fsm.api import StateMachine
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
-from josefine.messages import ChainQuery, Status, StatusQuery, TransferLeadership
+from josefine.messages import (ChainQuery, InstallSnapshot, SnapshotChunk, SnapshotChunkAck,
+                               Status, StatusQuery, TransferLeadership)
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
+from josefine.runtime.snapshots import SNAPSHOT_DIR, choose_restart_snapshot, restore_from
 from josefine.runtime.status import NodeStatus, most_caught_up
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
@@ -188,18 +191,32 @@ class Node:
         data = Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         store = LevelDBStore(data / "chain", cfg.cluster_id)
+        self.store = store
         stored = store.load()
         voters = frozenset(cfg.nodes)
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "big")
+        self.snapshot_dir = snap_dir = data / SNAPSHOT_DIR
+        base = stored.base if stored.base is not None else genesis(cfg.cluster_id)
+        chosen = choose_restart_snapshot(snap_dir, self.id, cfg.cluster_id, base, stored.blocks)
+        self.applier = Applier(self.state_machine)
+        applied_digest = base.digest
+        snapshot = None
+        if chosen is not None:
+            meta = restore_from(self.applier, chosen.path)
+            applied_digest = meta.base_digest
+            snapshot = (meta.base, meta.base_digest)
+            log.info("node %d: restored snapshot %s (%s)", self.id, meta.base,
+                     chosen.path.name)
         core = RaftCore(
             core_config(cfg, node_id=cfg.node_id, voters=voters, seed=seed),
             genesis(cfg.cluster_id), term=stored.hard_state.term,
             voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
-            commit=stored.commit, loader=store.get_block)
-        log.info("node %d: recovered term=%d vote=%s head=%s commit=%s (%d blocks)", self.id,
-                 core.term, core.voted_for, core.head, core.commit, len(stored.blocks))
+            commit=stored.commit, loader=store.get_block, base=stored.base,
+            applied=self.applier.applied if chosen is not None else None, snapshot=snapshot)
+        log.info("node %d: recovered term=%d vote=%s base=%s head=%s commit=%s applied=%s "
+                 "(%d blocks)", self.id, core.term, core.voted_for, core.tree.root.id,
+                 core.head, core.commit, core.applied, len(stored.blocks))
         del stored   # the core keeps only recent blocks; older ones are read back on demand
-        self.applier = Applier(self.state_machine)
         self.chain_inbox = SideQueue(WRITES)
         self.peer_inbox = SideQueue(PEER_IN)
         self.gate = TickGate()
@@ -210,7 +227,6 @@ class Node:
                                on_fatal=lambda exc: fatal("transport I/O thread", exc),
                                max_frame_bytes=cfg.max_frame_bytes, fault_rules=self.faults,
                                security=security)
-        self.store = store
         self.writer = Writer(store, cfg.fsync)
         if cfg.metrics_address is not None:
             from josefine.metrics import NodeMetrics   # only a node with metrics loads them
@@ -224,9 +240,16 @@ class Node:
         links.chain = ChainActor.start(self.id, links, fatal, self.writer, self.chain_inbox)
         self._refs.append(links.chain)
         self.chain_inbox.target = links.chain
+        policy = SnapshotPolicy(snap_dir, cfg.cluster_id, voters, cfg.snapshot_blocks,
+                                cfg.snapshot_bytes)
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
-                                   self.reads, self.transfers, self.intake.reply_batch)
+                                   self.reads, self.transfers, self.intake.reply_batch,
+                                   policy, applied_digest)
         self._refs.append(links.fsm)
+        links.snapshots = SnapshotActor.start(
+            self.id, links, fatal, snap_dir, cfg.cluster_id, self._deliver_snapshot,
+            chunk_size=max(1024, min(256 * 1024, cfg.max_frame_bytes // 2)))
+        self._refs.append(links.snapshots)
         self.zt.start()
         self.intake.transport = self.zt
         links.send = self.zt.send
@@ -291,8 +314,21 @@ class Node:
         when the role actor is idle (RoleActor.run_here), else by the role actor."""
         if self.peer_inbox.target is None:
             return   # the role actor does not exist yet: dropped, as Raft allows
+        t = type(msg)
+        if t is SnapshotChunk or t is SnapshotChunkAck:
+            ref = self.links.snapshots
+            if ref is not None:
+                try:
+                    ref.tell(msg)
+                except pykka.ActorDeadError:
+                    pass
+            return
         self.peer_inbox.put_many((msg,), nudge=False)
         self._run_role_here(self.peer_inbox)
+
+    def _deliver_snapshot(self, m: InstallSnapshot) -> None:
+        """A received snapshot is durable: to the core, as a peer message."""
+        self.peer_inbox.put_many((m,), nudge=True)
 
     def _run_role_here(self, queue: SideQueue) -> None:
         run_here = self.links.run_role_here
@@ -315,6 +351,8 @@ class Node:
             return True, self.faults.to_dict(), ""
         if op == "chain":
             return self._chain_query(args)
+        if op == "snapshot":
+            return self._snapshot_now()
         if op == "reload_keys":
             try:
                 return True, self.reload_keys(), ""
@@ -336,6 +374,33 @@ class Node:
             fut.set_result((False, None, desc["error"]) if "error" in desc else (True, desc, ""))
         self.intake.tell_role(ChainQuery(last=last, reply=reply))
         return True, fut, ""
+
+    def _snapshot_now(self) -> tuple[bool, Any, str]:
+        """`josefine snapshot`: the FSM driver snapshots now; the answer (the snapshot's
+        base) leaves once the file is durable, as a Future result."""
+        fut: Future = Future()
+
+        def reply(ok: bool, result: Any, error: str) -> None:
+            if not fut.done():
+                fut.set_result((ok, result, error))
+        ref = self.links.fsm
+        if ref is None:
+            return False, None, "the node is not running"
+        try:
+            ref.tell(TakeSnapshot(reply=reply))
+        except pykka.ActorDeadError:
+            return False, None, "the node is stopping"
+        return True, fut, ""
+
+    def take_snapshot(self, timeout: float = 60.0) -> list[int]:
+        """Snapshot this node's state now and wait until the file is durable; returns its
+        base as [term, height]. Raises JosefineError if it cannot."""
+        ok, fut, err = self._snapshot_now()
+        if ok:
+            ok, result, err = fut.result(timeout)
+            if ok:
+                return result
+        raise JosefineError(f"node {self.id}: snapshot failed: {err}")
 
     def reload_keys(self) -> dict:
         """Re-read the trusted keys from the cluster file and apply them at once: new

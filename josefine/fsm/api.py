@@ -42,6 +42,12 @@ still works everywhere else; asking the Applier to snapshot it raises TypeError.
   or truncated input it raises ValueError and leaves the state unchanged: build the new
   state aside and swap it in at the end, never half-loaded.
 
+* `freeze()` (optional, `FreezableStateMachine`) returns an object whose `snapshot(out)`
+  writes the state as it was when `freeze()` was called, and which later `apply` calls do
+  not change: a cheap copy, or a copy-on-write view. With it a node writes snapshots on a
+  background thread while it goes on applying; without it the snapshot is written on the
+  FSM driver's thread and applying waits for it (replication and heartbeats do not).
+
 Also optional: `digest() -> bytes`, a stable hash of the state, to compare replicas in
 tests.
 """
@@ -49,7 +55,8 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-__all__ = ["StateMachine", "SnapshotStateMachine", "DigestStateMachine"]
+__all__ = ["StateMachine", "SnapshotStateMachine", "FreezableStateMachine",
+           "DigestStateMachine"]
 
 
 @runtime_checkable
@@ -76,6 +83,15 @@ class SnapshotStateMachine(StateMachine, Protocol):
     def restore(self, inp: BinaryIO) -> None:
         """Replace the whole state by one snapshot read from `inp`; ValueError (state
         unchanged) if the input is not a valid one."""
+        ...
+
+
+@runtime_checkable
+class FreezableStateMachine(SnapshotStateMachine, Protocol):
+    """A snapshotting state machine that can hand out a frozen copy of its state."""
+
+    def freeze(self) -> SnapshotStateMachine:
+        """The state as of now, unaffected by later applies (module docstring)."""
         ...
 
 

@@ -37,11 +37,11 @@ from typing import Any, BinaryIO
 
 from josefine.chain.block import Block, BlockKind, Command, decode_commands
 from josefine.codec import DIGEST_BYTES, packb, read_record, write_record
-from josefine.fsm.api import SnapshotStateMachine, StateMachine
+from josefine.fsm.api import FreezableStateMachine, SnapshotStateMachine, StateMachine
 from josefine.fsm.sessions import SessionTable, Verdict
 from josefine.types import GENESIS_ID, BlockId
 
-__all__ = ["Applier", "SnapshotInfo"]
+__all__ = ["Applier", "SnapshotInfo", "SnapshotJob"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,26 @@ class SnapshotInfo:
     """That block's digest."""
     config: frozenset[int]
     """The configuration (voting node ids) in force at `applied`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotJob:
+    """A captured snapshot waiting to be written (`Applier.capture`)."""
+
+    info: SnapshotInfo
+    sessions: SessionTable
+    sm: SnapshotStateMachine
+    frozen: bool
+    """True: a copy, writable on any thread; False: the live state."""
+
+    def write(self, out: BinaryIO) -> None:
+        """Stream the snapshot to `out` (layout: module docstring)."""
+        info = self.info
+        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION,
+                           [info.applied.term, info.applied.height], info.digest,
+                           sorted(info.config)])
+        self.sessions.snapshot(out)
+        self.sm.snapshot(out)
 
 
 class Applier:
@@ -152,15 +172,26 @@ class Applier:
             ValueError: `block_digest` or `config` is malformed (nothing written), or a
                 cached client result cannot be encoded.
         """
+        job = self.capture(block_digest=block_digest, config=config, freeze=False)
+        job.write(out)
+        return job.info
+
+    def capture(self, *, block_digest: bytes, config: frozenset[int],
+                freeze: bool = True) -> SnapshotJob:
+        """The snapshot as of `applied`, to be written later by `SnapshotJob.write`.
+
+        With `freeze` and a state machine that has `freeze()`, the job holds frozen copies
+        (`job.frozen`): it may be written on another thread while this Applier goes on
+        applying. Otherwise it reads the live state, and must be written before the next
+        apply, on the applying thread.
+
+        Raises: as `snapshot`, before anything is captured."""
         sm = self._snapshotting()
         info = SnapshotInfo(self.applied, block_digest, config)
         _check_info(info)
-        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION,
-                           [info.applied.term, info.applied.height], info.digest,
-                           sorted(info.config)])
-        self.sessions.snapshot(out)
-        sm.snapshot(out)
-        return info
+        if freeze and isinstance(sm, FreezableStateMachine):
+            return SnapshotJob(info, self.sessions.freeze(), sm.freeze(), True)
+        return SnapshotJob(info, self.sessions, sm, False)
 
     def restore(self, inp: BinaryIO) -> SnapshotInfo:
         """Replace applied id, sessions and state machine state by a snapshot from `inp`.

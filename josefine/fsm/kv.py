@@ -133,6 +133,15 @@ class KVStateMachine:
         for key in self._sorted_keys():
             write_record(out, [key, data[key]])
 
+    def freeze(self) -> "KVStateMachine":
+        """A copy of the state as of now whose `snapshot()` may run on another thread while
+        this one goes on applying (api.py, `freeze`). One shallow dict copy: keys and
+        values are immutable str/bytes, so nothing is shared that can change; it costs a
+        pointer pair per key, done in C (a few ms per 100,000 keys)."""
+        frozen = KVStateMachine()
+        frozen._data = dict(self._data)
+        return frozen
+
     def restore(self, inp: BinaryIO) -> None:
         """Replace the state by one `snapshot()` streamed, reading exactly that stream.
 

@@ -107,6 +107,15 @@ class SessionTable:
             _add_row(new, row)
         self._replace(new)
 
+    def freeze(self) -> "SessionTable":
+        """An independent copy of the table as of now (for a snapshot written on another
+        thread while this one goes on recording): at most `max_sessions` small rows."""
+        copy = SessionTable(self.max_sessions)
+        copy._s = OrderedDict((k, Session(s.client_id, s.last_seq, s.result, s.height))
+                              for k, s in self._s.items())
+        copy.evictions = self.evictions
+        return copy
+
     def snapshot(self, out: BinaryIO) -> None:
         """Stream the table to `out`: a header ``[tag, version, count]``, then one record per
         session in eviction order (the order is state: it decides future evictions).

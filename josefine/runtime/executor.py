@@ -12,8 +12,10 @@ messages promise it. Two pure objects carry that out, each owned by one thread:
 - `WritePlanner`, on the thread that writes (the chain actor; the simulation's disk). It
   merges everything queued since its last write into ONE store write (group commit):
   the newest hard state, head and commit, all new blocks except those a later Ready of the
-  same batch deleted, every deletion. The write is synced iff it holds something a promise
-  depends on (hard state, blocks, head, deletions) and the node runs with fsync; a write
+  same batch deleted, every deletion, the highest new base (blocks at or below it are not
+  written: the base write deletes them). The write is synced iff it holds something a
+  promise depends on (hard state, blocks, head, deletions, base) and the node runs with
+  fsync; a write
   holding only the commit marker is never synced (the marker is a hint: on restart the
   commit is learned again, A.3). The durable commit marker never moves back.
 
@@ -62,6 +64,9 @@ class StoreWrite:
     commit: BlockId | None
     delete: list[BlockId]
     sync: bool
+    base: Block | None = None
+    """A new chain base (a header): the store records it and drops every block at or below
+    its height in the same batch."""
 
 
 @dataclass(slots=True)
@@ -88,11 +93,12 @@ class Routed:
 
 
 def apply_work(apply: Sequence[Block], reads: Sequence[Any], outcomes: Sequence[Any],
-               decoded: dict[BlockId, tuple[Command, ...]] | None) -> ApplyWork | None:
-    if not (apply or reads or outcomes):
+               decoded: dict[BlockId, tuple[Command, ...]] | None,
+               restore: BlockId | None = None) -> ApplyWork | None:
+    if not (apply or reads or outcomes or restore):
         return None
     return ApplyWork(blocks=tuple(apply), reads=tuple(reads), outcomes=tuple(outcomes),
-                     decoded=decoded)
+                     decoded=decoded, restore=restore)
 
 
 class ReadyRouter:
@@ -119,6 +125,7 @@ class ReadyRouter:
             return Routed(Route.QUEUE, r.eager, queued=queued)
         if not (r.messages or r.apply or r.reads or r.outcomes or r.commit):
             return Routed(Route.NOTHING, r.eager)
+        assert r.restore is None, "a Ready that restores also writes its base"
         if r.commit is not None:
             self.lazy_commit = r.commit
         self.skipped += 1
@@ -148,6 +155,8 @@ class WritePlanner:
         reads: list[Any] = []
         outcomes: list[Any] = []
         decoded: dict[BlockId, tuple[Command, ...]] | None = None
+        base: Block | None = None
+        restore: BlockId | None = None
         n = 0
         for r in items:
             if type(r) is CommitMarker:
@@ -166,8 +175,15 @@ class WritePlanner:
                 blocks.extend(r.blocks)
             if r.delete:
                 delete.extend(r.delete)
+            if r.base is not None and (base is None or r.base.id.height > base.id.height):
+                base = r.base
             if r.messages:
                 out.extend(r.messages)
+            if r.restore is not None:
+                # The snapshot replaces whatever this batch would have applied before it.
+                restore = r.restore
+                apply.clear()
+                decoded = None
             if r.apply:
                 apply.extend(r.apply)
             if r.reads:
@@ -185,18 +201,25 @@ class WritePlanner:
         if delete:
             dead = set(delete)
             blocks = [b for b in blocks if b.id not in dead]   # born and buried in one batch
-        durable = hard is not None or bool(blocks) or head is not None or bool(delete)
+        if base is not None:
+            bh = base.id.height
+            blocks = [b for b in blocks if b.id.height > bh]   # the base write drops them
+            delete = [d for d in delete if d.height > bh]
+            if commit is not None and commit.height < bh:
+                commit = None
+        durable = hard is not None or bool(blocks) or head is not None or bool(delete) \
+            or base is not None
         write = None
         if durable or commit is not None:
             sync = self.fsync and durable
-            write = StoreWrite(hard, blocks, head, commit, delete, sync)
+            write = StoreWrite(hard, blocks, head, commit, delete, sync, base)
             self.writes += 1
             self.synced_writes += sync
             if commit is not None:
                 self.durable_commit = commit
         self.readys += n
         return Plan(write=write, messages=out,
-                    work=apply_work(apply, reads, outcomes, decoded),
+                    work=apply_work(apply, reads, outcomes, decoded, restore),
                     persisted=head, readys=n)
 
 

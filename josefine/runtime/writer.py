@@ -57,8 +57,8 @@ class Writer:
         if observe is not None and w.sync:
             t0 = time.perf_counter()
             self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
-                             commit=w.commit, delete=w.delete, sync=True)
+                             commit=w.commit, delete=w.delete, sync=True, base=w.base)
             observe(time.perf_counter() - t0)
             return
         self.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head,
-                         commit=w.commit, delete=w.delete, sync=w.sync)
+                         commit=w.commit, delete=w.delete, sync=w.sync, base=w.base)

@@ -231,7 +231,7 @@ class Simulation:
             n.store.restore(n.volatile_base)
             for v in n.volatile[:kept]:
                 n.store.write(hard_state=v.hard_state, blocks=v.blocks, head=v.head,
-                              commit=v.commit, delete=v.delete)
+                              commit=v.commit, delete=v.delete, base=v.base)
             n.volatile.clear()
             n.volatile_base = None
         n.core = None
@@ -305,7 +305,7 @@ class Simulation:
 
     def _disk_write(self, n: _Node, w: StoreWrite) -> None:
         n.store.write(hard_state=w.hard_state, blocks=w.blocks, head=w.head, commit=w.commit,
-                      delete=w.delete)
+                      delete=w.delete, base=w.base)
         if w.delete:
             self.inv.on_deleted(n.id, w.delete)
 

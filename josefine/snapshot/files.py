@@ -40,17 +40,20 @@ from typing import BinaryIO
 
 from josefine.errors import JosefineError
 from josefine.snapshot.meta import SnapshotMeta
+from josefine.types import BlockId
 
 __all__ = [
     "CHUNK_SIZE",
     "FORMAT_VERSION",
     "MAGIC",
     "CorruptSnapshotError",
+    "fsync_dir",
     "SnapshotFile",
     "SnapshotReader",
     "SnapshotWriter",
     "latest_valid",
     "list_snapshots",
+    "name_for",
     "prune",
     "snapshot_name",
     "verify",
@@ -113,7 +116,17 @@ class SnapshotFile:
 
 def snapshot_name(meta: SnapshotMeta) -> str:
     """The final file name of the snapshot with this meta."""
-    return f"snap-{meta.base.height:020d}-{meta.base.term:020d}.snap"
+    return name_for(meta.base)
+
+
+def name_for(base: BlockId) -> str:
+    """The final file name of the snapshot whose base is `base`."""
+    return f"snap-{base.height:020d}-{base.term:020d}.snap"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
+    _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:
