@@ -192,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(p, 10.0, "give up after this long", "admin key pair")
     p.set_defaults(func=_transfer)
 
+    p = sub.add_parser("snapshot", help="snapshot nodes' state now (default: every node)",
+                       description="Ask node ID (or every node) to snapshot its state machine "
+                                   "now, as it does on its own every snapshot_blocks blocks; "
+                                   "returns once each snapshot file is durable and prints "
+                                   "its base. The node then compacts its chain. Needs the "
+                                   "admin key.")
+    p.add_argument("--node", type=_positive_int, metavar="ID",
+                   help="the node to snapshot (default: every node)")
+    _cluster_options(p, 60.0, "per-node timeout", "admin key pair")
+    p.set_defaults(func=_snapshot)
+
     p = sub.add_parser(
         "chain", help="draw a node's chain of blocks (text, or --out FILE.png|FILE.svg)",
         description="Per node: the committed path (its last N heights), the commit frontier, "
@@ -748,6 +759,35 @@ def _transfer(args: argparse.Namespace) -> int:
             return EXIT_OK
         time.sleep(0.02)
     return _error("transfer", f"node {target} did not take over within {args.timeout} s")
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    """``josefine snapshot [--node ID]``: snapshot now, on one node or every node."""
+    from josefine.client import admin_request
+    cluster = _load_cluster("snapshot", args.cluster)
+    if isinstance(cluster, int):
+        return cluster
+    if args.node is not None and args.node not in cluster.nodes:
+        print(f"josefine snapshot: error: node {args.node} is not a member of cluster "
+              f"{cluster.cluster_id} (members: {sorted(cluster.nodes)})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        creds = _credentials(cluster, args, admin=True)
+    except JosefineError as exc:
+        return _error("snapshot", str(exc))
+    ids = [args.node] if args.node is not None else sorted(cluster.nodes)
+    failed = 0
+    for i in ids:
+        try:
+            base = admin_request(cluster.nodes[i].address, cluster.cluster_id, "snapshot",
+                                 timeout=args.timeout, **creds)
+        except JosefineError as exc:
+            print(f"josefine snapshot: error: node {i}: {_describe_error(exc)}",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        print(f"node {i}: snapshot at height {base[1]} (term {base[0]})")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _chain_stores(data_dir: Path, node: int | None) -> list[tuple[int | None, Path]]:

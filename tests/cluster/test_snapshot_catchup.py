@@ -76,3 +76,33 @@ def test_relaunch_restores_snapshots_and_replays_only_the_tail(tmp_path):
         after = statuses(rc.addrs, rc.launcher.cluster_id, credentials=rc.creds)
         for i in rc.addrs:
             assert after[i]["base"][1] >= before[i]["base"][1]
+
+
+def _cli(launcher, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "josefine.launch.cli", "snapshot", *args,
+                           "--cluster", str(launcher.cluster_path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_snapshot_cli_on_one_node_and_on_every_node(tmp_path):
+    with running_cluster(tmp_path / "c", snapshot_blocks=0, snapshot_bytes=0) as rc:
+        with Client(rc.addrs, rc.launcher.cluster_id, timeout=30, credentials=rc.creds) as c:
+            for i in range(20):
+                c.put(f"k{i}", f"v{i}")
+        assert all(s["snapshot"] is None for s in statuses(
+            rc.addrs, rc.launcher.cluster_id, credentials=rc.creds).values()), \
+            "thresholds of 0: no snapshot on its own"
+        out = _cli(rc.launcher, "--node", "2")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("node 2: snapshot at height ")
+        height = int(out.stdout.split("height ")[1].split()[0])
+        assert height >= 20
+        assert _st(rc, 2)["snapshot"][1] == height
+        out = _cli(rc.launcher)
+        assert out.returncode == 0, out.stderr
+        assert [line.split(":")[0] for line in out.stdout.splitlines()] == \
+            [f"node {i}" for i in sorted(rc.addrs)]
+        out = _cli(rc.launcher, "--node", "9")
+        assert out.returncode != 0 and "not a member" in out.stderr
