@@ -588,7 +588,11 @@ class RaftCore:
             ours = self.tree.on_path(tail) and self._same_block(tail, m)
         else:
             ours = self._on_branch(c, m, tail)
-        return ours and (m.commit is None or self._on_branch(m.commit, m, tail))
+        mc = m.commit
+        # A commit below our base is older news than ours and cannot be checked (those
+        # blocks are compacted here); it moves nothing (_advance_commit_to).
+        return ours and (mc is None or mc.height < self.tree.root.id.height
+                         or self._on_branch(mc, m, tail))
 
     def _same_block(self, x: BlockId, m: AppendBlocks) -> bool:
         """Where m carries block x and we hold x too, the two digests agree: an id alone can

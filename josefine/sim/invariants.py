@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from josefine.chain.block import Block, verify_digest
-from josefine.messages import AppendResp, PreVoteReq, PreVoteResp, VoteResp
+from josefine.messages import AppendResp, InstallSnapshotResp, PreVoteReq, PreVoteResp, VoteResp
 from josefine.raft.core import RaftCore, Role
 from josefine.raft.ready import EventKind
 from josefine.types import GENESIS_ID, BlockId
@@ -41,6 +41,15 @@ class Invariants:
         self.quorum = len(voters) // 2 + 1
 
     # ------------------------------------------------------------------ helpers
+    def _on_c(self, b: BlockId) -> bool:
+        c = self.committed
+        return b.height < len(c) and c[b.height] == b
+
+    def _below_root(self, core: RaftCore, b: BlockId) -> bool:
+        """b lies below the node's base, on the committed path: compacted, held by the
+        snapshot the base stands for (the base itself is committed, so its ancestors are)."""
+        return b.height < core.tree.root.id.height and self._is_anc(b, core.tree.root.id)
+
     def _is_anc(self, a: BlockId, b: BlockId) -> bool:
         reg = self.registry
         if a.height > b.height:
@@ -89,7 +98,7 @@ class Invariants:
 
     def on_sent(self, node: int, msgs: list[Any]) -> None:
         for m in msgs:
-            if type(m) is AppendResp and m.success:
+            if (type(m) is AppendResp or type(m) is InstallSnapshotResp) and m.success:
                 assert m.match is not None, f"node {node} sent a success without a match: {m}"
                 self.on_acked(node, m.term, m.match)
             if type(m) is not PreVoteReq and type(m) is not PreVoteResp:
@@ -133,7 +142,8 @@ class Invariants:
                                                f"{core.head}")
         if core.role == Role.LEADER:
             n = self.c_at_election.get((node, core.term))
-            if n is not None and not tree.on_path(self.committed[n - 1]):
+            if n is not None and not (tree.on_path(self.committed[n - 1])
+                                      or self._below_root(core, self.committed[n - 1])):
                 raise InvariantViolation("B14", f"leader {node} of term {core.term} lacks "
                                                 f"committed {self.committed[n - 1]}")
         if core.refused_appends or core.refused_commits:
@@ -141,15 +151,23 @@ class Invariants:
                                             f"forger: {core.refused_appends} appends, "
                                             f"{core.refused_commits} commits refused")
         ack = self.acked.get(node)
-        if ack is not None and ack[0] == core.term and not tree.on_path(ack[1]):
+        if ack is not None and ack[0] == core.term and not tree.on_path(ack[1]) \
+                and not self._below_root(core, ack[1]):
             raise InvariantViolation("B19", f"node {node} acked {ack[1]} in term {ack[0]} but "
                                             f"its head is {core.head}")
 
     def _extend_committed(self, node: int, core: RaftCore, old: BlockId) -> None:
         C = self.committed
         tree = core.tree
+        root = tree.root.id
+        below: dict[int, BlockId] = {}
+        if old.height + 1 < root.height:   # an installed snapshot jumped the commit
+            x: BlockId | None = root
+            while x is not None and x.height > old.height:
+                below[x.height] = x
+                x = self.registry[x].parent
         for h in range(old.height + 1, core.commit.height + 1):
-            bid = tree.at(h)
+            bid = below[h] if h < root.height else tree.at(h)
             if h < len(C):
                 if C[h] != bid:
                     raise InvariantViolation("B11", f"node {node} committed {bid} but {C[h]} "
@@ -174,7 +192,11 @@ class Invariants:
             raise InvariantViolation("B4", f"node {node} forgot its vote for {v} in term "
                                            f"{core.term}")
         deleted = self.deleted.get(node, set())
+        stats = getattr(store, "stats", None)
+        base_h = stats()["base"].height if stats is not None else 0
         for b in self.acked_all.get(node, ()):
+            if b.height <= base_h and self._on_c(b):
+                continue   # compacted: held by the snapshot of the (committed) base
             if b not in store and not (b in deleted and self._lost(b)):
                 raise InvariantViolation("B4", f"node {node} lost acked block {b}")
 

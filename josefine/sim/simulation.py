@@ -15,6 +15,16 @@ crash keeps only a random prefix of them, so a crash loses exactly what a real o
 queued and in-flight writes and unsynced ones. Cores read evicted blocks back through the store
 (a small memory budget makes them evict often), as production cores do.
 
+Snapshots (A.13, A.14): at seeded points a node captures its real `Applier` (KV state and
+sessions) into bytes; the "file" becomes durable after a disk delay (a crash before then
+loses it) and only then does the core hear `SnapshotTaken` and compact. A leader's
+`InstallSnapshot` travels the network with the file's bytes (dropped, duplicated and
+delayed like any message); the follower keeps the file durably on arrival, as the runtime
+does after verifying a stream, and its `Ready.restore` loads it into the applier. A restart
+restores the newest snapshot at or above the store's base that lies on its chain. The
+applied-state digests (B15) then check that what a snapshot restores is exactly what
+replaying the blocks would have built.
+
 Clients run a key-value workload throughout (writes with unique values, cas, ReadIndex
 reads), retrying a write with the same (client id, seq) until it is answered. After every
 step the invariants of §B are checked (invariants.py); at the end the client history must be
@@ -26,17 +36,20 @@ last steps of the trace so it replays with `Simulation(seed=...).run()`.
 from __future__ import annotations
 
 import heapq
+import io
 import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from josefine.chain.block import Command, genesis
+from josefine.chain.block import Block, Command, genesis
 from josefine.chain.memory import MemoryStore
 from josefine.config import core_config
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
-from josefine.messages import ApplyWork, Persisted, Propose, ReadIndex, Status, Tick
+from josefine.messages import (AppendResp, ApplyWork, InstallSnapshot, InstallSnapshotResp,
+                               Persisted, Propose, ReadIndex, SnapshotStatus, SnapshotTaken,
+                               Status, Tick)
 from josefine.raft.core import CoreConfig, RaftCore, Role
 from josefine.raft.ready import EventKind, OutcomeKind, Ready
 from josefine.runtime.executor import (
@@ -49,7 +62,7 @@ from josefine.runtime.executor import (
     carry_out,
 )
 from josefine.sim.invariants import Invariants, InvariantViolation
-from josefine.types import SafetyViolation
+from josefine.types import BlockId, SafetyViolation
 
 CLUSTER = "sim"
 
@@ -84,6 +97,10 @@ class SimConfig:
     keep_blocks: int = 4
     keep_bytes: int = 64
     """Small memory budgets: cores evict committed blocks and read them back from disk."""
+    snapshot_rate: float = 0.01
+    """Chance per step that a live node (without one in progress) starts a snapshot."""
+    keep_previous_snapshot: bool = True
+    snapshot_timeout_ticks: int = 40
 
 
 @dataclass
@@ -118,6 +135,10 @@ class _Node:
     volatile_base: tuple | None = None
     """The store as of the last synced write, when unsynced writes followed it."""
     alive: bool = True
+    snaps: dict[BlockId, tuple[bytes, bytes]] = field(default_factory=dict)
+    """Durable snapshot "files": base -> (base digest, the Applier's snapshot bytes)."""
+    snap_pending: tuple[int, BlockId, bytes, bytes] | None = None
+    """A snapshot being written: (done at, base, digest, bytes); a crash loses it."""
 
     @property
     def disk_busy(self) -> bool:
@@ -138,8 +159,13 @@ class _Durable:
         self.n = n
 
     def __contains__(self, bid: Any) -> bool:
-        base = self.n.volatile_base
-        return bid in (self.n.store if base is None else base[0])
+        """Stored, or at or below the store's base: held by a snapshot then (base writes
+        are always synced). B13 asks this only of blocks on the committed path C, whose
+        blocks below a base (itself on C) are exactly the base's ancestors."""
+        snap = self.n.volatile_base
+        if snap is None:
+            return bid in self.n.store or bid.height <= self.n.store.stats()["base"].height
+        return bid in snap[0] or bid.height <= snap[4].id.height
 
 
 class _SimEffects:
@@ -162,6 +188,7 @@ class _SimEffects:
         self.sim._disk_write(n, w)
 
     def send(self, msgs: list[Any]) -> None:
+        self.sim._check_acks(self.n, msgs)
         self.sim.inv.on_sent(self.n.id, msgs)
         for m in msgs:
             self.sim._net_send(m)
@@ -203,7 +230,8 @@ class Simulation:
         self.draining = False
         self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "elections": 0,
                       "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0,
-                      "group_commits": 0, "skipped": 0, "lazy_markers": 0, "evicted": 0}
+                      "group_commits": 0, "skipped": 0, "lazy_markers": 0, "evicted": 0,
+                      "snapshots": 0, "installs_sent": 0, "installed": 0, "compactions": 0}
         for n in self.nodes.values():
             self._boot(n)
 
@@ -214,14 +242,64 @@ class Simulation:
 
     def _boot(self, n: _Node) -> None:
         st = n.store.load()
+        n.applier = applier = Applier(KVStateMachine())
+        base = st.base if st.base is not None else self.genesis
+        snap = self._restart_snapshot(n, base, st.blocks)
+        snapshot = None
+        if snap is not None:
+            applier.restore(io.BytesIO(n.snaps[snap][1]))
+            snapshot = (snap, n.snaps[snap][0])
         n.core = core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
-                          voted_for=st.hard_state.voted_for, blocks=st.blocks, head=st.head,
-                          commit=st.commit, loader=n.store.get_block)
-        n.applier = Applier(KVStateMachine())
+                                 voted_for=st.hard_state.voted_for, blocks=st.blocks,
+                                 head=st.head, commit=st.commit, loader=n.store.get_block,
+                                 base=st.base, applied=snap, snapshot=snapshot)
         n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
         n.channel, n.inflight = [], None
+        n.snap_pending = None
         n.alive = True
         self._execute(n, core.start())
+
+    def _restart_snapshot(self, n: _Node, base: Block,
+                          blocks: dict[BlockId, Block]) -> BlockId | None:
+        """As runtime/snapshots.choose_restart_snapshot: the newest file at or above the
+        store's base whose base is the store's or a stored block."""
+        for last in sorted(n.snaps, key=lambda b: (b.height, b.term), reverse=True):
+            digest = n.snaps[last][0]
+            if last.height < base.id.height:
+                break
+            if (last == base.id and digest == base.digest) or \
+                    (last in blocks and blocks[last].digest == digest):
+                return last
+        if base.id.height > 0:
+            raise InvariantViolation("A13", f"n{n.id}: compacted to {base.id} with no usable "
+                                            "snapshot")
+        return None
+
+    # ------------------------------------------------------------------ snapshots
+    def _start_snapshot(self, n: _Node) -> None:
+        applier, core = n.applier, n.core
+        assert applier is not None and core is not None
+        last = applier.applied
+        newest = max((b.height for b in n.snaps), default=0)
+        if last.height <= newest or n.snap_pending is not None:
+            return
+        digest = self.inv.registry[last].digest
+        out = io.BytesIO()
+        applier.snapshot(out, block_digest=digest, config=self.voters)
+        lag = self.cfg.disk_lag
+        n.snap_pending = (self.now + self.rng.randint(lag, 2 * lag), last, digest,
+                          out.getvalue())
+        self.trace.append(f"{self.now}: n{n.id} snapshot of {last} started")
+
+    def _finish_snapshot(self, n: _Node) -> None:
+        assert n.snap_pending is not None
+        _, last, digest, data = n.snap_pending
+        n.snap_pending = None
+        n.snaps[last] = (digest, data)
+        for old in sorted(n.snaps, key=lambda b: (b.height, b.term), reverse=True)[2:]:
+            del n.snaps[old]   # runtime/snapshots.KEEP_SNAPSHOTS
+        self.stats["snapshots"] += 1
+        self._step_node(n, SnapshotTaken(last=last, digest=digest))
 
     def _crash(self, n: _Node) -> None:
         n.alive = False
@@ -236,6 +314,7 @@ class Simulation:
             n.volatile_base = None
         n.core = None
         n.applier = None
+        n.snap_pending = None   # a snapshot file not yet durable is gone
         self.stats["crashes"] += 1
         self.trace.append(f"{self.now}: crash n{n.id}")
 
@@ -275,8 +354,13 @@ class Simulation:
             inv.on_events(n.id, core, r.events)
             self.stats["elections"] += sum(1 for e in r.events
                                            if e[0] == EventKind.BECAME_LEADER)
+            self.stats["compactions"] += sum(1 for e in r.events
+                                             if e[0] == EventKind.COMPACTED)
+            self.stats["installed"] += sum(1 for e in r.events
+                                           if e[0] == EventKind.INSTALLED)
         routed = n.router.route(r, n.disk_busy)
         if routed.eager:
+            self._check_acks(n, routed.eager)
             inv.on_sent(n.id, routed.eager)
             for m in routed.eager:
                 self._net_send(m)
@@ -288,6 +372,18 @@ class Simulation:
             self.stats["skipped"] += 1
             assert routed.now is not None, "a SKIP route carries its plan"
             carry_out(routed.now, _SimEffects(self, n))
+
+    def _check_acks(self, n: _Node, msgs: list[Any]) -> None:
+        """B4 at the moment of sending: a successful AppendResp or InstallSnapshotResp
+        promises that its match is durable on this node right now (stored by a synced
+        write, or at or below a durable base), not merely that it will be."""
+        durable = None
+        for m in msgs:
+            if (type(m) is AppendResp or type(m) is InstallSnapshotResp) and m.success:
+                durable = durable or _Durable(n)
+                if m.match not in durable:
+                    raise InvariantViolation("B4", f"n{n.id} acked {m.match} to n{m.dst} "
+                                                   "before it was durable")
 
     def _disk_step(self, n: _Node) -> None:
         """The disk of node n makes progress: it starts a write of everything queued (group
@@ -312,6 +408,8 @@ class Simulation:
     def _apply(self, n: _Node, work: ApplyWork) -> None:
         applier = n.applier
         assert applier is not None, f"n{n.id} is down: it applies nothing"
+        if work.restore is not None:
+            applier.restore(io.BytesIO(n.snaps[work.restore][1]))
         for b in work.blocks:
             results = applier.apply_block(b)
             eff = []
@@ -341,6 +439,15 @@ class Simulation:
     # ------------------------------------------------------------------ network
     def _net_send(self, m: Any) -> None:
         rng = self.rng
+        if type(m) is InstallSnapshot:   # the runtime streams the file: it travels along
+            snap = self.nodes[m.src].snaps.get(m.last)
+            if snap is None:
+                src = self.nodes[m.src]
+                if src.alive and src.core is not None:
+                    self._step_node(src, SnapshotStatus(peer=m.dst, last=m.last, ok=False))
+                return
+            self.stats["installs_sent"] += 1
+            m = _Carried(m, snap)
         if (m.src, m.dst) in self.blocked or rng.random() < self.cfg.drop:
             self.stats["dropped"] += 1
             return
@@ -357,6 +464,9 @@ class Simulation:
         n = self.nodes[m.dst]
         if n.alive and (m.src, m.dst) not in self.blocked:
             self.stats["delivered"] += 1
+            if type(m) is _Carried:   # verified and durable on arrival, then to the core
+                n.snaps[m.msg.last] = m.file
+                m = m.msg
             self._step_node(n, m)
         return True
 
@@ -502,6 +612,15 @@ class Simulation:
         if x < 0.7 and disks:
             self._disk_step(rng.choice(disks))
             return
+        for n in self.nodes.values():
+            if n.alive and n.snap_pending is not None and self.now >= n.snap_pending[0]:
+                self._finish_snapshot(n)
+                return
+        if self.cfg.snapshot_rate and rng.random() < self.cfg.snapshot_rate:
+            alive = [n for n in self.nodes.values() if n.alive]
+            if alive:
+                self._start_snapshot(rng.choice(alive))
+                return
         y = rng.random()
         cfg = self.cfg
         if faults and y < cfg.crash_rate + cfg.partition_rate:
@@ -570,6 +689,22 @@ class Simulation:
                  f"replay: Simulation({self.seed}, {self.cfg!r}).run()",
                  "last steps:"] + [f"  {t}" for t in self.trace]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Carried:
+    """An InstallSnapshot on the simulated wire with the snapshot file it stands for."""
+
+    msg: InstallSnapshot
+    file: tuple[bytes, bytes]
+
+    @property
+    def src(self) -> int:
+        return self.msg.src
+
+    @property
+    def dst(self) -> int:
+        return self.msg.dst
 
 
 def _short(m: Any) -> str:

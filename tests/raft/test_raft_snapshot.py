@@ -7,7 +7,7 @@ node applied since its last restore is exactly its committed path above the rest
 """
 from __future__ import annotations
 
-from harness import Network, of_type
+from harness import G, Network, of_type
 
 from josefine.chain.block import BlockKind, base_header, decode_commands, make_block
 from josefine.messages import (AppendBlocks, AppendResp, Heartbeat, InstallSnapshot,
@@ -304,3 +304,23 @@ def test_a_new_leader_sends_its_snapshot_to_a_follower_below_its_base():
     _write(net, 3, 2, b"m")
     net.heartbeat(3)
     assert net.nodes[2].commit == net.nodes[3].commit
+
+
+def test_an_append_on_the_base_with_an_older_commit_is_accepted():
+    """A new leader's commit may lag ours, down below our base: it says nothing new, and
+    the tripwire must not take it for a branch that lacks our commit."""
+    net = Network(3, keep_previous_snapshot=False)
+    net.elect(1)
+    _write(net, 1, 4)
+    net.heartbeat(1)
+    net.snapshot(2)
+    f = net.nodes[2]
+    root = f.tree.root
+    child = make_block(net.registry[root.id], f.term, BlockKind.NOOP, b"")
+    net.registry[child.id] = child
+    net.inject(AppendBlocks(src=1, dst=2, term=f.term, prev=root.id, blocks=(child,),
+                            commit=G.id, seq=777))
+    net.deliver(lambda m: isinstance(m, AppendBlocks) and m.seq == 777)
+    assert f.refused_appends == 0
+    resp = [m for m in net.queue if isinstance(m, AppendResp) and m.src == 2 and m.seq == 777]
+    assert resp and resp[0].success

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from josefine.messages import AppendResp
+from josefine.messages import AppendResp, InstallSnapshotResp
 from josefine.raft.core import RaftCore
 from josefine.sim.simulation import SimConfig, Simulation, SimulationFailure
 
@@ -161,3 +161,19 @@ def test_a_leader_counting_itself_before_its_own_write_is_caught(monkeypatch):
     monkeypatch.setattr(RaftCore, "_leader_advance_commit", count_head)
     seed, report = _first_failure()
     assert "B13" in report, report
+
+
+def test_acknowledging_an_install_before_its_sync_is_caught(monkeypatch):
+    """docs/protocol.md A.14: the InstallSnapshotResp leaves only once snapshot, base and
+    head are durable; moved to the messages that leave before the write, it is caught."""
+    orig = RaftCore._on_install_snapshot
+
+    def ack_early(self, m):  # noqa: ANN001
+        orig(self, m)
+        msgs = self._r.messages
+        for a in [x for x in msgs if type(x) is InstallSnapshotResp and x.success]:
+            msgs.remove(a)
+            self._r.eager.append(a)
+    monkeypatch.setattr(RaftCore, "_on_install_snapshot", ack_early)
+    seed, report = _first_failure(SimConfig(steps=2000, snapshot_rate=0.03))
+    assert "B4" in report, report

@@ -14,6 +14,10 @@ pytestmark = pytest.mark.timeout(600)
 CONFIGS = {
     "3-nodes": (SimConfig(nodes=3, steps=1000), 300),
     "5-nodes": (SimConfig(nodes=5, steps=1000, clients=4), 200),
+    # snapshots often, longer runs: lagging and restarted nodes catch up by InstallSnapshot
+    "3-nodes-snapshots": (SimConfig(nodes=3, steps=2000, snapshot_rate=0.03), 150),
+    "5-nodes-cut-at-newest": (SimConfig(nodes=5, steps=2000, clients=4, snapshot_rate=0.03,
+                                        keep_previous_snapshot=False), 100),
 }
 
 
@@ -43,8 +47,12 @@ def test_simulation_many_seeds(request, name):
     if request.config.getoption("--sim-seed") is None:
         # the run was not vacuous: faults of every kind happened and work got done
         for k in ("crashes", "restarts", "partitions", "elections", "dropped", "duplicated",
-                  "retries", "group_commits", "skipped", "lazy_markers", "evicted"):
+                  "retries", "group_commits", "skipped", "lazy_markers", "evicted",
+                  "snapshots", "compactions"):
             assert totals[k] > 0, k
+        if "snapshots" in name or "cut" in name:
+            for k in ("installs_sent", "installed"):
+                assert totals[k] > 0, k
         assert completed > 10 * len(_seeds(request, default))
 
 
