@@ -363,3 +363,49 @@ def test_sigkill_of_the_launcher_leaves_nothing_behind(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@needs_netns
+@pytest.mark.timeout(60)
+def test_close_cleans_up_when_the_reaper_is_gone(tmp_path):
+    """The launcher's own teardown covers a reaper that was killed before the stop."""
+    net = netns.Network(NetnsPlan(2, subnet="10.213.205.0/24"), env=ENV)
+    net.create()
+    try:
+        reaper = net.reaper_pid
+        assert reaper is not None
+        os.kill(reaper, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(reaper), 10, "the reaper to die")
+        assert net.plan.prefix in _ip_state()
+    finally:
+        assert net.close() == []
+    assert net.plan.prefix not in _ip_state()
+
+
+@needs_netns
+@pytest.mark.timeout(60)
+def test_failed_start_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Node 1 is running in its namespace when node 2 cannot be spawned: start() fails,
+    and node 1, the namespaces and the links are gone when it returns."""
+    from josefine.launch import procutil
+    real = procutil.spawn_node
+    spawned: list[int] = []
+    reaper: list[int] = []
+
+    def spawn(cmd, *a, **k):
+        reaper.append(json.loads((tmp_path / "c" / "pids.json").read_text())["netns"]["reaper"])
+        if len(spawned) == 1:
+            raise OSError(12, "Cannot allocate memory")
+        proc = real(cmd, *a, **k)
+        spawned.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(procutil, "spawn_node", spawn)
+    launcher = Launcher(2, tmp_path / "c", free_port_block(2), out=None, netns=True,
+                        netns_subnet="10.213.206.0/24")
+    with pytest.raises(LaunchError, match="cannot start node 2"):
+        launcher.start()
+    assert len(spawned) == 1 and not pid_alive(spawned[0])
+    plan = launcher.netns_plan
+    assert plan is not None and plan.prefix not in _ip_state()
+    assert reaper[0] is not None and not pid_alive(reaper[0])
