@@ -23,6 +23,8 @@ from josefine.launch import netns
 from josefine.launch.netns import NetnsError, NetnsPlan
 from tests.launch.test_netns_launch import ENV, JOSEFINE, _ip_state, needs_netns
 
+pytestmark = pytest.mark.timeout(30)  # per test; the ones starting clusters say more
+
 
 def test_cut_commands_name_the_receiver_and_the_senders_address():
     plan = NetnsPlan(3, tag="abc123")

@@ -26,6 +26,8 @@ from josefine.launch.procutil import pid_alive
 from tests.cluster.helpers import free_port_block, leader_of, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(30)  # per test; the ones starting clusters say more
+
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)}
 JOSEFINE = [sys.executable, "-m", "josefine.launch.cli"]
