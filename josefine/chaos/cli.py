@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fsync", action="store_true", help="nodes skip fsync (faster, unsafe)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the text")
     p.add_argument("-v", "--verbose", action="store_true", help="print progress and each fault")
+    p.add_argument("--netns", action="store_true",
+                   help="root only: each node in its own network namespace (as `josefine "
+                        "launch --netns`), partitions made by the kernel instead of the "
+                        "transport's fault rules")
+    p.add_argument("--netns-subnet", default=None, metavar="CIDR",
+                   help="the IPv4 subnet for --netns (default 10.213.47.0/24)")
     return p
 
 
@@ -68,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           base_port=args.base_port, op_timeout=args.op_timeout,
                           fault_gap=args.fault_gap, fault_hold=args.fault_hold,
                           check_time_limit=args.check_time_limit, fsync=not args.no_fsync,
-                          verbose=args.verbose)
+                          verbose=args.verbose, netns=args.netns,
+                          netns_subnet=args.netns_subnet)
     except ValueError as exc:
         print(f"josefine chaos: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ class ChaosConfig:
     env: Mapping[str, str] | None = None
     node_settings: Mapping[str, Any] = field(default_factory=dict)
     verbose: bool = False
+    netns: bool = False
+    """Each node in its own network namespace (root only); partitions made by the kernel."""
+    netns_subnet: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -83,6 +86,7 @@ class ChaosConfig:
                 "any_node_reads": self.any_node_reads,
                 "fault_gap": list(self.fault_gap), "fault_hold": list(self.fault_hold),
                 "fsync": self.fsync, "custom_node_cmd": self.node_cmd is not None,
+                "netns": self.netns,
                 "out": str(self.out)}
 
 

@@ -23,6 +23,7 @@ import zmq
 from josefine.chaos import checks
 from josefine.chaos.config import ChaosConfig, find_free_ports
 from josefine.chaos.nemesis import Nemesis
+from josefine.chaos.netns_faults import KernelPartitioner
 from josefine.chaos.report import ChaosReport, longest_unavailability, operation_counts
 from josefine.chaos.sampler import StatusSampler, poll_status
 from josefine.chaos.workload import ChaosRecorder, Workload
@@ -89,7 +90,8 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     base_port = cfg.base_port or find_free_ports(cfg.nodes)
     launcher = Launcher(cfg.nodes, out, base_port, restart=True, fault_injection=True,
                         fsync=cfg.fsync, node_cmd=cfg.node_cmd, env=cfg.env,
-                        out=None, **dict(cfg.node_settings))
+                        out=None, netns=cfg.netns, netns_subnet=cfg.netns_subnet,
+                        **dict(cfg.node_settings))
     recorder = ChaosRecorder(history_path)
     report = ChaosReport(config=cfg.describe(), out_dir=str(out))
     sampler: StatusSampler | None = None
@@ -112,7 +114,10 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
                 raise RuntimeError(f"no leader within {cfg.startup_timeout} s of the start")
             time.sleep(0.1)
         workload = Workload(recorder, addresses, launcher.cluster_id, cfg, creds)
-        nemesis = Nemesis(launcher, sampler, recorder, cfg)
+        plan = launcher.netns_plan
+        partitioner = None if plan is None else KernelPartitioner(
+            plan, {i: launcher.node_config(i).port for i in launcher.node_ids})
+        nemesis = Nemesis(launcher, sampler, recorder, cfg, partitioner)
         _say(cfg, f"running {cfg.duration} s of workload and faults")
         t0 = time.monotonic_ns()
         workload.start()

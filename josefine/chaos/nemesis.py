@@ -10,10 +10,13 @@ Faults (at most a minority of the nodes is ever down or paused):
 * kill       — SIGKILL one node or a minority (the leader on purpose half of the time),
                keep it down for the hold time, restart it from its disk;
 * pause      — SIGSTOP one node or a minority (again often the leader), then SIGCONT;
-* partition  — through each node's transport fault rules (admin "faults"):
+* partition  — through each node's transport fault rules (admin "faults"), or, for a
+               cluster launched with netns, by the kernel (`netns_faults`):
                isolate-leader, split (random minority / majority), bridge (two sides that
                cannot talk, one node talking to both), one-way (a node, often the leader,
                that can only send or only receive).
+
+Every fault records its ``mechanism`` (signal, transport fault rules, or kernel).
 
 No fault starts before every node answers status polls again: a restarted node can take
 seconds to load its chain, and without this wait the next kill could take a majority down.
@@ -32,6 +35,7 @@ import time
 from typing import Any
 
 from josefine.chaos.config import ChaosConfig
+from josefine.chaos.netns_faults import KernelPartitioner
 from josefine.chaos.sampler import StatusSampler
 from josefine.check.history import HistoryRecorder
 from josefine.client import admin_request
@@ -62,8 +66,10 @@ class Nemesis:
     """Runs the fault schedule in a thread; `stop()` ends it and heals everything."""
 
     def __init__(self, launcher: Launcher, sampler: StatusSampler, recorder: HistoryRecorder,
-                 cfg: ChaosConfig) -> None:
+                 cfg: ChaosConfig, partitioner: KernelPartitioner | None = None) -> None:
         self.launcher = launcher
+        self.partitioner = partitioner
+        """Makes partitions in the kernel instead of the transport, when given."""
         self.sampler = sampler
         self.recorder = recorder
         self.cfg = cfg
@@ -150,15 +156,22 @@ class Nemesis:
                **details: Any) -> dict[str, Any]:
         fault = {"id": len(self.faults) + 1, "kind": kind, "variant": variant,
                  "nodes": sorted(nodes), "leader": leader, "start": time.monotonic(),
-                 "end": None, **details}
+                 "end": None, "mechanism": self._mechanism(kind), **details}
         self.faults.append(fault)
         self.recorder.nemesis(kind, phase="start", id=fault["id"], variant=variant,
                               nodes=sorted(nodes), leader=leader, wall=round(time.time(), 3),
-                              **details)
+                              mechanism=fault["mechanism"], **details)
         if self.cfg.verbose:
             print(f"nemesis: {kind} {variant} nodes={sorted(nodes)} leader={leader} {details}",
                   flush=True)
         return fault
+
+    def _mechanism(self, kind: str) -> str:
+        if kind == "kill":
+            return "signal: SIGKILL"
+        if kind == "pause":
+            return "signal: SIGSTOP/SIGCONT"
+        return self.partitioner.mechanism if self.partitioner is not None else "transport fault rules"
 
     def _end(self, fault: dict[str, Any]) -> None:
         fault["end"] = time.monotonic()
@@ -235,10 +248,16 @@ class Nemesis:
             details.update(node=x, direction=direction)
         involved = sorted({s for s, _ in cut} | {d for _, d in cut})
         fault = self._begin("partition", variant, involved, leader, **details)
-        for i, rules in partition_rules(nodes, cut).items():
-            self._admin(i, "faults", rules)
+        if self.partitioner is not None:
+            self.partitioner.cut(cut)
+        else:
+            for i, rules in partition_rules(nodes, cut).items():
+                self._admin(i, "faults", rules)
         self._hold(hold)
-        self._clear_faults()
+        if self.partitioner is not None:
+            self.partitioner.heal()
+        else:
+            self._clear_faults()
         self._end(fault)
 
     # ------------------------------------------------------------------ healing
@@ -266,6 +285,11 @@ class Nemesis:
             paused, down = set(self._paused), set(self._down)
             self._paused.clear()
             self._down.clear()
+        if self.partitioner is not None:
+            try:
+                self.partitioner.heal()
+            except Exception as exc:  # noqa: BLE001 - heal the rest regardless
+                self.errors.append(f"kernel heal failed: {exc}")
         for i in self.nodes:
             self.launcher.resume(i)  # harmless on a running node
         for i in sorted(down):

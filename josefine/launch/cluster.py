@@ -29,6 +29,10 @@ the launcher's single supervisor thread, so the parent-death signal of
 `procutil.spawn_node` holds for restarts too; nodes never outlive the
 launcher, even when it is SIGKILLed.
 
+With ``netns=True`` every node runs in a network namespace of its own, with its own
+address on a bridge (see `josefine.launch.netns`; root only); ``pids.json`` then also
+records the namespace and link names, and ``DIR/netns.log`` is the reaper's log.
+
 Thread safety: every public method may be called from any thread.
 """
 from __future__ import annotations
@@ -58,6 +62,7 @@ from josefine.config import (
     parse_metrics_address,
 )
 from josefine.errors import JosefineError
+from josefine.launch import netns as netns_mod
 from josefine.launch import procutil
 from josefine.security import (ClientCredentials, KeyPair, client_credentials,
                                generate_keypair, load_keypair, write_keypair)
@@ -65,7 +70,7 @@ from josefine.security import (ClientCredentials, KeyPair, client_credentials,
 __all__ = ["LaunchError", "Launcher", "RestartEvent", "default_node_cmd"]
 
 HOST = "127.0.0.1"
-"""Launched clusters bind to loopback only."""
+"""Launched clusters bind to loopback only, unless each node has a namespace (netns=True)."""
 
 
 _LAUNCHER_OWNED = frozenset({"node_id", "cluster_id", "address", "peers", "data_dir",
@@ -171,6 +176,9 @@ class Launcher:
         check_ports: refuse to start when a node's port is already taken.
         config: further NodeConfig keys for every node, as a mapping.
         insecure: plaintext transport and no keys (every node logs a warning).
+        netns: run each node in its own network namespace, node i at the subnet's host
+            number 10+i (see `josefine.launch.netns`); needs root.
+        netns_subnet: the IPv4 subnet for netns (default 10.213.47.0/24).
         **settings: the same as keyword arguments (``tick_ms=10``, ...).
 
     Raises:
@@ -201,6 +209,8 @@ class Launcher:
         config: Mapping[str, Any] | None = None,
         insecure: bool = False,
         metrics_base_port: int | None = None,
+        netns: bool = False,
+        netns_subnet: str | None = None,
         **settings: Any,
     ) -> None:
         settings = {**(config or {}), **settings}
@@ -242,8 +252,21 @@ class Launcher:
         self._existing: ClusterConfig | None = None
         self._credentials: dict[bool, ClientCredentials | None] = {}
         self.cluster_id = self._existing_cluster_id(nodes) or uuid.uuid4().hex[:12]
+        self.netns_plan: netns_mod.NetnsPlan | None = None
+        self._network: netns_mod.Network | None = None
+        if netns:
+            try:
+                self.netns_plan = netns_mod.NetnsPlan(nodes, netns_subnet or netns_mod.DEFAULT_SUBNET)
+            except netns_mod.NetnsError as exc:
+                raise LaunchError(str(exc)) from None
+        elif netns_subnet is not None:
+            raise LaunchError("netns_subnet is only for netns=True")
+        plan = self.netns_plan
 
-        addresses = {i: f"tcp://{HOST}:{base_port + i - 1}" for i in range(1, nodes + 1)}
+        def host(i: int) -> str:
+            return HOST if plan is None else plan.node_ip(i)
+
+        addresses = {i: f"tcp://{host(i)}:{base_port + i - 1}" for i in range(1, nodes + 1)}
         common = {"fault_injection": fault_injection, "fsync": fsync, **settings}
         self._nodes: dict[int, _Node] = {}
         for i, address in addresses.items():
@@ -259,7 +282,7 @@ class Launcher:
                     "secret_key_file": str(node_dir / "node.key_secret"),
                     "cluster_file": str(self.cluster_path)}),
                 **({} if metrics_base_port is None else {
-                    "metrics_address": f"{HOST}:{metrics_base_port + i - 1}"}),
+                    "metrics_address": f"{host(i)}:{metrics_base_port + i - 1}"}),
                 **common,
                 **overrides.get(i, {}),
             }
@@ -366,11 +389,22 @@ class Launcher:
             if self._started:
                 raise LaunchError("this Launcher was already started; make a new one")
             self._started = True
+        if self.netns_plan is not None:
+            try:
+                netns_mod.check_privileges()  # before anything is made
+            except netns_mod.NetnsError as exc:
+                with self._cond:
+                    self._stopping = self._closing = True
+                self._stopped.set()
+                raise LaunchError(str(exc)) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_dir_lock()
         try:
-            if self._check_ports:
+            if self._check_ports and self.netns_plan is None:
+                # (fresh namespaces have every port free)
                 self._ensure_ports_free()
+            if self.netns_plan is not None:
+                self._create_network(self.netns_plan)
             self.write_configs()
             self._supervisor = threading.Thread(target=self._supervise, name="josefine-supervisor", daemon=True)
             self._supervisor.start()
@@ -384,6 +418,10 @@ class Launcher:
             self.stop(grace_s=1.0)
             raise
         self._say(f"josefine: cluster {self.cluster_id}: {len(self._nodes)} node(s), data in {self.data_dir}")
+        if self._network is not None:
+            p = self._network.plan
+            self._say(f"  network: bridge {p.bridge} {p.bridge_ip}/{p.network.prefixlen}, "
+                      f"node i in namespace {p.prefix}n<i> (reaper pid {self._network.reaper_pid})")
         for i, node in self._nodes.items():
             self._say(f"  node {i}  {node.config.address}  pid {self.pid(i)}  log {node.log_path}")
         self._say(f"cluster file: {self.cluster_path}  (export JOSEFINE_CLUSTER={self.cluster_path})")
@@ -420,6 +458,10 @@ class Launcher:
                 self._cond.notify_all()
             if self._supervisor is not None and self._supervisor is not threading.current_thread():
                 self._supervisor.join()
+            if self._network is not None:
+                left = self._network.close()
+                if left:
+                    self._say(f"josefine: could not delete {', '.join(left)}")
             self._write_pids()
             self._release_dir_lock()
             atexit.unregister(self._atexit)
@@ -636,6 +678,8 @@ class Launcher:
     def _spawn(self, node: _Node) -> None:
         """Start a node's process. Caller: the supervisor thread, holding the lock."""
         cmd = list(self._node_cmd(node.config_path))
+        if self._network is not None:
+            cmd = self._network.exec_prefix(node.node_id) + cmd
         node.proc = procutil.spawn_node(cmd, node.log_path, env=self._env)
         node.started_at = time.monotonic()
         if node.restarts:
@@ -710,10 +754,25 @@ class Launcher:
                 for i, n in self._nodes.items()
             },
         }
+        if self._network is not None:
+            data["netns"] = {**self._network.plan.describe(), "reaper": self._network.reaper_pid}
         try:
             _write_atomic(self.pids_path, json.dumps(data, indent=2) + "\n")
         except OSError:
             pass  # informational only
+
+    def _create_network(self, plan: netns_mod.NetnsPlan) -> None:
+        """Make the namespaces and links (the reaper first), and record their names in
+        pids.json at once, so that whoever finds a launcher dead can find them too."""
+        network = netns_mod.Network(plan, python=sys.executable, env=self._env,
+                                    log_path=self.data_dir / "netns.log")
+        self._network = network
+        try:
+            network.create()
+        except netns_mod.NetnsError as exc:
+            raise LaunchError(str(exc)) from None
+        self.netns_plan = network.plan  # the tag may have been redrawn
+        self._write_pids()
 
     def _existing_cluster_id(self, nodes: int) -> str | None:
         if not self.cluster_path.exists():
