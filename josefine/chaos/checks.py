@@ -2,7 +2,9 @@
 
 * linearizable      — the client history, by `josefine.check` (cas fail = compare failed);
 * same-sequence     — every node's committed path (read from its LevelDB after the stop)
-                      has the same block ids and digests up to the smallest commit height;
+                      has the same block ids and digests at every height two nodes both
+                      hold (a path starts at the node's base: genesis, or the block its
+                      chain was compacted to, whose history a snapshot holds);
 * commit-monotonic  — per node process, the sampled commit never moved backwards; no two
                       samples name different blocks at one height; every sampled commit is
                       on the final committed path;
@@ -10,7 +12,11 @@
 * acked-writes      — replaying the committed path (with the session table's exactly-once
                       rule): every acknowledged write / cas took effect, no definitely
                       refused write appears at all, no cas reported as compare-failed took
-                      effect;
+                      effect. A compacted path is replayed from the state its base's
+                      snapshot holds (key values and client sessions); an acknowledged
+                      write that is neither in that state nor after it was overwritten
+                      below the base, where no chain is left to show it: such writes are
+                      counted, and left to the linearizability check;
 * no-crashes        — no node exited on its own or logged a fatal error.
 """
 from __future__ import annotations
@@ -22,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from josefine.chain.block import Block, BlockKind, decode_commands
+from josefine.chain.block import Block, BlockKind, decode_commands, genesis
 from josefine.chain.leveldb import LevelDBStore
 from josefine.check import check_history, format_result
 from josefine.check.checker import CheckResult
 from josefine.transport.codec import unpackb
 from josefine.types import BlockId
 
-__all__ = ["CheckOutcome", "drop_refused", "check_linearizable", "load_committed_paths",
+__all__ = ["BaseState", "CheckOutcome", "drop_refused", "check_linearizable", "load_committed_paths",
            "check_same_sequence", "check_commits", "check_leaders", "check_writes",
            "check_crashes"]
 
@@ -93,28 +99,49 @@ def check_linearizable(history: Sequence[Mapping[str, Any]],
 
 # ---------------------------------------------------------------- chains on disk
 
-def _walk(blocks: Mapping[BlockId, Block], top: BlockId) -> list[Block] | None:
-    """Blocks from genesis up to `top` (None if `top` or an ancestor is missing)."""
+def _walk(blocks: Mapping[BlockId, Block], top: BlockId, base: Block) -> list[Block] | None:
+    """Blocks from the base (its header first) up to `top` (None if `top` or an ancestor
+    is missing)."""
     path: list[Block] = []
     cur: BlockId | None = top
-    while cur is not None:
+    while cur is not None and cur != base.id:
         b = blocks.get(cur)
         if b is None:
             return None
         path.append(b)
         cur = b.parent
+    if cur != base.id:
+        return None
+    path.append(base)
     path.reverse()
     return path
 
 
+def _at(path: Sequence[Block], height: int) -> Block | None:
+    """The path's block at `height` (paths start at their base's height)."""
+    i = height - path[0].id.height
+    return path[i] if 0 <= i < len(path) else None
+
+
+@dataclass
+class BaseState:
+    """What a node's snapshot at its base says about the history compacted below it."""
+
+    data: dict[Any, Any]
+    last_seq: dict[str, int]
+
+
 def load_committed_paths(data_dirs: Mapping[int, Path], cluster_id: str,
-                         applied: Mapping[int, BlockId] | None = None
+                         applied: Mapping[int, BlockId] | None = None,
+                         base_states: dict[int, BaseState] | None = None,
                          ) -> tuple[dict[int, list[Block]], list[str]]:
-    """Each node's applied path, genesis first, from its store (the node must be stopped).
+    """Each node's applied path, its base first, from its store (the node must be stopped).
 
     The path ends at `applied[node]` (the node's last reported applied block) when the
     store holds it, else at the store's commit marker. The marker is persisted lazily, so
-    it may lag what the node applied; it never names an uncommitted block.
+    it may lag what the node applied; it never names an uncommitted block. A compacted
+    node's path starts at its base; with `base_states`, the state its snapshot at the
+    base holds is loaded into it (the snapshot is verified on the way).
     """
     paths: dict[int, list[Block]] = {}
     errors: list[str] = []
@@ -125,37 +152,61 @@ def load_committed_paths(data_dirs: Mapping[int, Path], cluster_id: str,
         except Exception as exc:  # noqa: BLE001 - a corrupt store is itself a finding
             errors.append(f"node {node}: cannot load its store: {type(exc).__name__}: {exc}")
             continue
+        base = st.base if st.base is not None else genesis(cluster_id)
         top = st.commit
         want = (applied or {}).get(node)
         if want is not None and want in st.blocks and want.height >= top.height:
             top = want
-        path = _walk(st.blocks, top)
+        path = _walk(st.blocks, top, base)
         if path is None:
-            errors.append(f"node {node}: path from {top} down to genesis is broken")
+            errors.append(f"node {node}: path from {top} down to its base {base.id} is broken")
             continue
         if path[len(path) - 1 - (top.height - st.commit.height)].id != st.commit:
             errors.append(f"node {node}: stored commit {st.commit} is not on its applied path "
                           f"ending at {top}")
         paths[node] = path
+        if base_states is not None and base.id.height > 0:
+            try:
+                base_states[node] = _base_state(Path(data_dir), node, cluster_id, base)
+            except Exception as exc:  # noqa: BLE001 - an unusable snapshot is a finding
+                errors.append(f"node {node}: no usable snapshot at its base {base.id}: "
+                              f"{type(exc).__name__}: {exc}")
     return paths, errors
+
+
+def _base_state(data_dir: Path, node: int, cluster_id: str, base: Block) -> BaseState:
+    """The KV state and client sessions of the node's snapshot whose base is `base`."""
+    from josefine.fsm.applier import Applier
+    from josefine.fsm.kv import KVStateMachine
+    from josefine.runtime.snapshots import SNAPSHOT_DIR, restore_from
+    from josefine.snapshot.files import name_for
+    kv = KVStateMachine()
+    applier = Applier(kv)
+    meta = restore_from(applier, data_dir / SNAPSHOT_DIR / name_for(base.id))
+    if meta.base_digest != base.digest or meta.cluster_id != cluster_id:
+        raise ValueError(f"snapshot of node {node} does not match its base {base.id}")
+    return BaseState(dict(kv.items()), {s.client_id: s.last_seq for s in applier.sessions})
 
 
 def check_same_sequence(paths: Mapping[int, list[Block]], load_errors: list[str]
                         ) -> CheckOutcome:
     problems = list(load_errors)
     if paths:
-        h = min(len(p) for p in paths.values()) - 1
-        for height in range(h + 1):
-            ids = {n: (p[height].id, p[height].digest) for n, p in paths.items()}
+        h = min(p[-1].id.height for p in paths.values())
+        lo = min(p[0].id.height for p in paths.values())
+        for height in range(lo, h + 1):
+            here = {n: _at(p, height) for n, p in paths.items()}
+            ids = {n: (b.id, b.digest) for n, b in here.items() if b is not None}
             if len(set(ids.values())) > 1:
                 problems.append(f"height {height}: " + ", ".join(
                     f"node {n} has {bid} digest {dg.hex()[:12]}" for n, (bid, dg) in ids.items()))
                 break
-        tops = ", ".join(f"node {n}: {p[-1].id}" for n, p in sorted(paths.items()))
+        tops = ", ".join(f"node {n}: {p[0].id}..{p[-1].id}" for n, p in sorted(paths.items()))
     else:
         h, tops = -1, "no store readable"
     return _outcome("same-sequence", problems,
-                    f"all {len(paths)} nodes applied the same blocks up to height {h} ({tops})",
+                    f"all {len(paths)} nodes applied the same blocks up to height {h} "
+                    f"(base..top: {tops})",
                     "{n} problem(s) with the applied paths")
 
 
@@ -171,7 +222,9 @@ def check_commits(samples: Iterable[Mapping[str, Any]], paths: Mapping[int, list
     top: dict[int, tuple[int, float]] = {}
     final: dict[int, tuple[int, float]] = {}
     at_height: dict[int, tuple[int, int, float]] = {}
-    best_path = max(paths.values(), key=len) if paths else []
+    best_path = max(paths.values(), key=lambda p: p[-1].id.height) if paths else []
+    best_top = best_path[-1].id.height if best_path else -1
+    below_base = 0
     n = 0
     for s in samples:
         c = s.get("commit")
@@ -199,14 +252,20 @@ def check_commits(samples: Iterable[Mapping[str, Any]], paths: Mapping[int, list
             problems.append(f"node {node}: last reported commit height {height} is below the "
                             f"{top[node][0]} it reported at t={top[node][1]:.3f}")
     for height, (term, node, t) in sorted(at_height.items()):
-        if height >= len(best_path):
+        if height > best_top:
             problems.append(f"node {node} reported commit ({term},{height}) at t={t:.3f}, above "
-                            f"the final applied height {len(best_path) - 1}")
-        elif best_path[height].id != BlockId(term, height):
+                            f"the final applied height {best_top}")
+            continue
+        final_block = _at(best_path, height)
+        if final_block is None:   # below the final path's base: compacted everywhere
+            below_base += 1
+        elif final_block.id != BlockId(term, height):
             problems.append(f"node {node} reported commit ({term},{height}) at t={t:.3f}, but "
-                            f"the final committed block at that height is {best_path[height].id}")
+                            f"the final committed block at that height is {final_block.id}")
     return _outcome("commit-monotonic", problems,
-                    f"{n} commit samples: none moved backwards; all on the final path",
+                    f"{n} commit samples: none moved backwards; all on the final path"
+                    + (f" ({below_base} heights below its base not compared)"
+                       if below_base else ""),
                     "{n} commit regression(s) or conflict(s)")
 
 
@@ -237,15 +296,17 @@ def check_leaders(samples: Iterable[Mapping[str, Any]], logs: Mapping[int, Path]
 
 # ---------------------------------------------------------------- writes vs. the chain
 
-def replay_effects(path: Sequence[Block]) -> tuple[set[tuple[Any, Any]], set[tuple[Any, Any]]]:
+def replay_effects(path: Sequence[Block], start: BaseState | None = None
+                   ) -> tuple[set[tuple[Any, Any]], set[tuple[Any, Any]]]:
     """(effective, present): (key, value) pairs that took effect / that appear in a command.
 
     Replays the KV semantics with the session table's rule (a (client, seq) applies only if
-    seq is above that client's last applied seq).
+    seq is above that client's last applied seq), from `start` (the state at the path's
+    base, whose pairs count as in effect) or from an empty state.
     """
-    last_seq: dict[str, int] = {}
-    data: dict[Any, Any] = {}
-    effective: set[tuple[Any, Any]] = set()
+    last_seq: dict[str, int] = dict(start.last_seq) if start is not None else {}
+    data: dict[Any, Any] = dict(start.data) if start is not None else {}
+    effective: set[tuple[Any, Any]] = set(data.items())
     present: set[tuple[Any, Any]] = set()
     for b in path:
         if b.kind != BlockKind.NORMAL:
@@ -275,15 +336,23 @@ def replay_effects(path: Sequence[Block]) -> tuple[set[tuple[Any, Any]], set[tup
     return effective, present
 
 
-def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[Block]]
-                 ) -> CheckOutcome:
+def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[Block]],
+                 base_states: Mapping[int, BaseState] | None = None) -> CheckOutcome:
     if not paths:
         return CheckOutcome("acked-writes", False, "no committed path could be read")
-    path = max(paths.values(), key=len)
-    effective, present = replay_effects(path)
+    # the path reaching lowest (most history), then highest
+    node, path = min(paths.items(), key=lambda np: (np[1][0].id.height, -np[1][-1].id.height))
+    compacted = path[0].id.height > 0
+    start = (base_states or {}).get(node) if compacted else None
+    if compacted and start is None:
+        return CheckOutcome("acked-writes", False,
+                            f"node {node}'s path starts at {path[0].id} but its snapshot "
+                            "state could not be read")
+    effective, present = replay_effects(path[1:] if compacted else path, start)
     invokes: dict[str, Mapping[str, Any]] = {}
     problems: list[str] = []
-    counts = {"acked": 0, "refused": 0, "compare-failed": 0, "unknown-applied": 0, "unknown": 0}
+    counts = {"acked": 0, "refused": 0, "compare-failed": 0, "unknown-applied": 0, "unknown": 0,
+              "below-base": 0}
     for rec in history:
         proc = repr(rec.get("process"))
         if rec.get("process") == "nemesis":
@@ -302,7 +371,11 @@ def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[
         if t == "ok":
             counts["acked"] += 1
             if (key, new) not in effective:
-                problems.append(f"acknowledged {what} is not in effect on the committed path")
+                if compacted:
+                    counts["below-base"] += 1   # overwritten where no chain is left
+                else:
+                    problems.append(f"acknowledged {what} is not in effect on the committed "
+                                    "path")
         elif (t == "fail" and inv["f"] == "write") or rec.get("refused"):
             counts["refused"] += 1
             if (key, new) in present:
@@ -318,7 +391,10 @@ def check_writes(history: Sequence[Mapping[str, Any]], paths: Mapping[int, list[
     summary = (f"{counts['acked']} acknowledged writes all in effect; {counts['refused']} refused "
                f"and {counts['compare-failed']} compare-failed never took effect; "
                f"{counts['unknown-applied']}/{counts['unknown']} unknown outcomes took effect "
-               f"(committed path: {len(path) - 1} blocks)")
+               f"(committed path: {len(path) - 1} blocks from {path[0].id})")
+    if counts["below-base"]:
+        summary += (f"; {counts['below-base']} acknowledged writes were overwritten below "
+                    "the base, where only the linearizability check sees them")
     return _outcome("acked-writes", problems, summary, "{n} write(s) contradict the chain")
 
 

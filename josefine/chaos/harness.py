@@ -192,13 +192,15 @@ def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
     report.checker_seconds = lin.elapsed
     report.checks.append(lin)
     data_dirs = {i: Path(launcher.node_config(i).data_dir) for i in launcher.node_ids}
-    paths, errors = checks.load_committed_paths(data_dirs, launcher.cluster_id, applied)
+    base_states: dict[int, checks.BaseState] = {}
+    paths, errors = checks.load_committed_paths(data_dirs, launcher.cluster_id, applied,
+                                                base_states)
     report.checks.append(checks.check_same_sequence(paths, errors))
     samples = sampler.samples if sampler is not None else []
     report.checks.append(checks.check_commits(samples, paths))
     logs = {i: launcher.log_path(i) for i in launcher.node_ids}
     report.checks.append(checks.check_leaders(samples, logs))
-    report.checks.append(checks.check_writes(history, paths))
+    report.checks.append(checks.check_writes(history, paths, base_states))
     kills = sum(len(f["nodes"]) for f in faults if f["kind"] == "kill")
     report.checks.append(checks.check_crashes(restart_events, logs, kills))
     if workload is not None:

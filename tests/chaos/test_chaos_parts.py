@@ -162,3 +162,42 @@ def test_longest_unavailability_names_the_overlapping_fault():
     u = longest_unavailability(hist, 0, 10 * s, faults)
     assert (u["start"], u["end"], u["duration"]) == (2.0, 7.0, 5.0)
     assert len(u["causes"]) == 1 and "#1 kill" in u["causes"][0]
+
+
+def _compacted(path: list, at: int) -> list:
+    """The path as a node that compacted its chain up to height `at` holds it."""
+    from josefine.chain.block import base_header
+    return [base_header(path[at].id, path[at].digest)] + path[at + 1:]
+
+
+def test_same_sequence_compares_only_heights_both_nodes_hold():
+    a = _chain("c", [("a", i, ["put", "k", f"v{i}"]) for i in range(1, 6)])
+    b = _chain("c", [("a", i, ["put", "k", f"v{i}"]) for i in range(1, 4)]
+               + [("a", 4, ["put", "k", "OTHER"])])
+    out = check_same_sequence({1: _compacted(a, 3), 2: a}, [])
+    assert out.passed and "(1,3)..(1,5)" in out.summary
+    bad = check_same_sequence({1: _compacted(a, 2), 2: b}, [])
+    assert not bad.passed and "height 4" in bad.details[0]
+
+
+def test_check_writes_replays_a_compacted_path_from_its_snapshot_state():
+    from josefine.chaos.checks import BaseState
+    ops = [("a", 1, ["put", "k", "v1"]), ("a", 2, ["put", "k", "v2"]),
+           ("b", 1, ["put", "j", "w1"]), ("a", 3, ["put", "k", "v3"])]
+    path = _compacted(_chain("c", ops), 3)
+    state = BaseState({"k": "v2", "j": "w1"}, {"a": 2, "b": 1})
+    hist = _hist((1, "write", "k", "v2", "ok", {}), (2, "write", "j", "w1", "ok", {}),
+                 (1, "write", "k", "v3", "ok", {}), (1, "write", "k", "v1", "ok", {}))
+    out = check_writes(hist, {1: path}, {1: state})
+    assert out.passed, out.details
+    assert "1 acknowledged writes were overwritten below the base" in out.summary
+    lost_after = _hist((1, "write", "k", "v4", "ok", {}))
+    assert check_writes(lost_after, {1: path}, {1: state}).passed, \
+        "not on the chain after the base: it may have been overwritten below it"
+    phantom = _hist((1, "write", "k", "v3", "fail", {}))
+    assert not check_writes(phantom, {1: path}, {1: state}).passed
+    assert not check_writes(hist, {1: path}, {}).passed, "a compacted path needs its state"
+    # a replayed duplicate (same client, seq at or below its session) takes no effect
+    dup = _compacted(_chain("c", ops + [("a", 2, ["put", "k", "again"])]), 3)
+    eff, present = replay_effects(dup[1:], state)
+    assert ("k", "again") in present and ("k", "again") not in eff
