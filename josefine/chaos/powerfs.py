@@ -47,7 +47,7 @@ def unavailable() -> str | None:
 
 def _mounted(path: Path) -> bool:
     """From /proc/mounts, not os.path.ismount: stat on a dead FUSE mount fails."""
-    target = str(path.resolve())
+    target = str(path.resolve()).replace(" ", "\\040")   # as /proc/mounts escapes it
     with open("/proc/mounts") as f:
         return any(line.split()[1] == target for line in f)
 
@@ -72,10 +72,12 @@ class PowerLossFS:
 
     @classmethod
     def mount(cls, backing: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
-              timeout: float = 15.0) -> "PowerLossFS":
+              strict_dirs: bool = False, timeout: float = 15.0) -> "PowerLossFS":
         """Start the FS process over ``backing`` and return once the mount answers.
 
-        Both directories must exist. The control socket and the process's log live in a
+        Both directories must exist. ``strict_dirs``: a create, rename or unlink is lost
+        in a cut unless a directory it touched was fsynced since (off: names are durable
+        at once). The control socket and the process's log live in a
         private temp directory, outside the mount, removed again by `unmount`.
         """
         reason = unavailable()
@@ -87,7 +89,8 @@ class PowerLossFS:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "josefine.chaos.powerfs_main", str(backing),
-                 str(mountpoint), "--control", str(workdir / "control.sock")],
+                 str(mountpoint), "--control", str(workdir / "control.sock")]
+                + (["--strict-dirs"] if strict_dirs else []),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

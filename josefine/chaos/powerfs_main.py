@@ -12,10 +12,13 @@ really forgets. Here the "page cache" is this process's memory: a write lands in
 per-file set of dirty 4 KiB pages and reaches the backing file only when that file is
 fsynced (or fdatasynced). "cut" on the control socket drops every dirty page at once.
 
-Metadata (create, mkdir, rename, unlink, rmdir, chmod, utimes) passes straight through to
-the backing directory and is durable at once: weaker than a real disk, where a new name
-needs an fsync of its directory. Size changes (truncate, ftruncate, O_TRUNC) are data:
-they are held with the pages and lost in a cut like a write.
+Names (create, mkdir, rename, unlink, rmdir) are applied to the backing directory at
+once. By default they are also durable at once: weaker than a real disk, where a new
+name needs an fsync of its directory. With ``--strict-dirs`` each name change is
+journalled with its undo until a directory it touched is fsynced, and a cut undoes the
+rest, newest first (unlinked and replaced files wait in a hidden graveyard directory so
+they can come back). Size changes (truncate, ftruncate, O_TRUNC) are data: they are held
+with the pages and lost in a cut like a write. chmod, chown and utimes pass through.
 
 Every handler is one synchronous run of Python between awaits, so no request ever sees a
 half-applied write or a half-done cut.
@@ -29,13 +32,16 @@ import os
 import signal
 import socket
 import stat
+import shutil
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyfuse3
 import trio
 
 PAGE = 4096
+GRAVEYARD = b".powerfs-graveyard"    # strict mode: removed names wait here, in the backing root
 
 
 @dataclass
@@ -52,6 +58,15 @@ class _Dirty:
     pages: dict[int, bytearray] = field(default_factory=dict)
 
 
+@dataclass
+class _NameChange:
+    """A name change not yet durable: an fsync of any directory in ``dirs`` commits it."""
+
+    dirs: frozenset[int]
+    undo: Callable[[], None]
+    commit: Callable[[], None] = lambda: None
+
+
 def _fail(exc: OSError) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(exc.errno or errno.EIO)
 
@@ -62,7 +77,7 @@ class PowerLossOps(pyfuse3.Operations):
     supports_dot_lookup = False     # never resolve ".." above the backing directory
     enable_writeback_cache = False  # every write(2) must reach us, not sit in the kernel
 
-    def __init__(self, backing: str) -> None:
+    def __init__(self, backing: str, strict_dirs: bool = False) -> None:
         super().__init__()
         root = os.fsencode(os.path.abspath(backing))
         st = os.lstat(root)
@@ -76,6 +91,15 @@ class PowerLossOps(pyfuse3.Operations):
         self.cuts = 0
         self.syncs = 0
         self.discarded = 0                 # dirty bytes dropped by cuts, all cuts together
+        self.strict_dirs = strict_dirs
+        self._journal: list[_NameChange] = []
+        self.undo_failed = 0               # undos that found the names changed under them
+        self._grave = os.path.join(root, GRAVEYARD)
+        self._graves = 0
+        if strict_dirs:
+            # One left by a process that died is beyond undoing: treat it as committed.
+            shutil.rmtree(self._grave, ignore_errors=True)
+            os.mkdir(self._grave)
 
     # ------------------------------------------------------------------ inodes
 
@@ -213,6 +237,14 @@ class PowerLossOps(pyfuse3.Operations):
         self._dirty.clear()
         for ino in list(self._fd):
             self._release_if_idle(ino)
+        for change in reversed(self._journal):
+            try:
+                change.undo()
+            except (OSError, KeyError) as exc:     # KeyError: its directory is gone
+                # Later committed changes moved the names on: keep what is there now.
+                self.undo_failed += 1
+                print(f"powerfs: cannot undo a name change: {exc}", file=sys.stderr, flush=True)
+        self._journal.clear()
         self.cuts += 1
         self.discarded += lost
         return lost
@@ -222,16 +254,72 @@ class PowerLossOps(pyfuse3.Operations):
         for ino in list(self._dirty):
             self._sync(ino)
             self._release_if_idle(ino)
+        self._commit(lambda change: True)
+        if self.strict_dirs:
+            shutil.rmtree(self._grave, ignore_errors=True)
 
     def stats(self) -> dict[str, int]:
         return {"dirty_files": len(self._dirty),
                 "dirty_bytes": sum(len(d.pages) * PAGE for d in self._dirty.values()),
-                "cuts": self.cuts, "syncs": self.syncs, "discarded_bytes": self.discarded}
+                "cuts": self.cuts, "syncs": self.syncs, "discarded_bytes": self.discarded,
+                "pending_names": len(self._journal), "undo_failed": self.undo_failed}
+
+    # ------------------------------------------------------------------ names (strict mode)
+
+    def _record(self, dirs: set[int], undo: Callable[[], None],
+                commit: Callable[[], None] = lambda: None) -> None:
+        if self.strict_dirs:
+            self._journal.append(_NameChange(frozenset(dirs), undo, commit))
+
+    def _commit(self, which: Callable[[_NameChange], bool]) -> None:
+        keep = []
+        for change in self._journal:
+            if not which(change):
+                keep.append(change)
+                continue
+            try:
+                change.commit()
+            except OSError:
+                pass                    # the graveyard entry is gone already
+        self._journal = keep
+
+    def _moved(self, old: bytes, new: bytes) -> None:
+        """Keep inode -> path right after a rename; a directory takes its subtree along."""
+        prefix = old + b"/"
+        for ino, path in list(self._path.items()):
+            if path == old:
+                self._path[ino] = new
+            elif path.startswith(prefix):
+                self._path[ino] = new + path[len(old):]
+
+    def _move(self, src: bytes, dst: bytes) -> None:
+        if os.path.lexists(dst):
+            raise OSError(errno.EEXIST, "name taken again since", dst)
+        os.rename(src, dst)
+        self._moved(src, dst)
+
+    def _bury(self, path: bytes) -> bytes:
+        """Move a removed name into the graveyard, where an undo can fetch it back."""
+        self._graves += 1
+        grave = os.path.join(self._grave, b"%d" % self._graves)
+        os.rename(path, grave)
+        self._moved(path, grave)
+        return grave
+
+    def _remove(self, path: bytes) -> None:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+        self._forget_name(path, st)
 
     # ------------------------------------------------------------------ FUSE: names
 
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode == pyfuse3.ROOT_INODE and name == GRAVEYARD:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(self._child(parent_inode, name))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -271,18 +359,22 @@ class PowerLossOps(pyfuse3.Operations):
             os.mkdir(path, mode & ~ctx.umask)
         except OSError as exc:
             raise _fail(exc) from None
+        self._record({parent_inode}, lambda: self._remove(self._child(parent_inode, name)))
         return self._entry(path)
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
+        new = not os.path.lexists(path)
         try:
             # Always read-write and never O_APPEND: the kernel hands us the offsets, and
             # fsync later writes pages back through this same fd.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode & ~ctx.umask)
         except OSError as exc:
             raise _fail(exc) from None
+        if new:
+            self._record({parent_inode}, lambda: self._remove(self._child(parent_inode, name)))
         entry = self._entry(path)
         ino = entry.st_ino
         if ino in self._fd:
@@ -293,20 +385,27 @@ class PowerLossOps(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=ino, keep_cache=False), entry
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._remove_name(parent_inode, name, directory=False)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._remove_name(parent_inode, name, directory=True)
+
+    def _remove_name(self, parent_inode: int, name: bytes, directory: bool) -> None:
         path = self._child(parent_inode, name)
         try:
             st = os.lstat(path)
-            os.unlink(path)
+            if stat.S_ISDIR(st.st_mode) != directory:
+                raise pyfuse3.FUSEError(errno.EISDIR if not directory else errno.ENOTDIR)
+            if not self.strict_dirs:
+                self._remove(path)
+                return
+            if directory and os.listdir(path):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            grave = self._bury(path)
         except OSError as exc:
             raise _fail(exc) from None
-        self._forget_name(path, st)
-
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        path = self._child(parent_inode, name)
-        try:
-            os.rmdir(path)
-        except OSError as exc:
-            raise _fail(exc) from None
+        self._record({parent_inode}, lambda: self._move(grave, self._child(parent_inode, name)),
+                     lambda: self._remove(grave))
 
     def _forget_name(self, path: bytes, st: os.stat_result) -> None:
         ino = self._ino.get((st.st_dev, st.st_ino))
@@ -321,21 +420,38 @@ class PowerLossOps(pyfuse3.Operations):
         new = self._child(parent_inode_new, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
+        grave: bytes | None = None
         try:
             replaced = os.lstat(new) if os.path.lexists(new) else None
             if replaced is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
+            if replaced is not None and self.strict_dirs:
+                # Check what rename(2) would refuse before the target leaves its place.
+                if stat.S_ISDIR(replaced.st_mode):
+                    if not stat.S_ISDIR(os.lstat(old).st_mode):
+                        raise pyfuse3.FUSEError(errno.EISDIR)
+                    if os.listdir(new):
+                        raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+                elif stat.S_ISDIR(os.lstat(old).st_mode):
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                grave = self._bury(new)
             os.rename(old, new)
         except OSError as exc:
+            if grave is not None:
+                self._move(grave, new)
             raise _fail(exc) from None
-        if replaced is not None:
+        if replaced is not None and grave is None:
             self._forget_name(new, replaced)
-        prefix = old + b"/"
-        for ino, path in list(self._path.items()):
-            if path == old:
-                self._path[ino] = new
-            elif path.startswith(prefix):
-                self._path[ino] = new + path[len(old):]
+        self._moved(old, new)
+
+        def undo() -> None:
+            self._move(self._child(parent_inode_new, name_new),
+                       self._child(parent_inode_old, name_old))
+            if grave is not None:
+                self._move(grave, self._child(parent_inode_new, name_new))
+
+        self._record({parent_inode_old, parent_inode_new}, undo,
+                     lambda: self._remove(grave) if grave is not None else None)
 
     # ------------------------------------------------------------------ FUSE: files
 
@@ -386,6 +502,8 @@ class PowerLossOps(pyfuse3.Operations):
                 entry = self._entry(os.path.join(path, names[i]))
             except pyfuse3.FUSEError:
                 continue                # vanished since the listing
+            if fh == pyfuse3.ROOT_INODE and names[i] == GRAVEYARD:
+                continue
             if not pyfuse3.readdir_reply(token, names[i], entry, i + 1):
                 break
 
@@ -401,6 +519,7 @@ class PowerLossOps(pyfuse3.Operations):
                 os.close(fd)
         except OSError as exc:
             raise _fail(exc) from None
+        self._commit(lambda change: fh in change.dirs)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         st = os.statvfs(self._path[pyfuse3.ROOT_INODE])
@@ -460,8 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("backing")
     p.add_argument("mountpoint")
     p.add_argument("--control", required=True, help="unix socket path (outside the mount)")
+    p.add_argument("--strict-dirs", action="store_true",
+                   help="a name change is durable only once a directory it touched is fsynced")
     args = p.parse_args(argv)
-    ops = PowerLossOps(args.backing)
+    ops = PowerLossOps(args.backing, strict_dirs=args.strict_dirs)
     options = set(pyfuse3.default_options) | {"fsname=powerlossfs"}
     pyfuse3.init(ops, args.mountpoint, options)
     try:
