@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["PowerLossFS", "PowerFSError", "unavailable"]
 
@@ -58,6 +58,14 @@ def _umount(path: Path, lazy: bool = False) -> bool:
     return subprocess.run(cmd + [str(path)], capture_output=True).returncode == 0
 
 
+def _strict_args(strict_dirs: bool | Sequence[str]) -> list[str]:
+    if isinstance(strict_dirs, bool):
+        return ["--strict-dirs"] if strict_dirs else []
+    if isinstance(strict_dirs, str):
+        raise TypeError("strict_dirs: give a list of relative paths, not one string")
+    return [arg for d in strict_dirs for arg in ("--strict-dir", d)]
+
+
 class PowerLossFS:
     """A live power-loss mount: its process, its control socket, and how to stop both."""
 
@@ -72,12 +80,14 @@ class PowerLossFS:
 
     @classmethod
     def mount(cls, backing: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
-              strict_dirs: bool = False, timeout: float = 15.0) -> "PowerLossFS":
+              strict_dirs: bool | Sequence[str] = False, timeout: float = 15.0
+              ) -> "PowerLossFS":
         """Start the FS process over ``backing`` and return once the mount answers.
 
-        Both directories must exist. ``strict_dirs``: a create, rename or unlink is lost
-        in a cut unless a directory it touched was fsynced since (off: names are durable
-        at once). The control socket and the process's log live in a
+        Both directories must exist. ``strict_dirs=True``: a create, rename or unlink is
+        lost in a cut unless a directory it touched was fsynced since; a list of paths
+        relative to the mount: the same, only inside those subtrees; False: names are
+        durable at once. The control socket and the process's log live in a
         private temp directory, outside the mount, removed again by `unmount`.
         """
         reason = unavailable()
@@ -90,7 +100,7 @@ class PowerLossFS:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "josefine.chaos.powerfs_main", str(backing),
                  str(mountpoint), "--control", str(workdir / "control.sock")]
-                + (["--strict-dirs"] if strict_dirs else []),
+                + _strict_args(strict_dirs),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

@@ -16,7 +16,8 @@ Names (create, mkdir, rename, unlink, rmdir) are applied to the backing director
 once. By default they are also durable at once: weaker than a real disk, where a new
 name needs an fsync of its directory. With ``--strict-dirs`` each name change is
 journalled with its undo until a directory it touched is fsynced, and a cut undoes the
-rest, newest first (unlinked and replaced files wait in a hidden graveyard directory so
+rest, newest first; ``--strict-dir REL`` does that only for changes inside the subtree REL
+(relative to the mount root), e.g. a snapshot directory next to a LevelDB one (unlinked and replaced files wait in a hidden graveyard directory so
 they can come back). Size changes (truncate, ftruncate, O_TRUNC) are data: they are held
 with the pages and lost in a cut like a write. chmod, chown and utimes pass through.
 
@@ -35,7 +36,7 @@ import stat
 import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import pyfuse3
 import trio
@@ -77,7 +78,7 @@ class PowerLossOps(pyfuse3.Operations):
     supports_dot_lookup = False     # never resolve ".." above the backing directory
     enable_writeback_cache = False  # every write(2) must reach us, not sit in the kernel
 
-    def __init__(self, backing: str, strict_dirs: bool = False) -> None:
+    def __init__(self, backing: str, strict_dirs: bool | Sequence[str] = False) -> None:
         super().__init__()
         root = os.fsencode(os.path.abspath(backing))
         st = os.lstat(root)
@@ -91,7 +92,13 @@ class PowerLossOps(pyfuse3.Operations):
         self.cuts = 0
         self.syncs = 0
         self.discarded = 0                 # dirty bytes dropped by cuts, all cuts together
-        self.strict_dirs = strict_dirs
+        # True: every directory is strict; a sequence: the subtrees under these relative
+        # paths are; empty: none (names durable at once).
+        self._strict_all = strict_dirs is True
+        self._strict_roots = ([] if isinstance(strict_dirs, bool) else
+                              [os.path.join(root, os.fsencode(d).strip(b"/"))
+                               for d in strict_dirs])
+        self.strict_dirs = self._strict_all or bool(self._strict_roots)
         self._journal: list[_NameChange] = []
         self.undo_failed = 0               # undos that found the names changed under them
         self._grave = os.path.join(root, GRAVEYARD)
@@ -266,9 +273,17 @@ class PowerLossOps(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ names (strict mode)
 
+    def _strict(self, *dirs: int) -> bool:
+        """Whether a name change in these directories waits for a directory fsync."""
+        if self._strict_all:
+            return True
+        return any(path == r or path.startswith(r + b"/")
+                   for path in (self._path.get(d, b"") for d in dirs)
+                   for r in self._strict_roots)
+
     def _record(self, dirs: set[int], undo: Callable[[], None],
                 commit: Callable[[], None] = lambda: None) -> None:
-        if self.strict_dirs:
+        if self._strict(*dirs):
             self._journal.append(_NameChange(frozenset(dirs), undo, commit))
 
     def _commit(self, which: Callable[[_NameChange], bool]) -> None:
@@ -396,7 +411,7 @@ class PowerLossOps(pyfuse3.Operations):
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode) != directory:
                 raise pyfuse3.FUSEError(errno.EISDIR if not directory else errno.ENOTDIR)
-            if not self.strict_dirs:
+            if not self._strict(parent_inode):
                 self._remove(path)
                 return
             if directory and os.listdir(path):
@@ -425,7 +440,7 @@ class PowerLossOps(pyfuse3.Operations):
             replaced = os.lstat(new) if os.path.lexists(new) else None
             if replaced is not None and flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
-            if replaced is not None and self.strict_dirs:
+            if replaced is not None and self._strict(parent_inode_old, parent_inode_new):
                 # Check what rename(2) would refuse before the target leaves its place.
                 if stat.S_ISDIR(replaced.st_mode):
                     if not stat.S_ISDIR(os.lstat(old).st_mode):
@@ -581,8 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", required=True, help="unix socket path (outside the mount)")
     p.add_argument("--strict-dirs", action="store_true",
                    help="a name change is durable only once a directory it touched is fsynced")
+    p.add_argument("--strict-dir", action="append", default=[], metavar="REL",
+                   help="like --strict-dirs, only for the subtree REL of the mount (repeatable)")
     args = p.parse_args(argv)
-    ops = PowerLossOps(args.backing, strict_dirs=args.strict_dirs)
+    ops = PowerLossOps(args.backing, strict_dirs=True if args.strict_dirs else args.strict_dir)
     options = set(pyfuse3.default_options) | {"fsname=powerlossfs"}
     pyfuse3.init(ops, args.mountpoint, options)
     try:

@@ -189,6 +189,7 @@ import os, sys
 from josefine.chain.block import BlockKind, genesis, make_block
 from josefine.chain.leveldb import LevelDBStore
 path, synced, unsynced, fsync_dirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+payload = bytes(int(sys.argv[5]))
 store = LevelDBStore(path, "c1")
 if fsync_dirs == "yes":         # make LevelDB's renames and unlinks of this open durable
     for d in (path, os.path.dirname(path)):
@@ -197,7 +198,7 @@ if fsync_dirs == "yes":         # make LevelDB's renames and unlinks of this ope
         os.close(fd)
 parent = max(store.load().blocks.values(), key=lambda b: b.id.height)
 for i in range(synced + unsynced):
-    block = make_block(parent, 1, BlockKind.NOOP, b"")
+    block = make_block(parent, 1, BlockKind.NOOP, payload)
     store.write(blocks=[block], head=block.id, sync=i < synced)
     parent = block
 print("written", flush=True)
@@ -205,12 +206,12 @@ sys.stdin.read()            # hold the store open until SIGKILLed: no close, no 
 """
 
 
-def _crash_after_writing(path: Path, synced: int, unsynced: int, fsync_dirs: bool = False
-                         ) -> None:
+def _crash_after_writing(path: Path, synced: int, unsynced: int, fsync_dirs: bool = False,
+                         payload: int = 0) -> None:
     """Open the store and append blocks after its head in a child that is SIGKILLed with
     the store open, as a node dies."""
     child = subprocess.Popen([sys.executable, "-c", _STORE_CHILD, str(path), str(synced),
-                              str(unsynced), "yes" if fsync_dirs else "no"],
+                              str(unsynced), "yes" if fsync_dirs else "no", str(payload)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None
@@ -290,6 +291,28 @@ def test_leveldb_fresh_store_needs_a_directory_fsync(strict_fs):
     _crash_after_writing(strict_fs.mountpoint / "chain", synced=3, unsynced=0)
     strict_fs.cut_power()
     assert _heights(strict_fs.mountpoint / "chain") == list(range(4))
+
+
+def test_strict_subtree_holds_back_names_there_only(tmp_path):
+    """The chaos use: snapshot files in a strict subtree, LevelDB (which leaves some of
+    its renames and new files without a directory fsync, docs/powerloss.md) beside it."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "m").mkdir()
+    with PowerLossFS.mount(tmp_path / "b", tmp_path / "m", strict_dirs=["snapshots"]) as fs:
+        (fs.mountpoint / "snapshots").mkdir()                # made in the root: not strict
+        _crash_after_writing(fs.mountpoint / "chain", synced=500, unsynced=0, payload=10_000)
+        # Past a memtable switch (~5 MB): a new log and a table file, made without a
+        # directory fsync, outside the strict subtree.
+        assert any(n.endswith(".ldb") for n in os.listdir(fs.mountpoint / "chain"))
+        _replace(fs, "snapshots/snap-1", b"one", fsync_dir=False)
+        _fsync_dir(fs.mountpoint / "snapshots")
+        _replace(fs, "snapshots/snap-2", b"two", fsync_dir=False)
+        _replace(fs, "meta", b"root", fsync_dir=False)
+        fs.cut_power()
+        assert sorted(os.listdir(fs.mountpoint)) == ["chain", "meta", "snapshots"]
+        assert os.listdir(fs.mountpoint / "snapshots") == ["snap-1"]
+        assert (fs.mountpoint / "meta").read_bytes() == b"root"
+        assert _heights(fs.mountpoint / "chain") == list(range(501))
 
 
 # ---------------------------------------------------------------------- (3) cleanup
