@@ -28,6 +28,7 @@ naming the key). LevelDB locks its directory: one `LevelDBStore` per path at a t
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 from pathlib import Path
@@ -113,6 +114,14 @@ def _decode_id(key: bytes, value: bytes | None) -> BlockId:
             or not all(type(x) is int and x >= 0 for x in obj)):
         raise CorruptStoreError(key, f"not a block id: {obj!r}")
     return BlockId(obj[0], obj[1])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _encode_id(bid: BlockId) -> bytes:
@@ -220,8 +229,17 @@ class LevelDBStore:
         # ten minutes. Both are bounded small here: block ids are written in increasing
         # order, so lookups touch few tables, and the node keeps the blocks it needs in
         # memory itself. Full scans (start-up) bypass the block cache altogether.
+        existed = self.path.is_dir()
         self._db = plyvel.DB(str(self.path), create_if_missing=True, bloom_filter_bits=10,
                              max_open_files=MAX_OPEN_FILES, lru_cache_size=BLOCK_CACHE_BYTES)
+        # LevelDB's open makes a new MANIFEST, points CURRENT at it and deletes the old
+        # one, all without syncing the directory: a power cut right after could bring back
+        # a CURRENT naming a manifest that is gone or empty, and the store would not open
+        # (found with the power-loss filesystem, docs/powerloss.md). Sync the names now,
+        # and the store directory's own name when it is new.
+        _fsync_dir(self.path)
+        if not existed:
+            _fsync_dir(self.path.parent)
         self._closed = False
         self.writes = 0
         self.syncs = 0
