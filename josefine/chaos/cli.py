@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from josefine.chaos.config import FAULT_KINDS, ChaosConfig
+from josefine.chaos.config import DEFAULT_FAULTS, FAULT_KINDS, ChaosConfig
 from josefine.chaos.harness import run_chaos
 
 __all__ = ["main", "build_parser"]
@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=8, help="concurrent client threads")
     p.add_argument("--keys", type=int, default=8,
                    help="distinct keys the workload reads and writes (default 8)")
-    p.add_argument("--faults", default=",".join(FAULT_KINDS),
-                   help=f"comma-separated subset of {','.join(FAULT_KINDS)}; 'none' for no faults")
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
+                   help=f"comma-separated subset of {','.join(FAULT_KINDS)} (default "
+                        f"{','.join(DEFAULT_FAULTS)}; powerloss puts every node's data dir on "
+                        "a FUSE layer that drops unsynced writes: root and /dev/fuse); "
+                        "'none' for no faults")
     p.add_argument("--out", default=None,
                    help="run directory (history.jsonl, node logs, report); default: a new temp dir")
     p.add_argument("--base-port", type=int, default=None, help="default: a free block")

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ChaosConfig", "FAULT_KINDS", "find_free_ports"]
+__all__ = ["ChaosConfig", "DEFAULT_FAULTS", "FAULT_KINDS", "find_free_ports"]
 
-FAULT_KINDS = ("kill", "pause", "partition")
-"""Fault families: SIGKILL + restart, SIGSTOP/SIGCONT, network partitions (fault rules)."""
+FAULT_KINDS = ("kill", "pause", "partition", "powerloss")
+"""Fault families: SIGKILL + restart, SIGSTOP/SIGCONT, network partitions (fault rules),
+and power loss (SIGKILL, then the node's disk drops every write it was not told to sync;
+docs/powerloss.md)."""
+DEFAULT_FAULTS = ("kill", "pause", "partition")
+"""What a run uses unless told otherwise: power loss needs FUSE (root, /dev/fuse)."""
 
 
 @dataclass
@@ -33,7 +37,7 @@ class ChaosConfig:
     seed: int = 0
     clients: int = 8
     keys: int = 8
-    faults: Sequence[str] = FAULT_KINDS
+    faults: Sequence[str] = DEFAULT_FAULTS
     base_port: int | None = None
     op_timeout: float = 2.0
     request_timeout: float = 0.5
@@ -64,6 +68,11 @@ class ChaosConfig:
         bad = sorted(set(self.faults) - set(FAULT_KINDS))
         if bad:
             raise ValueError(f"unknown fault kind(s) {bad}; choose from {', '.join(FAULT_KINDS)}")
+        if "powerloss" in self.faults:
+            from josefine.chaos.powerfs import unavailable
+            why = unavailable()
+            if why:
+                raise ValueError(f"fault 'powerloss' needs the power-loss filesystem: {why}")
         for name in ("nodes", "clients", "keys"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

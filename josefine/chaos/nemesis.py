@@ -5,7 +5,8 @@ The enabled kinds take turns (each once per round, in a seeded order), so any ru
 faults mixes them. Choices come from `random.Random`s seeded by the run's seed; which node
 is the leader at that moment is a fact of the run, not of the seed.
 
-Faults (at most a minority of the nodes is ever down or paused):
+Faults (at most a minority of the nodes is ever down or paused, except a whole-cluster
+power loss):
 
 * kill       — SIGKILL one node or a minority (the leader on purpose half of the time),
                keep it down for the hold time, restart it from its disk;
@@ -14,7 +15,10 @@ Faults (at most a minority of the nodes is ever down or paused):
                cluster launched with netns, by the kernel (`netns_faults`):
                isolate-leader, split (random minority / majority), bridge (two sides that
                cannot talk, one node talking to both), one-way (a node, often the leader,
-               that can only send or only receive).
+               that can only send or only receive);
+* powerloss  — SIGKILL and a power cut of the node's disk (a FUSE layer that then drops
+               every write not yet fsynced, docs/powerloss.md), for a minority or, half
+               of the time, the whole cluster at once; restarted from what survived.
 
 Every fault records its ``mechanism`` (signal, transport fault rules, or kernel).
 
@@ -32,10 +36,12 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from josefine.chaos.config import ChaosConfig
 from josefine.chaos.netns_faults import KernelPartitioner
+from josefine.chaos.powerfs import PowerLossFS
 from josefine.chaos.sampler import StatusSampler
 from josefine.check.history import HistoryRecorder
 from josefine.client import admin_request
@@ -66,8 +72,11 @@ class Nemesis:
     """Runs the fault schedule in a thread; `stop()` ends it and heals everything."""
 
     def __init__(self, launcher: Launcher, sampler: StatusSampler, recorder: HistoryRecorder,
-                 cfg: ChaosConfig, partitioner: KernelPartitioner | None = None) -> None:
+                 cfg: ChaosConfig, partitioner: KernelPartitioner | None = None,
+                 power: Mapping[int, PowerLossFS] | None = None) -> None:
         self.launcher = launcher
+        self.power = dict(power or {})
+        """Each node's power-loss filesystem (its data dir), for the powerloss fault."""
         self.partitioner = partitioner
         """Makes partitions in the kernel instead of the transport, when given."""
         self.sampler = sampler
@@ -169,6 +178,8 @@ class Nemesis:
     def _mechanism(self, kind: str) -> str:
         if kind == "kill":
             return "signal: SIGKILL"
+        if kind == "powerloss":
+            return "signal: SIGKILL + power cut (FUSE: unsynced writes dropped)"
         if kind == "pause":
             return "signal: SIGSTOP/SIGCONT"
         return self.partitioner.mechanism if self.partitioner is not None else "transport fault rules"
@@ -193,6 +204,37 @@ class Nemesis:
             self.launcher.kill(i, signal.SIGKILL)
             self.launcher.stop_node(i, grace_s=1.0)  # keep it down until start_node
             fault.setdefault("pids", []).append(pid)
+        self._hold(hold)
+        for i in targets:
+            self.launcher.start_node(i)
+            with self._lock:
+                self._down.discard(i)
+        self._end(fault)
+        self._note_recovery(fault, fault["end"])
+
+    def _powerloss(self, hold: float) -> None:
+        """Power fails: the processes die (SIGKILL) and their disks forget every write they
+        were not told to sync. Half of the time it hits the whole cluster at once (a lost
+        rack): then only what a node synced survives anywhere, so a store that skips an
+        fsync loses acknowledged data for good, and the checks see it."""
+        if not self.power:
+            raise RuntimeError("powerloss needs the nodes' data dirs on PowerLossFS mounts")
+        if self.rng.random() < 0.5:
+            targets, mode, leader = list(self.nodes), "all", self._leader()
+        else:
+            targets, mode, leader = self._targets()
+        fault = self._begin("powerloss", mode, targets, leader)
+        for i in targets:
+            pid = self.launcher.pid(i)
+            with self._lock:
+                self._down.add(i)
+            self.launcher.kill(i, signal.SIGKILL)
+            self.launcher.stop_node(i, grace_s=1.0)   # keep it down until start_node
+            fault.setdefault("pids", []).append(pid)
+        dropped = 0
+        for i in targets:
+            dropped += self.power[i].cut_power()   # only after the process is gone
+        fault["dropped_bytes"] = dropped
         self._hold(hold)
         for i in targets:
             self.launcher.start_node(i)

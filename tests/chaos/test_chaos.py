@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from josefine.chaos import FAULT_KINDS, ChaosConfig, ChaosReport, run_chaos
+from josefine.chaos import ChaosConfig, ChaosReport, run_chaos
+from josefine.chaos.config import DEFAULT_FAULTS
 from josefine.chaos.cli import main as chaos_main
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
@@ -31,7 +32,7 @@ def _assert_no_node_left(out: Path) -> None:
 
 def _assert_chaos_passed(report: ChaosReport, out: Path) -> None:
     assert report.passed, report.format()
-    assert {f["kind"] for f in report.faults} == set(FAULT_KINDS), report.format()
+    assert {f["kind"] for f in report.faults} == set(DEFAULT_FAULTS), report.format()
     assert report.ok_operations > 0
     for name in ("converged", "linearizable", "same-sequence", "commit-monotonic",
                  "one-leader-per-term", "acked-writes", "no-crashes"):
@@ -62,7 +63,7 @@ def test_chaos_cli_five_nodes_passes_every_check(tmp_path, capsys):
     data = json.loads((out / "report.json").read_text())
     assert code == 0, text
     assert data["passed"] and "josefine chaos: PASS" in text
-    assert {f["kind"] for f in data["faults"]} == set(FAULT_KINDS), text
+    assert {f["kind"] for f in data["faults"]} == set(DEFAULT_FAULTS), text
     assert all(c["passed"] for c in data["checks"]) and len(data["checks"]) == 7
     assert data["ok_operations"] > 0 and data["longest_unavailability"]["duration"] >= 0
     _assert_no_node_left(out)
