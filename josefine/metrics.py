@@ -67,7 +67,10 @@ class _StatusCollector(Collector):
                 ("josefine_commit_height", st.commit, "highest block known committed"),
                 ("josefine_applied_height", st.applied, "last block applied to the state "
                                                         "machine"),
-                ("josefine_head_height", st.head, "tip of the branch the node follows")):
+                ("josefine_head_height", st.head, "tip of the branch the node follows"),
+                ("josefine_base_height", st.base, "chain's base (blocks below it are "
+                                                  "compacted into a snapshot)"),
+                ("josefine_snapshot_height", st.snapshot, "base of the newest snapshot")):
             h = _height(ref)
             if h is not None:
                 yield GaugeMetricFamily(name, f"Height of the {what}.", h)
@@ -82,6 +85,16 @@ class _StatusCollector(Collector):
         yield CounterMetricFamily("josefine_elections",
                                   "Elections this node started as a candidate.",
                                   float(st.elections or 0))
+        snaps = st.snapshots or {}
+        yield CounterMetricFamily("josefine_snapshots",
+                                  "Snapshots this node wrote of its own state.",
+                                  float(snaps.get("taken", 0)))
+        yield CounterMetricFamily("josefine_snapshots_installed",
+                                  "Snapshots received from a leader and installed.",
+                                  float(snaps.get("installed", 0)))
+        yield GaugeMetricFamily("josefine_snapshot_write_seconds",
+                                "How long the last snapshot took to write.",
+                                float(snaps.get("last_seconds", 0.0)))
         if st.followers is not None:
             match = GaugeMetricFamily("josefine_follower_match_height",
                                       "Highest block the leader knows each follower holds "

@@ -20,7 +20,7 @@ from typing import Any
 from josefine.actors.base import NodeActor
 from josefine.fsm.applier import Applier, SnapshotJob
 from josefine.messages import ApplyWork, SnapshotTaken, Status
-from josefine.runtime.snapshots import SnapshotTaker, restore_from
+from josefine.runtime.snapshots import SnapshotStats, SnapshotTaker, restore_from
 from josefine.snapshot.files import name_for
 from josefine.raft.ready import OutcomeKind
 from josefine.runtime.intake import ReplyBatch
@@ -53,7 +53,8 @@ class TakeSnapshot:
 class FsmActor(NodeActor):
     def __init__(self, node_id, links, fatal, applier: Applier, proposals: Waiters,  # noqa: ANN001
                  reads: Waiters, transfers: Waiters, replies: ReplyBatch | None = None,
-                 snapshots: SnapshotPolicy | None = None, applied_digest: bytes = b"") -> None:
+                 snapshots: SnapshotPolicy | None = None, applied_digest: bytes = b"",
+                 stats: SnapshotStats | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.applier = applier
         self.proposals = proposals
@@ -67,9 +68,10 @@ class FsmActor(NodeActor):
         self.since_bytes = 0
         self._waiting_snapshot: list[Any] = []
         self.taker: SnapshotTaker | None = None
+        self.stats = stats if stats is not None else SnapshotStats()
         if snapshots is not None:
             self.taker = SnapshotTaker(node_id, snapshots.cluster_id, snapshots.directory,
-                                       self._snapshot_done, self._snapshot_failed)
+                                       self._snapshot_done, self._snapshot_failed, self.stats)
 
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
         t = type(message)
@@ -133,6 +135,7 @@ class FsmActor(NodeActor):
         meta = restore_from(self.applier, self.policy.directory / name_for(base))
         self.applied_digest = meta.base_digest
         self.since_blocks = self.since_bytes = 0
+        self.stats.installed += 1
         log.info("node %d: state machine restored from snapshot %s", self.node_id, base)
 
     # ------------------------------------------------------------------ applying

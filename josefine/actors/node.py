@@ -40,7 +40,8 @@ from josefine.messages import (ChainQuery, InstallSnapshot, SnapshotChunk, Snaps
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
-from josefine.runtime.snapshots import SNAPSHOT_DIR, choose_restart_snapshot, restore_from
+from josefine.runtime.snapshots import (SNAPSHOT_DIR, SnapshotStats, choose_restart_snapshot,
+                                       restore_from)
 from josefine.runtime.status import NodeStatus, most_caught_up
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
@@ -169,6 +170,7 @@ class Node:
         self.state_machine = state_machine if state_machine is not None else KVStateMachine()
         self._refs: list[pykka.ActorRef] = []
         self.metrics: NodeMetrics | None = None
+        self.snapshot_stats = SnapshotStats()
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -244,11 +246,12 @@ class Node:
                                 cfg.snapshot_bytes)
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
                                    self.reads, self.transfers, self.intake.reply_batch,
-                                   policy, applied_digest)
+                                   policy, applied_digest, self.snapshot_stats)
         self._refs.append(links.fsm)
         links.snapshots = SnapshotActor.start(
             self.id, links, fatal, snap_dir, cfg.cluster_id, self._deliver_snapshot,
-            chunk_size=max(1024, min(256 * 1024, cfg.max_frame_bytes // 2)))
+            chunk_size=max(1024, min(256 * 1024, cfg.max_frame_bytes // 2)),
+            stats=self.snapshot_stats)
         self._refs.append(links.snapshots)
         self.zt.start()
         self.intake.transport = self.zt
@@ -431,6 +434,7 @@ class Node:
                 "rss_bytes": rss_bytes(os.getpid()),
                 "leveldb_memory_bytes": self.store.stats()["leveldb_memory_bytes"],
                 "metrics_address": self.config.metrics_address,
+                "snapshots": self.snapshot_stats.to_dict(),
                 "writes": {"total": self.writer.planner.writes,
                            "synced": self.writer.planner.synced_writes,
                            "inline": self.writer.inline_writes,

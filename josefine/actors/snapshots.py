@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from josefine.actors.base import NodeActor
 from josefine.messages import (InstallSnapshot, SnapshotChunk, SnapshotChunkAck,
                                SnapshotStatus)
+from josefine.runtime.snapshots import SnapshotStats
 from josefine.snapshot.files import (CorruptSnapshotError, SnapshotReader, fsync_dir,
                                      name_for)
 from josefine.types import BlockId
@@ -73,7 +74,7 @@ class SnapshotActor(NodeActor):
     def __init__(self, node_id: int, links: Any, fatal: Callable[[str, BaseException], None],
                  directory: Path, cluster_id: str, deliver: Callable[[InstallSnapshot], None],
                  *, chunk_size: int = 256 * 1024, window: int = 4, stall_s: float = 2.0,
-                 give_up_s: float = 20.0) -> None:
+                 give_up_s: float = 20.0, stats: SnapshotStats | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.directory = directory
         self.cluster_id = cluster_id
@@ -84,9 +85,7 @@ class SnapshotActor(NodeActor):
         self.give_up_s = give_up_s
         self.outgoing: dict[int, _Out] = {}
         self.incoming: dict[int, _In] = {}
-        self.sent_snapshots = 0
-        self.received_snapshots = 0
-        self.failed = 0
+        self.stats = stats if stats is not None else SnapshotStats()
         self._timer: threading.Timer | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -127,11 +126,6 @@ class SnapshotActor(NodeActor):
             self._arm()
         else:
             log.warning("node %d: snapshot actor ignored %r", self.node_id, message)
-
-    def stats(self) -> dict:
-        return {"sending": sorted(self.outgoing), "receiving": sorted(self.incoming),
-                "sent": self.sent_snapshots, "received": self.received_snapshots,
-                "failed": self.failed}
 
     # ------------------------------------------------------------------ sending
     def _start_send(self, m: InstallSnapshot) -> None:
@@ -186,7 +180,7 @@ class SnapshotActor(NodeActor):
             if o.dups >= 2:   # the receiver lost our place: go back to its
                 o.sent, o.acked, o.dups = a.offset, a.offset, 0
         if o.acked >= o.size:
-            self.sent_snapshots += 1
+            self.stats.sent += 1
             self._finish_send(o, True)
             return
         self._pump(o)
@@ -195,7 +189,7 @@ class SnapshotActor(NodeActor):
         o.file.close()
         self.outgoing.pop(o.peer, None)
         if not ok:
-            self.failed += 1
+            self.stats.transfer_failures += 1
         self._report(o.peer, o.last, ok)
 
     def _report(self, peer: int, last: BlockId, ok: bool) -> None:
@@ -249,13 +243,13 @@ class SnapshotActor(NodeActor):
         try:
             self._commit(i, c)
         except (CorruptSnapshotError, OSError) as exc:
-            self.failed += 1
+            self.stats.transfer_failures += 1
             log.error("node %d: snapshot %s from node %d is unusable: %s", self.node_id,
                       c.last, c.src, exc)
             i.path.unlink(missing_ok=True)
             self._ack(c, 0, ok=False)
             return
-        self.received_snapshots += 1
+        self.stats.received += 1
         self._ack(c, i.expected)
 
     def _commit(self, i: _In, c: SnapshotChunk) -> None:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -28,8 +29,8 @@ from josefine.snapshot.files import (CorruptSnapshotError, SnapshotFile, Snapsho
 from josefine.snapshot.meta import SnapshotMeta
 from josefine.types import GENESIS_ID, BlockId
 
-__all__ = ["KEEP_SNAPSHOTS", "SNAPSHOT_DIR", "NoUsableSnapshotError", "SnapshotTaker",
-           "choose_restart_snapshot", "restore_from"]
+__all__ = ["KEEP_SNAPSHOTS", "SNAPSHOT_DIR", "NoUsableSnapshotError", "SnapshotStats",
+           "SnapshotTaker", "choose_restart_snapshot", "restore_from"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,31 @@ SNAPSHOT_DIR = "snapshots"
 """Name of the snapshot directory inside a node's data dir."""
 KEEP_SNAPSHOTS = 2
 """Snapshot files kept after each new one: the newest and the one the chain is cut at."""
+
+
+@dataclass
+class SnapshotStats:
+    """Counters of one node's snapshot work, for status and metrics. Each field has one
+    writer (the FSM driver, its snapshot thread, or the snapshot actor); readers may see
+    a value a moment old."""
+
+    taken: int = 0
+    """Snapshots this node wrote of its own state."""
+    failed: int = 0
+    """Snapshot writes that failed (the node goes on and tries again later)."""
+    last_seconds: float = 0.0
+    """How long the last snapshot write took (capture to durable file)."""
+    installed: int = 0
+    """Snapshots received from a leader and restored into the state machine."""
+    sent: int = 0
+    """Snapshot files streamed to followers completely."""
+    received: int = 0
+    """Snapshot files received, verified and made durable."""
+    transfer_failures: int = 0
+    """Transfers that failed, either way (refused, unusable file, no progress)."""
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
 
 
 class NoUsableSnapshotError(JosefineError):
@@ -108,16 +134,15 @@ class SnapshotTaker:
 
     def __init__(self, node_id: int, cluster_id: str, directory: Path,
                  on_done: Callable[[SnapshotJob], None],
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 stats: SnapshotStats | None = None) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.directory = directory
         self.on_done = on_done
         self.on_error = on_error
         self._busy = threading.Event()
-        self.taken = 0
-        self.failed = 0
-        self.last_seconds = 0.0
+        self.stats = stats if stats is not None else SnapshotStats()
 
     @property
     def busy(self) -> bool:
@@ -145,16 +170,16 @@ class SnapshotTaker:
                 job.write(cast(BinaryIO, w))   # it writes like a binary file
             prune(self.directory, KEEP_SNAPSHOTS, trusted=[w.path], node_id=self.node_id)
         except BaseException as exc:   # a full disk must not stop the node
-            self.failed += 1
+            self.stats.failed += 1
             log.error("node %d: writing snapshot of %s failed: %s", self.node_id,
                       job.info.applied, exc)
             self._busy.clear()
             if self.on_error is not None:
                 self.on_error(exc)
             return
-        self.last_seconds = time.monotonic() - t0
-        self.taken += 1
+        self.stats.last_seconds = elapsed = time.monotonic() - t0
+        self.stats.taken += 1
         log.info("node %d: snapshot of %s written in %.3f s (%s)", self.node_id,
-                 info.applied, self.last_seconds, name_for(info.applied))
+                 info.applied, elapsed, name_for(info.applied))
         self._busy.clear()
         self.on_done(job)

@@ -31,6 +31,9 @@ class NodeStatus(Mapping[str, Any]):
     to (its blocks below are gone from this node, held by a snapshot)."""
     snapshot: list[int] | None = None
     """[term, height] of the base of this node's newest durable snapshot, or None."""
+    snapshots: dict[str, Any] | None = None
+    """Snapshot counters (runtime/snapshots.SnapshotStats): taken, failed, last_seconds,
+    installed, sent, received, transfer_failures."""
     blocks: int | None = None
     """Blocks the core holds in memory."""
     pending: int | None = None

@@ -24,7 +24,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 NAMES = {"josefine_term", "josefine_commit_height", "josefine_applied_height",
          "josefine_head_height", "josefine_is_leader", "josefine_fsync_seconds",
          "josefine_commit_seconds", "josefine_batch_commands", "josefine_dropped_frames",
-         "josefine_elections", "josefine_follower_match_height"}
+         "josefine_elections", "josefine_follower_match_height", "josefine_base_height",
+         "josefine_snapshots", "josefine_snapshots_installed",
+         "josefine_snapshot_write_seconds", "josefine_snapshot_height"}
 """Family names as the parser reports them (counters without their `_total` suffix)."""
 
 
@@ -45,7 +47,9 @@ def value(fams: dict, family: str, sample: str | None = None, **labels: str) -> 
 
 def test_a_launched_cluster_serves_its_metrics_and_they_move_with_writes(tmp_path):
     base, mbase = free_port_block(3), free_port_block(3)
-    launcher = Launcher(3, tmp_path / "c", base, out=None, metrics_base_port=mbase)
+    # snapshots every 20 blocks: the 50 writes below make every node take some
+    launcher = Launcher(3, tmp_path / "c", base, out=None, metrics_base_port=mbase,
+                        snapshot_blocks=20)
     launcher.start()
     try:
         cc = load_cluster_config(launcher.cluster_path)
@@ -59,7 +63,9 @@ def test_a_launched_cluster_serves_its_metrics_and_they_move_with_writes(tmp_pat
             before = {i: scrape(a) for i, a in maddr.items()}
             for i in range(50):
                 c.put(f"k{i}", "v")
-        after = {i: scrape(a) for i, a in maddr.items()}
+        after = wait_for(lambda: (a := {i: scrape(x) for i, x in maddr.items()}) and all(
+            value(f, "josefine_snapshots", "josefine_snapshots_total") >= 2
+            for f in a.values()) and a, 30, "two snapshots on every node")
 
         lead = after[leader]
         assert NAMES <= set(lead), NAMES - set(lead)
@@ -84,6 +90,11 @@ def test_a_launched_cluster_serves_its_metrics_and_they_move_with_writes(tmp_pat
             assert value(fams, "josefine_fsync_seconds", "josefine_fsync_seconds_count") > 0
         assert sum(value(f, "josefine_elections", "josefine_elections_total")
                    for f in after.values()) >= 1
+        for fams in after.values():   # two snapshots: the chain is cut at the older one
+            assert 0 < value(fams, "josefine_base_height") \
+                < value(fams, "josefine_snapshot_height") \
+                <= value(fams, "josefine_applied_height")
+            assert value(fams, "josefine_snapshot_write_seconds") > 0
         out = subprocess.run([sys.executable, "-m", "josefine.launch.cli", "status", "--json",
                               "--cluster", str(launcher.cluster_path)],
                              capture_output=True, text=True, timeout=60)
