@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from josefine.chaos import FAULT_KINDS, ChaosConfig, run_chaos
+from josefine.chaos import ChaosConfig, run_chaos
+from josefine.chaos.config import DEFAULT_FAULTS
 from josefine.chaos.netns_faults import (CUT_PREF, LOCAL_PREF, MECHANISM, KernelPartitioner,
                                          cut_commands, prepare_commands)
 from josefine.launch import netns
@@ -125,7 +126,7 @@ def test_netns_chaos_60s_kernel_partitions_pass_every_check(tmp_path):
     report = run_chaos(ChaosConfig(out=out, nodes=3, duration=60, seed=4242, clients=4,
                                    keys=6, netns=True, netns_subnet="10.213.222.0/24"))
     assert report.passed, report.format()
-    assert {f["kind"] for f in report.faults} == set(FAULT_KINDS), report.format()
+    assert {f["kind"] for f in report.faults} == set(DEFAULT_FAULTS), report.format()
     partitions = [f for f in report.faults if f["kind"] == "partition"]
     assert partitions and all(f["mechanism"] == MECHANISM for f in partitions), report.format()
     assert all(f["mechanism"].startswith("signal") for f in report.faults
