@@ -136,7 +136,9 @@ class InstallSnapshot:
     """The snapshot's base: the last block whose effects it holds."""
     last_digest: bytes
     voters: tuple[int, ...]
-    """The configuration in force at `last`."""
+    """The voters in force at `last`."""
+    config: Any = None
+    """The whole membership at `last` (a `josefine.raft.membership.Config`), when known."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,6 +331,16 @@ class TransferLeadership:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeConfig:
+    """Admin: one membership change (`josefine.raft.membership.ChangeOp`: add a learner,
+    promote a learner, remove a member), proposed by the leader as a CONFIG block."""
+
+    op: int
+    node: int
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SnapshotTaken:
     """This node's snapshot whose base is `last` is durable on disk: the core may serve
     it to followers and compact its chain (A.14)."""
@@ -348,7 +360,7 @@ class SnapshotStatus:
 
 
 CoreInput = Union[PeerMessage, Tick, Propose, ReadIndex, Persisted, TransferLeadership,
-                  SnapshotTaken, SnapshotStatus]
+                  SnapshotTaken, SnapshotStatus, ChangeConfig]
 
 
 # ------------------------------------------------------- actor messages (never on the wire)
@@ -398,5 +410,6 @@ class ChainQuery:
 
 LOCAL_MESSAGE_TYPES: tuple[type, ...] = (Tick, Propose, ReadIndex, Persisted, TransferLeadership,
                                          SnapshotTaken, SnapshotStatus, InstallSnapshot,
+                                         ChangeConfig,
                                          Outbound, Nudge, ApplyWork, StatusQuery, ChainQuery)
 """Every class that never leaves its process (the codec refuses to encode them)."""

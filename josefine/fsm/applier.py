@@ -10,7 +10,8 @@ path in height order; the Applier
   session table (`josefine.fsm.sessions`): new commands are applied and their results
   cached, retries get the cached result, stale retries an error — none of those two reach
   the state machine;
-* for NOOP and CONFIG blocks only advances `applied` (no state machine effect).
+* for NOOP blocks only advances `applied`; for CONFIG blocks also records the
+  configuration they carry (`config`), which the state machine never sees.
 
 Everything here is deterministic and driven by the blocks alone, so replicas that applied
 the same path have equal `sm_digest()`s.
@@ -18,14 +19,18 @@ the same path have equal `sm_digest()`s.
 A snapshot (A.14) is everything needed to go on applying after `applied` without the
 blocks up to it: a stream of `josefine.codec` records,
 
-    ["josefine-snapshot", 1, [term, height], block_digest, [node ids]]   the header
+    ["josefine-snapshot", 1, [term, height], block_digest, [voter ids]]   the header, or
+    ["josefine-snapshot", 2, [term, height], block_digest, [voter ids],
+     [[id, role, address], ...]]                   (version 2: the full membership)
     the session table's stream                     (`SessionTable.snapshot`)
     the state machine's own stream                 (`SnapshotStateMachine.snapshot`)
 
 The sessions are in it because exactly-once must survive a restore: without them a client
 retrying a command applied before the snapshot would have it applied twice. The block
 digest lets a node that installs the snapshot tell whether a block it holds with the same
-id is the same block; the configuration is the membership as of `applied`.
+id is the same block; the configuration is the membership as of `applied` (version 2 carries every member with
+its role and address, so a node that restores it knows whom to replicate to and how to
+dial them; version 1 only the voters).
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from josefine.chain.block import Block, BlockKind, Command, decode_commands
 from josefine.codec import DIGEST_BYTES, packb, read_record, write_record
 from josefine.fsm.api import FreezableStateMachine, SnapshotStateMachine, StateMachine
 from josefine.fsm.sessions import SessionTable, Verdict
+from josefine.raft.membership import Config, Member, MemberRole, decode_config_block
 from josefine.types import GENESIS_ID, BlockId
 
 __all__ = ["Applier", "SnapshotInfo", "SnapshotJob"]
@@ -59,6 +65,8 @@ class SnapshotInfo:
     """That block's digest."""
     config: frozenset[int]
     """The configuration (voting node ids) in force at `applied`."""
+    members: Config | None = None
+    """The whole membership at `applied` (roles and addresses), when known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,12 @@ class SnapshotJob:
     def write(self, out: BinaryIO) -> None:
         """Stream the snapshot to `out` (layout: module docstring)."""
         info = self.info
-        write_record(out, [_SNAPSHOT_TAG, _SNAPSHOT_VERSION,
-                           [info.applied.term, info.applied.height], info.digest,
-                           sorted(info.config)])
+        head = [_SNAPSHOT_TAG, _SNAPSHOT_VERSION, [info.applied.term, info.applied.height],
+                info.digest, sorted(info.config)]
+        if info.members is not None:
+            head[1] = 2
+            head.append([[m.id, int(m.role), m.address] for m in info.members.members])
+        write_record(out, head)
         self.sessions.snapshot(out)
         self.sm.snapshot(out)
 
@@ -85,8 +96,11 @@ class Applier:
     """State machine + session table + last-applied block id."""
 
     def __init__(self, state_machine: StateMachine, max_sessions: int = 10000,
-                 applied: BlockId = GENESIS_ID) -> None:
+                 applied: BlockId = GENESIS_ID, config: Config | None = None) -> None:
         self.sm = state_machine
+        self.config = config
+        """The membership as of `applied`: the bootstrap one, then each committed CONFIG
+        block's; None when the caller does not track membership."""
         self.sessions = SessionTable(max_sessions)
         self.applied: BlockId = applied
         self.commands_applied = 0
@@ -108,6 +122,11 @@ class Applier:
                 f"block {block.id} (parent {block.parent}) does not follow the last applied "
                 f"block {self.applied}: blocks must be applied once each, in height order")
         out: list[tuple[Command, Any]] = []
+        if block.kind == BlockKind.CONFIG:
+            try:
+                self.config = decode_config_block(block.payload)[1]
+            except ValueError as exc:   # the core validated it; the same on every replica
+                log.error("committed config block %s is malformed: %s", block.id, exc)
         if block.kind == BlockKind.NORMAL:
             if commands is None:
                 try:
@@ -187,7 +206,10 @@ class Applier:
 
         Raises: as `snapshot`, before anything is captured."""
         sm = self._snapshotting()
-        info = SnapshotInfo(self.applied, block_digest, config)
+        members = self.config
+        if members is not None and members.voters != config:
+            members = None   # the caller says otherwise: trust it, record voters only
+        info = SnapshotInfo(self.applied, block_digest, config, members)
         _check_info(info)
         if freeze and isinstance(sm, FreezableStateMachine):
             return SnapshotJob(info, self.sessions.freeze(), sm.freeze(), True)
@@ -207,17 +229,18 @@ class Applier:
         """
         sm = self._snapshotting()
         head = read_record(inp)
-        if not (type(head) is list and len(head) == 5 and head[0] == _SNAPSHOT_TAG
-                and type(head[1]) is int and head[1] == _SNAPSHOT_VERSION):
+        if not (type(head) is list and head[:1] == [_SNAPSHOT_TAG] and (
+                (len(head) == 5 and head[1] == 1) or (len(head) == 6 and head[1] == 2))):
             raise ValueError(f"not a Josefine snapshot header: {head!r:.100}")
-        _, _, applied, digest, config = head
+        _, _, applied, digest, config = head[:5]
+        members = _members(head[5], config) if len(head) == 6 else None
         if not (type(applied) is list and len(applied) == 2
                 and all(type(x) is int and x >= 0 for x in applied)):
             raise ValueError(f"bad applied block id in snapshot: {applied!r:.100}")
         if not (type(config) is list and all(type(x) is int for x in config)
                 and config == sorted(set(config))):
             raise ValueError(f"bad configuration in snapshot: {config!r:.100}")
-        info = SnapshotInfo(BlockId(*applied), digest, frozenset(config))
+        info = SnapshotInfo(BlockId(*applied), digest, frozenset(config), members)
         _check_info(info)
         sessions = SessionTable(self.sessions.max_sessions)
         sessions.restore(inp)
@@ -225,6 +248,8 @@ class Applier:
         sessions.evictions += self.sessions.evictions
         self.sessions = sessions
         self.applied = info.applied
+        self.config = members if members is not None else (
+            Config.of(info.config) if self.config is not None else None)
         return info
 
     def _snapshotting(self) -> SnapshotStateMachine:
@@ -253,3 +278,20 @@ def _check_info(info: SnapshotInfo) -> None:
     if not (info.config and all(type(x) is int and x >= 0 for x in info.config)):
         raise ValueError(
             f"a configuration is a non-empty set of node ids, not {info.config!r:.100}")
+
+
+def _members(rows: Any, voters: list) -> Config:
+    """A version-2 header's member list, checked: [id, role, address] rows in strict id
+    order whose voters are the header's voter list."""
+    try:
+        ms = tuple(Member(r[0], r[2], MemberRole(r[1])) for r in rows
+                   if type(r) is list and len(r) == 3 and type(r[0]) is int and r[0] >= 0
+                   and type(r[1]) is int and type(r[2]) is str)
+    except ValueError:
+        ms = ()
+    ids = [m.id for m in ms]
+    cfg = Config(ms)
+    if type(rows) is not list or len(ms) != len(rows) or ids != sorted(set(ids)) \
+            or sorted(cfg.voters) != voters:
+        raise ValueError(f"bad membership in snapshot: {rows!r:.100}")
+    return cfg

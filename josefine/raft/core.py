@@ -23,6 +23,8 @@ from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreIn
                                HeartbeatResp, InstallSnapshot, InstallSnapshotResp, PeerMessage,
                                PreVoteReq, PreVoteResp, SnapshotStatus, Status, TimeoutNow,
                                VoteReq, VoteResp)
+from josefine.raft.membership import (ChangeOp, Config, ConfigChange, ConfigChangeError,
+                                      decode_config_block, encode_config_block)
 from josefine.raft.progress import Progress, ProgressState
 from josefine.raft.ready import EventKind, HardState, Outcome, OutcomeKind, Ready, Role
 from josefine.raft.tree import BlockTree
@@ -67,6 +69,8 @@ class CoreConfig:
     fall back to the older one plus its tail, and followers that lag by less than one
     snapshot interval catch up by blocks. False compacts up to the new snapshot."""
     snapshot_timeout_ticks: int = 1500
+    initial: Config | None = None
+    """The bootstrap membership (with addresses); None: `voters`, without addresses."""
     """A follower in SNAPSHOT whose install was neither acknowledged nor reported failed
     for this long is probed again (a backstop: the runtime reports failures itself)."""
 
@@ -87,7 +91,8 @@ class RaftCore:
                  head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID,
                  loader: Callable[[BlockId], Block | None] | None = None,
                  base: Block | None = None, applied: BlockId | None = None,
-                 snapshot: tuple[BlockId, bytes] | None = None) -> None:
+                 snapshot: tuple[BlockId, bytes] | None = None,
+                 base_config: Config | None = None) -> None:
         """Restart (A.13): `base` is the store's base header (None: never compacted, the
         chain starts at `genesis`); `blocks` those above it; `applied` what the state
         machine already holds (the restored snapshot's base; default the base), and
@@ -95,9 +100,15 @@ class RaftCore:
         followers that need what it compacted."""
         self.cfg = cfg
         self.id = cfg.node_id
-        self.voters = cfg.voters
-        self.peers = sorted((cfg.voters) - {cfg.node_id})
-        self.quorum = len(cfg.voters) // 2 + 1
+        self.prog: dict[int, Progress] = {}
+        self.role = Role.FOLLOWER
+        self._base_cfg = base_config or cfg.initial or Config.of(cfg.voters)
+        """The membership at the chain's base (the snapshot's, or the bootstrap one)."""
+        self._cfgs: list[tuple[BlockId, Config]] = []
+        """CONFIG blocks on the path above the base, lowest first, with their configs."""
+        self.config = self._base_cfg
+        self._r = Ready()
+        self._set_cfg(self._base_cfg, announce=False)
         root = base if base is not None else genesis
         self.tree = BlockTree(root, loader)
         for b in sorted((blocks or {}).values(), key=lambda b: b.id.height):
@@ -107,7 +118,7 @@ class RaftCore:
                 self.tree.add(b)
         if not self.tree.has(head):
             raise SafetyViolation(f"stored head {head} is not a stored block")
-        self.tree.set_head(head)
+        self._track_path(self.tree.set_head(head))
         if commit.height < root.id.height:
             commit = root.id   # restart restores max(commit on disk, base) (A.13)
         if not self.tree.on_path(commit):
@@ -122,7 +133,6 @@ class RaftCore:
         """(base id, digest) of the newest durable snapshot of this node, or None."""
         self.term = term
         self.voted_for = voted_for
-        self.role = Role.FOLLOWER
         self.leader: int | None = None
         self.commit = commit
         self.applied = applied
@@ -132,9 +142,10 @@ class RaftCore:
         self._rng = (cfg.seed * 0x9E3779B97F4A7C15 + cfg.node_id) & 0xFFFFFFFFFFFFFFFF or 1
         self.rand_et = cfg.election_ticks
         self.votes: dict[int, bool] = {}
-        self.prog: dict[int, Progress] = {}
         self.hb_seq = 0
         self.pending: dict[BlockId, tuple[Command, ...]] = {}
+        self.pending_changes: dict[BlockId, tuple[int, int]] = {}
+        """CONFIG blocks this leader appended, to answer their change once committed."""
         self.orphaned: dict[BlockId, tuple[Command, ...]] = {}
         self.reads: list[_Read] = []
         self.deferred_reads: list[Any] = []
@@ -220,6 +231,8 @@ class RaftCore:
                 self._on_snapshot_taken(m.last, m.digest)
             case msg.SnapshotStatus:
                 self._on_snapshot_status(m)
+            case msg.ChangeConfig:
+                self._change_config(m)
             case _:
                 raise TypeError(f"not a core input: {type(inp).__name__} "
                                 "(see josefine.messages.CoreInput)")
@@ -307,6 +320,9 @@ class RaftCore:
             for c in cmds:
                 out.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq), Status.UNKNOWN,
                                    None, bid))
+        for bid, key in self.pending_changes.items():
+            out.append(Outcome(OutcomeKind.CONFIG, key, Status.UNKNOWN, None, bid))
+        self.pending_changes = {}
         self.orphaned.update(self.pending)
         while len(self.orphaned) > 10000:
             self.orphaned.pop(next(iter(self.orphaned)))
@@ -366,7 +382,7 @@ class RaftCore:
         not return with an inflated term and depose a working leader."""
         self.role, self.leader, self.votes = Role.PRECANDIDATE, None, {self.id: True}
         self._reset_timer()
-        for p in self.peers:
+        for p in self.voter_peers:
             self._send(PreVoteReq(src=self.id, dst=p, term=self.term + 1, head=self.head))
         if self._tally() > 0:
             self._start_election()
@@ -382,7 +398,7 @@ class RaftCore:
         self.role, self.leader, self.votes = Role.CANDIDATE, None, {self.id: True}
         self._reset_timer()
         self._r.events.append((EventKind.CAMPAIGN, self.term))
-        for p in self.peers:
+        for p in self.voter_peers:
             self._send(VoteReq(src=self.id, dst=p, term=self.term, head=self.head,
                                transfer=transfer))
         if self._tally() > 0:
@@ -475,6 +491,9 @@ class RaftCore:
         tree = self.tree
         b = make_block(tree.get(tree.head), self.term, kind, payload)
         tree.append_head(b)
+        if kind == BlockKind.CONFIG:
+            self._cfgs.append((b.id, decode_config_block(payload)[1]))
+            self._set_cfg(self._cfgs[-1][1])
         r = self._r
         r.blocks.append(b)
         r.head = b.id
@@ -546,8 +565,15 @@ class RaftCore:
             if tree.add(b):
                 r.blocks.append(b)
         if not tree.on_path(tail):
-            tree.set_head(tail)
+            fork = tree.set_head(tail)
             r.head = tail
+            if (self._cfgs and self._cfgs[-1][0].height > fork) or fork < m.prev.height:
+                self._track_path(fork)   # a CONFIG block may have left or joined the path
+            else:
+                for b in m.blocks:       # the new part of the path is m's blocks above fork
+                    if b.kind == BlockKind.CONFIG and b.id.height > fork:
+                        self._cfgs.append((b.id, decode_config_block(b.payload)[1]))
+                        self._set_cfg(self._cfgs[-1][1])
         self._advance_commit_to(m.commit)
         r.events.append((_ACKED, self.term, tail))
         self._send(AppendResp(src=self.id, dst=m.src, term=self.term, success=True, seq=m.seq,
@@ -697,7 +723,7 @@ class RaftCore:
     def _leader_advance_commit(self) -> None:
         hs = [self.durable_head.height if self.tree.on_path(self.durable_head) else -1] \
             if self.id in self.voters else []
-        for v in self.peers:
+        for v in self.voter_peers:
             m = self.prog[v].match
             hs.append(m.height if m is not None else -1)
         hs.sort(reverse=True)
@@ -738,6 +764,8 @@ class RaftCore:
         r.events.append((_COMMIT, self.role, self.term, c))
         self._gc(old, c)
         self._apply_committed()
+        if self.id not in self.voters:
+            self._after_commit_config()
 
     def _apply_committed(self) -> None:
         tree = self.tree
@@ -750,6 +778,11 @@ class RaftCore:
             kept += len(b.payload)
             if leader:
                 self.uncommitted_bytes -= len(b.payload)
+                if self.pending_changes:
+                    key = self.pending_changes.pop(b.id, None)
+                    if key is not None:
+                        r.outcomes.append(Outcome(OutcomeKind.CONFIG, key, Status.OK,
+                                                  self.id, b.id))
                 cmds = self.pending.pop(b.id, None)
                 if cmds is not None:
                     if r.decoded is None:
@@ -800,6 +833,103 @@ class RaftCore:
                         r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
                                                   Status.ABORTED, self.leader, d))
 
+    # ================================================================== membership (A.12)
+    def _set_cfg(self, c: Config, announce: bool = True) -> None:
+        """Make `c` the configuration every quorum of this node is counted in (thesis
+        ch. 4: a configuration is used as soon as its block is on the path)."""
+        if announce and c == self.config:
+            return
+        self.config = c
+        self.voters = c.voters
+        others = c.ids - {self.id}
+        self.peers = sorted(others)
+        self.voter_peers = sorted(c.voters - {self.id})
+        self.quorum = len(c.voters) // 2 + 1
+        if self.role == Role.LEADER:
+            nxt = self.head.height + 1
+            for f in others - self.prog.keys():
+                p = self.prog[f] = Progress(nxt)
+                p.active = True   # a newcomer gets one check-quorum period
+            for f in self.prog.keys() - others:
+                del self.prog[f]
+            if self.transfer is not None and self.transfer not in c.voters:
+                self._r.outcomes.append(Outcome(OutcomeKind.TRANSFER, self.transfer,
+                                                Status.ABORTED, self.id))
+                self.transfer = None
+        if announce:
+            self._r.events.append((EventKind.CONFIG, c))
+            log.info("node %d: configuration now voters %s learners %s", self.id,
+                     sorted(c.voters), sorted(c.learners))
+
+    def _track_path(self, fork: int) -> None:
+        """The path changed above height `fork`: drop the CONFIG blocks that left it and
+        pick up those on its new part, so `config` follows the path (A.12: a head that
+        leaves a dead branch takes its configuration with it)."""
+        tree, cfgs = self.tree, self._cfgs
+        while cfgs and cfgs[-1][0].height > fork:
+            cfgs.pop()
+        for h in range(max(fork, tree.root.id.height) + 1, tree.head.height + 1):
+            b = tree.get(tree.at(h))
+            if b.kind == BlockKind.CONFIG:
+                cfgs.append((b.id, decode_config_block(b.payload)[1]))
+        self._set_cfg(cfgs[-1][1] if cfgs else self._base_cfg)
+
+    def _cfg_at(self, height: int) -> Config:
+        """The configuration in force at `height` on the path (at or above the base)."""
+        for bid, c in reversed(self._cfgs):
+            if bid.height <= height:
+                return c
+        return self._base_cfg
+
+    def _change_config(self, m: Any) -> None:
+        """A.12 on the leader: one change at a time, only after this term's first commit
+        (the fix to single-server changes from Ongaro's raft-dev post), a learner promoted
+        only once it is close to the head. Effective at once here; answered OK when its
+        block commits."""
+        key = (int(m.op), m.node)
+        out = self._r.outcomes
+
+        def refuse(why: str, status: Status = Status.REJECTED) -> None:
+            out.append(Outcome(OutcomeKind.CONFIG, key, status, self.leader, None, why))
+
+        if self.role != Role.LEADER:
+            return refuse("not the leader", Status.NOT_LEADER)
+        if self.transfer is not None:
+            return refuse(f"a leadership transfer to node {self.transfer} is in progress")
+        if self.commit.term != self.term:
+            return refuse("this leader has not committed a block of its own term yet; "
+                          "retry in a moment")
+        if self._cfgs and self._cfgs[-1][0].height > self.commit.height:
+            return refuse(f"another membership change (block {self._cfgs[-1][0]}) is not "
+                          "committed yet")
+        try:
+            op = ChangeOp(m.op)
+            change = ConfigChange(op, m.node, m.address)
+            new = self.config.apply(change)
+        except (ConfigChangeError, ValueError) as exc:
+            return refuse(str(exc))
+        if op == ChangeOp.PROMOTE:
+            p = self.prog.get(m.node)
+            lag = self.head.height - (p.match.height if p is not None and p.match else -1)
+            if p is None or p.match is None or lag > self.cfg.max_batch_blocks:
+                return refuse(f"learner {m.node} is not caught up (it lags the head by "
+                              f"{lag} blocks; at most {self.cfg.max_batch_blocks})")
+        b = self._append_local(BlockKind.CONFIG, encode_config_block(change, new))
+        self.pending_changes[b.id] = key
+        for f in self.peers:
+            self._catch_up(f)
+        if not self.voter_peers:
+            self._leader_advance_commit()
+
+    def _after_commit_config(self) -> None:
+        """A leader that removed itself steps down once that change commits (A.12); until
+        then it replicates without counting itself."""
+        if self.role == Role.LEADER and self.id not in self.voters and not (
+                self._cfgs and self._cfgs[-1][0].height > self.commit.height):
+            log.info("node %d: no longer a voter and the change is committed: stepping "
+                     "down", self.id)
+            self._become_follower(self.term, None)
+
     # ================================================================== snapshots (A.14)
     def _on_snapshot_taken(self, last: BlockId, digest: bytes) -> None:
         """Our own snapshot of `last` is durable: serve it from now on, and compact.
@@ -823,6 +953,9 @@ class RaftCore:
             self._compact(base_header(*old))
 
     def _compact(self, base: Block) -> None:
+        h = base.id.height
+        self._base_cfg = self._cfg_at(h)
+        self._cfgs = [(b, c) for b, c in self._cfgs if b.height > h]
         self.tree.rebase(base)
         self._r.base = base
         self._r.events.append((EventKind.COMPACTED, base.id))
@@ -837,8 +970,10 @@ class RaftCore:
         p.become_snapshot(snap[0])
         log.info("node %d: node %d needs height %d, below our base %s: sending snapshot %s",
                  self.id, f, p.next, self.tree.root.id, snap[0])
+        at = self._cfg_at(snap[0].height)
         self._eager(InstallSnapshot(src=self.id, dst=f, term=self.term, last=snap[0],
-                                    last_digest=snap[1], voters=tuple(sorted(self.voters))))
+                                    last_digest=snap[1], voters=tuple(sorted(at.voters)),
+                                    config=at))
 
     def _on_snapshot_status(self, m: SnapshotStatus) -> None:
         """The runtime could not deliver the snapshot: probe again, paced by heartbeat
@@ -930,6 +1065,9 @@ class RaftCore:
                                               Status.ABORTED, self.leader, bid))
         tree.set_head(old.head if old.head in kept else last)
         self.tree = tree
+        self._base_cfg = m.config if m.config is not None else Config.of(m.voters)
+        self._cfgs = []
+        self._track_path(last.height)
         if not tree.on_path(self.durable_head):
             self.durable_head = last
         self.commit = self.applied = last
@@ -972,7 +1110,7 @@ class RaftCore:
             self._append_batch(batch)
         for f in self.peers:
             self._catch_up(f)
-        if not self.peers:
+        if not self.voter_peers:
             self._leader_advance_commit()
 
     def _append_batch(self, batch: list[Command]) -> None:
@@ -1058,7 +1196,7 @@ class RaftCore:
             return
         rd = _Read(read_id, self.commit, self.hb_seq + 1)
         self.reads.append(rd)
-        if self.quorum == 1:
+        if self.quorum == 1 and self.id in self.voters:
             rd.confirmed = True
             self.hb_seq += 1
             self._answer_ready_reads()
@@ -1074,7 +1212,8 @@ class RaftCore:
     def _confirm_reads(self) -> None:
         for rd in self.reads:
             if not rd.confirmed:
-                n = 1 + sum(1 for v in self.peers if self.prog[v].acked_seq >= rd.seq)
+                n = (self.id in self.voters) + sum(
+                    1 for v in self.voter_peers if self.prog[v].acked_seq >= rd.seq)
                 rd.confirmed = n >= self.quorum
         self._answer_ready_reads()
 
@@ -1118,6 +1257,8 @@ class RaftCore:
         return {"id": self.id, "role": self.role.name.lower(), "term": self.term,
                 "voted_for": self.voted_for, "leader": self.leader, "head": list(self.head),
                 "base": list(self.tree.root.id),
+                "members": [{"id": mb.id, "address": mb.address,
+                             "role": mb.role.name.lower()} for mb in self.config.members],
                 "snapshot": list(self.snapshot[0]) if self.snapshot is not None else None,
                 "commit": list(self.commit), "applied": list(self.applied),
                 "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values())),

@@ -41,6 +41,7 @@ class OutcomeKind(StrEnum):
     PROPOSE = "propose"    # key = (client_id, seq)
     READ = "read"          # key = read_id
     TRANSFER = "transfer"  # key = target node id
+    CONFIG = "config"      # key = (ChangeOp, node id) of a membership change
 
 
 class EventKind(StrEnum):
@@ -53,6 +54,7 @@ class EventKind(StrEnum):
     ACKED = "acked"
     COMPACTED = "compacted"
     INSTALLED = "installed"
+    CONFIG = "config"
 
 
 # Events stay plain tuples tagged by their kind: consumers index them (ev[0], ev[1]) and a
@@ -72,7 +74,10 @@ Compacted = tuple[Literal[EventKind.COMPACTED], BlockId]
 Installed = tuple[Literal[EventKind.INSTALLED], int, BlockId]
 """(INSTALLED, term, base): this node installed the leader's snapshot whose base is `base`;
 its InstallSnapshotResp leaves once the Ready is durable."""
-Event = Campaign | Voted | BecameLeader | Commit | Acked | Compacted | Installed
+ConfigChanged = tuple[Literal[EventKind.CONFIG], Any]
+"""(CONFIG, config): the configuration in force on this node's path changed (a CONFIG
+block joined or left the path); the runtime updates whom it dials."""
+Event = Campaign | Voted | BecameLeader | Commit | Acked | Compacted | Installed | ConfigChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,8 @@ class Outcome:
     status: Status
     leader_hint: int | None = None
     block: BlockId | None = None
+    detail: str = ""
+    """Why, when the status alone does not say (a refused membership change)."""
 
 
 @dataclass(slots=True)

@@ -145,8 +145,10 @@ class BlockTree:
         self.add(block)
         self._push(block.id)
 
-    def set_head(self, x: BlockId) -> None:
-        """Re-point the path at x (which may lie on another branch, lower or higher)."""
+    def set_head(self, x: BlockId) -> int:
+        """Re-point the path at x (which may lie on another branch, lower or higher);
+        returns the height of the fork point, the highest block the old and new paths
+        share (everything above it on the path is new)."""
         missing = []
         y: BlockId | None = x
         while y is not None and not self.on_path(y):
@@ -156,6 +158,7 @@ class BlockTree:
         self._truncate(y.height)
         for bid in reversed(missing):
             self._push(bid)
+        return y.height
 
     def _truncate(self, height: int) -> None:
         if height < self._base:   # below the list: restart it at `height`

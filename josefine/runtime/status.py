@@ -31,6 +31,8 @@ class NodeStatus(Mapping[str, Any]):
     to (its blocks below are gone from this node, held by a snapshot)."""
     snapshot: list[int] | None = None
     """[term, height] of the base of this node's newest durable snapshot, or None."""
+    members: list[dict[str, Any]] | None = None
+    """Every member in force on this node's path: id, address, role (voter / learner)."""
     snapshots: dict[str, Any] | None = None
     """Snapshot counters (runtime/snapshots.SnapshotStats): taken, failed, last_seconds,
     installed, sent, received, transfer_failures."""

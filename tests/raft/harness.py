@@ -155,13 +155,13 @@ class Network:
 
     def __init__(self, n: int | Iterable[int] = 3, *, disks: dict[int, Disk] | None = None,
                  overrides: dict[int, dict] | None = None, check: bool = True,
-                 **cfg: Any) -> None:
+                 voters: Iterable[int] | None = None, **cfg: Any) -> None:
         self.ids = list(range(1, n + 1)) if isinstance(n, int) else list(n)
         cfg.setdefault("pre_vote", False)
         cfg.setdefault("check_quorum", False)
         cfg.setdefault("election_ticks", ET)
         cfg.setdefault("heartbeat_ticks", 1)
-        voters = frozenset(self.ids)
+        voters = frozenset(self.ids if voters is None else voters)   # the bootstrap voters
         overrides = overrides or {}
         self.cfgs = {i: CoreConfig(node_id=i, voters=voters, **{**cfg, **overrides.get(i, {})})
                      for i in self.ids}

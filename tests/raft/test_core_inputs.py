@@ -17,7 +17,8 @@ import pytest
 from harness import Network, make_leader, new_core
 
 from josefine.chain.block import Command
-from josefine.messages import (AppendBlocks, AppendResp, CoreInput, Heartbeat, HeartbeatResp,
+from josefine.messages import (AppendBlocks, AppendResp, ChangeConfig, CoreInput, Heartbeat,
+                               HeartbeatResp,
                                InstallSnapshot, InstallSnapshotResp, Persisted, PreVoteReq,
                                PreVoteResp, Propose, ReadIndex, SnapshotStatus, SnapshotTaken,
                                Status, Tick, TimeoutNow, TransferLeadership, VoteReq, VoteResp)
@@ -55,6 +56,8 @@ INPUTS: dict[type, tuple[Callable[[], Any], str, Role]] = {
                     "_on_snapshot_taken", Role.FOLLOWER),
     SnapshotStatus: (lambda: SnapshotStatus(peer=2, last=GENESIS_ID, ok=False),
                      "_on_snapshot_status", Role.FOLLOWER),
+    ChangeConfig: (lambda: ChangeConfig(op=1, node=4, address="tcp://h:4"),
+                   "_change_config", Role.FOLLOWER),
 }
 
 
