@@ -370,7 +370,7 @@ class RaftCore:
                 self.elapsed = 0
                 if cfg.check_quorum:
                     self._check_quorum()
-        elif self.elapsed >= self.rand_et and self.id in self.voters:
+        elif self.elapsed >= self.rand_et and self._may_campaign():
             if cfg.pre_vote:
                 self._start_prevote()
             else:
@@ -873,6 +873,15 @@ class RaftCore:
             if b.kind == BlockKind.CONFIG:
                 cfgs.append((b.id, decode_config_block(b.payload)[1]))
         self._set_cfg(cfgs[-1][1] if cfgs else self._base_cfg)
+
+    def _may_campaign(self) -> bool:
+        """A voter campaigns; so does a node whose removal is on its path but not yet
+        committed (A.12). Without that, a leader that appended its own removal and then
+        lost leadership would hold the newest chain, refuse every less up-to-date
+        candidate, and never stand itself: no one could win. Its votes are counted among
+        the voters of its own configuration, without itself (`_tally`), as a leader
+        outside its configuration leads until the change commits (thesis §4.2.2)."""
+        return self.id in self.voters or self.id in self._cfg_at(self.commit.height).voters
 
     def _cfg_at(self, height: int) -> Config:
         """The configuration in force at `height` on the path (at or above the base)."""

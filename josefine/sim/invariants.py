@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from josefine.chain.block import Block, verify_digest
+from josefine.chain.block import Block, BlockKind, verify_digest
 from josefine.messages import AppendResp, InstallSnapshotResp, PreVoteReq, PreVoteResp, VoteResp
 from josefine.raft.core import RaftCore, Role
+from josefine.raft.membership import Config, decode_config_block
 from josefine.raft.ready import EventKind
 from josefine.types import GENESIS_ID, BlockId
 
@@ -23,8 +24,13 @@ class InvariantViolation(AssertionError):
 
 
 class Invariants:
-    def __init__(self, genesis: Block, voters: frozenset[int]) -> None:
+    def __init__(self, genesis: Block, voters: frozenset[int],
+                 initial: Config | None = None) -> None:
         self.registry: dict[BlockId, Block] = {genesis.id: genesis}
+        self.initial = initial or Config.of(voters)
+        self.cfg_of: dict[BlockId, BlockId | None] = {genesis.id: None}
+        """B18: each block's nearest CONFIG ancestor-or-self (None: the bootstrap config)."""
+        self.configs: dict[BlockId, Config] = {}
         self.term_top: dict[int, BlockId] = {}          # B7: highest block of each term
         self.leaders: dict[int, int] = {}               # B1: term -> node
         self.votes: dict[tuple[int, int], int] = {}     # B2: (node, term) -> candidate
@@ -74,6 +80,18 @@ class Invariants:
                     or not verify_digest(b, parent.digest):
                 raise InvariantViolation("B5", f"malformed block {b.id} at node {node}")
             reg[b.id] = b
+            prev_cfg = self.cfg_of.get(b.parent)  # type: ignore[arg-type]
+            if b.kind == BlockKind.CONFIG:
+                new = decode_config_block(b.payload)[1]
+                prev = self.configs[prev_cfg] if prev_cfg is not None else self.initial
+                if len(new.voters ^ prev.voters) > 1:
+                    raise InvariantViolation("B18", f"config block {b.id} changes voters "
+                                                    f"{sorted(prev.voters)} -> "
+                                                    f"{sorted(new.voters)}")
+                self.configs[b.id] = new
+                self.cfg_of[b.id] = b.id
+            else:
+                self.cfg_of[b.id] = prev_cfg
             top = self.term_top.get(b.id.term)
             if top is None or b.id.height > top.height:
                 if top is not None and not self._is_anc(top, b.id):
@@ -146,6 +164,15 @@ class Invariants:
                                       or self._below_root(core, self.committed[n - 1])):
                 raise InvariantViolation("B14", f"leader {node} of term {core.term} lacks "
                                                 f"committed {self.committed[n - 1]}")
+        pending = [b for b, _ in core._cfgs if b.height > core.commit.height]
+        if core.role == Role.LEADER and len(pending) > 1:
+            raise InvariantViolation("B18", f"leader {node} has {len(pending)} uncommitted "
+                                            f"CONFIG blocks on its path: {pending}")
+        expect = self.config_at(core.head) if core.head in self.cfg_of else None
+        if expect is not None and (core._cfgs or expect != self.initial) \
+                and core.config != expect:
+            raise InvariantViolation("B18", f"node {node}'s configuration is not the one on "
+                                            f"its path at {core.head}")
         if core.refused_appends or core.refused_commits:
             raise InvariantViolation("B20", f"node {node}'s tripwire fired in a run with no "
                                             f"forger: {core.refused_appends} appends, "
@@ -175,13 +202,27 @@ class Invariants:
             else:
                 C.append(bid)
 
-    def check_commit_justified(self, stores: dict[int, Any], old_len: int) -> None:
-        """B13: each block that just entered C is durably stored by a quorum."""
+    def config_at(self, b: BlockId) -> Config:
+        cid = self.cfg_of.get(b)
+        return self.configs[cid] if cid is not None else self.initial
+
+    def check_commit_justified(self, stores: dict[int, Any], old_len: int,
+                               counted_in: Config | None = None) -> None:
+        """B13: each block that just entered C is durably stored by a quorum: a majority of
+        the voters in force at it, at C's new top, or in `counted_in`, the configuration of
+        the node whose step grew C (a leader counts in the configuration on its own path,
+        which may hold a newer, uncommitted CONFIG block: one change at a time makes any
+        two of these majorities overlap, thesis §4.1)."""
+        top = self.config_at(self.committed[-1])
+        cands = [top] + ([counted_in] if counted_in is not None else [])
         for h in range(old_len, len(self.committed)):
             c = self.committed[h]
-            n = sum(1 for v in self.voters if c in stores[v])
-            if n < self.quorum:
-                raise InvariantViolation("B13", f"{c} committed but durable on only {n} nodes")
+            ok = False
+            for cfg in [self.config_at(c)] + cands:
+                n = sum(1 for v in cfg.voters if c in stores[v])
+                ok = ok or n >= len(cfg.voters) // 2 + 1
+            if not ok:
+                raise InvariantViolation("B13", f"{c} committed but durable on no quorum")
 
     def on_restart(self, node: int, core: RaftCore, store: Any) -> None:
         if core.term < self.wire_term.get(node, 0):

@@ -25,6 +25,13 @@ restores the newest snapshot at or above the store's base that lies on its chain
 applied-state digests (B15) then check that what a snapshot restores is exactly what
 replaying the blocks would have built.
 
+Membership (A.12): `spares` nodes start outside the configuration; at seeded points the
+leader is asked to add a learner, promote one or remove a member (the core refuses what
+A.12 forbids). An id is never added twice: a removed node stays out (bringing it back with
+its old disk, or with a wiped one under the same id, is what real deployments must not
+do either: it could vote twice in a term). B13 and B18 are checked against the
+configurations on the committed path.
+
 Clients run a key-value workload throughout (writes with unique values, cas, ReadIndex
 reads), retrying a write with the same (client id, seq) until it is answered. After every
 step the invariants of §B are checked (invariants.py); at the end the client history must be
@@ -47,10 +54,12 @@ from josefine.chain.memory import MemoryStore
 from josefine.config import core_config
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine, kv_cas, kv_get, kv_put
-from josefine.messages import (AppendResp, ApplyWork, InstallSnapshot, InstallSnapshotResp,
+from josefine.messages import (AppendResp, ApplyWork, ChangeConfig, InstallSnapshot,
+                               InstallSnapshotResp,
                                Persisted, Propose, ReadIndex, SnapshotStatus, SnapshotTaken,
                                Status, Tick)
 from josefine.raft.core import CoreConfig, RaftCore, Role
+from josefine.raft.membership import ChangeOp, Config
 from josefine.raft.ready import EventKind, OutcomeKind, Ready
 from josefine.runtime.executor import (
     CommitMarker,
@@ -98,6 +107,11 @@ class SimConfig:
     keep_bytes: int = 64
     """Small memory budgets: cores evict committed blocks and read them back from disk."""
     snapshot_rate: float = 0.01
+    spares: int = 0
+    """Nodes that start outside the configuration and may join (and leave) as learners
+    and voters."""
+    membership_rate: float = 0.0
+    """Chance per step that the leader is asked for a membership change."""
     """Chance per step that a live node (without one in progress) starts a snapshot."""
     keep_previous_snapshot: bool = True
     snapshot_timeout_ticks: int = 40
@@ -212,8 +226,12 @@ class Simulation:
         self.rng = random.Random(seed)
         self.genesis = genesis(CLUSTER)
         self.voters = frozenset(range(1, cfg.nodes + 1))
-        self.nodes = {i: _Node(i, MemoryStore(CLUSTER)) for i in self.voters}
-        self.inv = Invariants(self.genesis, self.voters)
+        """The bootstrap voters (the configuration at genesis)."""
+        self.all_ids = tuple(range(1, cfg.nodes + cfg.spares + 1))
+        self.initial = Config.of(self.voters, {i: f"sim://{i}" for i in self.all_ids})
+        self.nodes = {i: _Node(i, MemoryStore(CLUSTER)) for i in self.all_ids}
+        self.ever_member = set(self.voters)
+        self.inv = Invariants(self.genesis, self.voters, self.initial)
         self.net: list[tuple[int, int, Any]] = []   # (deliver_at, uid, msg)
         self.uid = 0
         self.now = 0
@@ -231,28 +249,31 @@ class Simulation:
         self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "elections": 0,
                       "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0,
                       "group_commits": 0, "skipped": 0, "lazy_markers": 0, "evicted": 0,
-                      "snapshots": 0, "installs_sent": 0, "installed": 0, "compactions": 0}
+                      "snapshots": 0, "installs_sent": 0, "installed": 0, "compactions": 0,
+                      "config_changes": 0, "config_committed": 0}
         for n in self.nodes.values():
             self._boot(n)
 
     # ------------------------------------------------------------------ node lifecycle
     def _core_config(self, nid: int) -> CoreConfig:
-        return core_config(self.cfg, node_id=nid, voters=self.voters,
+        return core_config(self.cfg, node_id=nid, voters=self.voters, initial=self.initial,
                            seed=self.seed * 1000 + self.now)
 
     def _boot(self, n: _Node) -> None:
         st = n.store.load()
-        n.applier = applier = Applier(KVStateMachine())
+        n.applier = applier = Applier(KVStateMachine(), config=self.initial)
         base = st.base if st.base is not None else self.genesis
         snap = self._restart_snapshot(n, base, st.blocks)
         snapshot = None
+        base_config = None
         if snap is not None:
-            applier.restore(io.BytesIO(n.snaps[snap][1]))
+            base_config = applier.restore(io.BytesIO(n.snaps[snap][1])).members
             snapshot = (snap, n.snaps[snap][0])
         n.core = core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
                                  voted_for=st.hard_state.voted_for, blocks=st.blocks,
                                  head=st.head, commit=st.commit, loader=n.store.get_block,
-                                 base=st.base, applied=snap, snapshot=snapshot)
+                                 base=st.base, applied=snap, snapshot=snapshot,
+                                 base_config=base_config)
         n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
         n.channel, n.inflight = [], None
         n.snap_pending = None
@@ -285,7 +306,8 @@ class Simulation:
             return
         digest = self.inv.registry[last].digest
         out = io.BytesIO()
-        applier.snapshot(out, block_digest=digest, config=self.voters)
+        assert applier.config is not None
+        applier.snapshot(out, block_digest=digest, config=applier.config.voters)
         lag = self.cfg.disk_lag
         n.snap_pending = (self.now + self.rng.randint(lag, 2 * lag), last, digest,
                           out.getvalue())
@@ -342,7 +364,7 @@ class Simulation:
             # B13 at the moment C grows: what a quorum has made durable, unsynced writes
             # excluded (a crash could still take those back)
             self.inv.check_commit_justified(
-                {i: _Durable(x) for i, x in self.nodes.items()}, c_len)
+                {i: _Durable(x) for i, x in self.nodes.items()}, c_len, core.config)
 
     def _execute(self, n: _Node, r: Ready) -> None:
         inv = self.inv
@@ -358,6 +380,9 @@ class Simulation:
                                              if e[0] == EventKind.COMPACTED)
             self.stats["installed"] += sum(1 for e in r.events
                                            if e[0] == EventKind.INSTALLED)
+        if r.outcomes:
+            self.stats["config_committed"] += sum(
+                1 for o in r.outcomes if o.kind == OutcomeKind.CONFIG and o.status == Status.OK)
         routed = n.router.route(r, n.disk_busy)
         if routed.eager:
             self._check_acks(n, routed.eager)
@@ -493,14 +518,14 @@ class Simulation:
             if kind != "read":
                 self.seqs[c] += 1
                 seq = self.seqs[c]
-            op = _Op(c, kind, key, value, seq, self.now, node=rng.choice(sorted(self.voters)))
+            op = _Op(c, kind, key, value, seq, self.now, node=rng.choice(self.all_ids))
             self.ops[c] = op
             self.history.append({"process": c, "type": "invoke", "f": kind, "key": key,
                                  "value": value, "time": len(self.history)})
             self._send_op(op)
         elif self.now - op.sent_at > self.cfg.client_timeout:
             if not op.hinted:
-                op.node = rng.choice(sorted(self.voters))   # no answer: try someone else
+                op.node = rng.choice(self.all_ids)   # no answer: try someone else
             op.hinted = False
             self._send_op(op)
 
@@ -544,7 +569,7 @@ class Simulation:
         if hint in self.nodes:
             op.node, op.hinted = hint, True
         else:
-            op.node = self.rng.choice(sorted(self.voters))
+            op.node = self.rng.choice(self.all_ids)
         op.sent_at = self.now - self.cfg.client_timeout + 3
 
     def _finish(self, op: _Op, typ: str, value: Any) -> None:
@@ -593,6 +618,31 @@ class Simulation:
             self.stats["partitions"] += 1
             self.trace.append(f"{self.now}: partition {desc}")
 
+    def _membership_change(self) -> None:
+        """Ask the leader for a random change; the core refuses what A.12 forbids."""
+        rng = self.rng
+        leaders = [n for n in self.nodes.values() if n.alive and n.leads]
+        if not leaders:
+            return
+        lead = leaders[0]
+        assert lead.core is not None
+        cfg = lead.core.config
+        outside = [i for i in self.all_ids if i not in self.ever_member]
+        learners = sorted(cfg.learners)
+        r = rng.random()
+        if outside and r < 0.4:
+            node = rng.choice(outside)
+            self.ever_member.add(node)
+            change = ChangeConfig(op=int(ChangeOp.ADD_LEARNER), node=node,
+                                  address=f"sim://{node}")
+        elif learners and r < 0.75:
+            change = ChangeConfig(op=int(ChangeOp.PROMOTE), node=rng.choice(learners))
+        else:
+            change = ChangeConfig(op=int(ChangeOp.REMOVE), node=rng.choice(sorted(cfg.ids)))
+        self.stats["config_changes"] += 1
+        self.trace.append(f"{self.now}: n{lead.id} <- {change}")
+        self._step_node(lead, change)
+
     def _heal_all(self) -> None:
         self.blocked.clear()
         for n in self.nodes.values():
@@ -625,6 +675,9 @@ class Simulation:
         cfg = self.cfg
         if faults and y < cfg.crash_rate + cfg.partition_rate:
             self._fault()
+        elif faults and cfg.membership_rate and y < cfg.crash_rate + cfg.partition_rate \
+                + cfg.membership_rate:
+            self._membership_change()
         elif faults and y < cfg.crash_rate + cfg.partition_rate + cfg.transfer_rate:
             leaders = [n for n in self.nodes.values() if n.alive and n.leads]
             if leaders:

@@ -285,3 +285,32 @@ def test_a_snapshot_carries_the_configuration():
     assert f.tree.root.id.height > 1 and f.config.learners == {4}
     assert f.config.member(4).role == MemberRole.LEARNER and \
         f.config.member(4).address == ADDR[4]
+
+
+def test_a_leader_whose_own_removal_is_uncommitted_still_stands_for_election():
+    """Found by the simulation: the old leader appended its own removal, lost leadership
+    before it committed, and holds the newest chain, so it refuses the others' votes. Its
+    committed configuration still has it as a voter, so it campaigns, wins with the votes
+    of its new configuration, commits the removal, and steps down."""
+    net = _net(3, check_quorum=True)
+    net.elect(1)
+    _change(net, 1, ChangeOp.REMOVE, 2)
+    net.stabilize()
+    net.heartbeat(1)
+    assert net.nodes[1].config.voters == {1, 3}
+    net.isolate(1)
+    _write(net, 1)                   # 1's head moves ahead of 3's
+    _change(net, 1, ChangeOp.REMOVE, 1)
+    lead = net.nodes[1]
+    assert lead.config.voters == {3} and lead.commit.height < lead.head.height
+    net.tick(1, 2 * net.cfgs[1].election_ticks)   # check-quorum: it steps down
+    assert lead.role == Role.FOLLOWER
+    net.recover()
+    for _ in range(20):
+        for i in (1, 3):
+            net.tick(i, net.cfgs[i].election_ticks)
+            net.stabilize()
+        if net.nodes[3].role == Role.LEADER and net.nodes[3].commit.term == net.nodes[3].term:
+            break
+    assert net.nodes[3].role == Role.LEADER, "3 leads alone once 1's removal committed"
+    assert net.nodes[3].config.voters == {3} and lead.role == Role.FOLLOWER

@@ -177,3 +177,32 @@ def test_acknowledging_an_install_before_its_sync_is_caught(monkeypatch):
     monkeypatch.setattr(RaftCore, "_on_install_snapshot", ack_early)
     seed, report = _first_failure(SimConfig(steps=2000, snapshot_rate=0.03))
     assert "B4" in report, report
+
+
+MEMBERSHIP = SimConfig(steps=2000, nodes=3, spares=2, membership_rate=0.02, snapshot_rate=0.02)
+
+
+def test_two_membership_changes_at_once_are_caught(monkeypatch):
+    """docs/protocol.md A.12: one change at a time. The leader forgets its uncommitted
+    CONFIG block when it checks, so a second change goes on top of it."""
+    orig = RaftCore._change_config
+
+    def forgetful(self, m):  # noqa: ANN001
+        saved = self._cfgs
+        self._cfgs = [x for x in saved if x[0].height <= self.commit.height]
+        try:
+            orig(self, m)
+        finally:
+            added = self._cfgs[len([x for x in saved if x[0].height <= self.commit.height]):]
+            self._cfgs = saved + added
+    monkeypatch.setattr(RaftCore, "_change_config", forgetful)
+    seed, report = _first_failure(MEMBERSHIP)
+    assert "B18" in report or "B1:" in report or "B11" in report, report
+
+
+def test_a_removed_node_that_still_campaigns_is_caught(monkeypatch):
+    """A.12: a node outside its committed configuration must not stand for election; with
+    its stale view of the voters two leaders of one term can be elected."""
+    monkeypatch.setattr(RaftCore, "_may_campaign", lambda self: True)
+    seed, report = _first_failure(MEMBERSHIP)
+    assert any(c in report for c in ("B1:", "B11", "B14", "B17", "B18")), report

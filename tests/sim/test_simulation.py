@@ -18,6 +18,12 @@ CONFIGS = {
     "3-nodes-snapshots": (SimConfig(nodes=3, steps=2000, snapshot_rate=0.03), 150),
     "5-nodes-cut-at-newest": (SimConfig(nodes=5, steps=2000, clients=4, snapshot_rate=0.03,
                                         keep_previous_snapshot=False), 100),
+    # random membership changes among the faults: spares join as learners, are promoted,
+    # members are removed (one at a time, A.12), with snapshots carrying the config
+    "3-nodes-membership": (SimConfig(nodes=3, spares=2, steps=2000, membership_rate=0.02,
+                                     snapshot_rate=0.02), 150),
+    "5-nodes-membership": (SimConfig(nodes=5, spares=2, steps=2000, clients=4,
+                                     membership_rate=0.02, snapshot_rate=0.02), 100),
 }
 
 
@@ -52,6 +58,9 @@ def test_simulation_many_seeds(request, name):
             assert totals[k] > 0, k
         if "snapshots" in name or "cut" in name:
             for k in ("installs_sent", "installed"):
+                assert totals[k] > 0, k
+        if "membership" in name:
+            for k in ("config_changes", "config_committed", "installed"):
                 assert totals[k] > 0, k
         assert completed > 10 * len(_seeds(request, default))
 
