@@ -197,6 +197,12 @@ class Nemesis:
     def _kill(self, hold: float) -> None:
         targets, mode, leader = self._targets()
         fault = self._begin("kill", mode, targets, leader)
+        self._take_down(targets, fault)
+        self._hold(hold)
+        self._bring_up(targets, fault)
+
+    def _take_down(self, targets: list[int], fault: dict[str, Any]) -> None:
+        """SIGKILL the targets and keep them down (until `_bring_up`)."""
         for i in targets:
             pid = self.launcher.pid(i)
             with self._lock:
@@ -204,7 +210,8 @@ class Nemesis:
             self.launcher.kill(i, signal.SIGKILL)
             self.launcher.stop_node(i, grace_s=1.0)  # keep it down until start_node
             fault.setdefault("pids", []).append(pid)
-        self._hold(hold)
+
+    def _bring_up(self, targets: list[int], fault: dict[str, Any]) -> None:
         for i in targets:
             self.launcher.start_node(i)
             with self._lock:
@@ -224,24 +231,11 @@ class Nemesis:
         else:
             targets, mode, leader = self._targets()
         fault = self._begin("powerloss", mode, targets, leader)
-        for i in targets:
-            pid = self.launcher.pid(i)
-            with self._lock:
-                self._down.add(i)
-            self.launcher.kill(i, signal.SIGKILL)
-            self.launcher.stop_node(i, grace_s=1.0)   # keep it down until start_node
-            fault.setdefault("pids", []).append(pid)
-        dropped = 0
-        for i in targets:
-            dropped += self.power[i].cut_power()   # only after the process is gone
-        fault["dropped_bytes"] = dropped
+        self._take_down(targets, fault)
+        # only once the processes are gone: a cut under a live process proves nothing
+        fault["dropped_bytes"] = sum(self.power[i].cut_power() for i in targets)
         self._hold(hold)
-        for i in targets:
-            self.launcher.start_node(i)
-            with self._lock:
-                self._down.discard(i)
-        self._end(fault)
-        self._note_recovery(fault, fault["end"])
+        self._bring_up(targets, fault)
 
     def _pause(self, hold: float) -> None:
         targets, mode, leader = self._targets()

@@ -726,20 +726,30 @@ def _member_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _transfer(args: argparse.Namespace) -> int:
-    """``josefine transfer [ID]``: leadership to ID, or to the most caught-up follower."""
-    from josefine.client import Client
-    cluster = _load_cluster("transfer", args.cluster)
+def _admin_cluster(command: str, args: argparse.Namespace
+                   ) -> tuple[ClusterConfig, dict[str, Any]] | int:
+    """The cluster file and admin credentials of a verb that names an optional member
+    (`args.node`); an exit code when either is wrong."""
+    cluster = _load_cluster(command, args.cluster)
     if isinstance(cluster, int):
         return cluster
     if args.node is not None and args.node not in cluster.nodes:
-        print(f"josefine transfer: error: node {args.node} is not a member of cluster "
+        print(f"josefine {command}: error: node {args.node} is not a member of cluster "
               f"{cluster.cluster_id} (members: {sorted(cluster.nodes)})", file=sys.stderr)
         return EXIT_USAGE
     try:
-        creds = _credentials(cluster, args, admin=True)
+        return cluster, _credentials(cluster, args, admin=True)
     except JosefineError as exc:
-        return _error("transfer", str(exc))
+        return _error(command, str(exc))
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """``josefine transfer [ID]``: leadership to ID, or to the most caught-up follower."""
+    from josefine.client import Client
+    got = _admin_cluster("transfer", args)
+    if isinstance(got, int):
+        return got
+    cluster, creds = got
 
     def current_leader() -> tuple[int, dict[str, Any]] | None:
         return _find_leader(cluster, min(2.0, args.timeout), creds)
@@ -779,17 +789,10 @@ def _transfer(args: argparse.Namespace) -> int:
 def _snapshot(args: argparse.Namespace) -> int:
     """``josefine snapshot [--node ID]``: snapshot now, on one node or every node."""
     from josefine.client import admin_request
-    cluster = _load_cluster("snapshot", args.cluster)
-    if isinstance(cluster, int):
-        return cluster
-    if args.node is not None and args.node not in cluster.nodes:
-        print(f"josefine snapshot: error: node {args.node} is not a member of cluster "
-              f"{cluster.cluster_id} (members: {sorted(cluster.nodes)})", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        creds = _credentials(cluster, args, admin=True)
-    except JosefineError as exc:
-        return _error("snapshot", str(exc))
+    got = _admin_cluster("snapshot", args)
+    if isinstance(got, int):
+        return got
+    cluster, creds = got
     ids = [args.node] if args.node is not None else sorted(cluster.nodes)
     failed = 0
     for i in ids:
