@@ -1,5 +1,6 @@
 """The ChainStore contract, run against MemoryStore and LevelDBStore alike."""
 import pytest
+from chain_store_factories import FACTORIES
 
 from josefine.chain.block import BlockKind, genesis, make_block
 from josefine.chain.leveldb import LevelDBStore
@@ -13,35 +14,9 @@ CLUSTER = "test-cluster"
 G = genesis(CLUSTER)
 
 
-class _Mem:
-    """Factory whose `reopen` keeps the same MemoryStore (its contents are the 'disk')."""
-
-    def __init__(self, tmp_path):
-        self.store = MemoryStore(CLUSTER)
-
-    def open(self):
-        return self.store
-
-    def reopen(self, store):
-        store.close()
-        return self.store
-
-
-class _Level:
-    def __init__(self, tmp_path):
-        self.path = tmp_path / "db"
-
-    def open(self):
-        return LevelDBStore(self.path, CLUSTER)
-
-    def reopen(self, store):
-        store.close()
-        return LevelDBStore(self.path, CLUSTER)
-
-
 @pytest.fixture(params=["memory", "leveldb"])
 def factory(request, tmp_path):
-    f = {"memory": _Mem, "leveldb": _Level}[request.param](tmp_path)
+    f = FACTORIES[request.param](tmp_path, CLUSTER)
     yield f
 
 

@@ -13,6 +13,7 @@ import threading
 
 import plyvel
 import pytest
+from chain_store_factories import FACTORIES
 
 from josefine.chain.block import BlockKind, base_header, genesis, make_block, verify_digest
 from josefine.chain.leveldb import LevelDBStore, block_key
@@ -42,33 +43,9 @@ a = {b.height: b for b in A}
 x = {b.height: b for b in X}
 
 
-class _Mem:
-    def __init__(self, tmp_path):
-        self.store = MemoryStore(CLUSTER)
-
-    def open(self):
-        return self.store
-
-    def reopen(self, store):
-        store.close()
-        return self.store
-
-
-class _Level:
-    def __init__(self, tmp_path):
-        self.path = tmp_path / "db"
-
-    def open(self):
-        return LevelDBStore(self.path, CLUSTER)
-
-    def reopen(self, store):
-        store.close()
-        return LevelDBStore(self.path, CLUSTER)
-
-
 @pytest.fixture(params=["memory", "leveldb"])
 def factory(request, tmp_path):
-    return {"memory": _Mem, "leveldb": _Level}[request.param](tmp_path)
+    return FACTORIES[request.param](tmp_path, CLUSTER)
 
 
 @pytest.fixture
