@@ -3,8 +3,6 @@ import pytest
 from chain_store_factories import FACTORIES
 
 from josefine.chain.block import BlockKind, genesis, make_block
-from josefine.chain.leveldb import LevelDBStore
-from josefine.chain.memory import MemoryStore
 from josefine.chain.store import ChainStore, HardState, StoredState
 from josefine.types import GENESIS_ID, BlockId, SafetyViolation
 
