@@ -17,12 +17,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from josefine import messages as msg
-from josefine.chain.block import (Block, BlockKind, Command, base_header, encode_commands,
-                                  make_block, verify_digest)
-from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreInput, Heartbeat,
-                               HeartbeatResp, InstallSnapshot, InstallSnapshotResp, PeerMessage,
-                               PreVoteReq, PreVoteResp, SnapshotStatus, Status, TimeoutNow,
-                               VoteReq, VoteResp)
+from josefine.chain.block import (Block, BlockKind, Command, base_header, decode_commands,
+                                  encode_commands, make_block, verify_digest)
+from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreInput,
+                               ForwardPropose, ForwardProposeResp, Heartbeat, HeartbeatResp,
+                               InstallSnapshot, InstallSnapshotResp, PeerMessage, PreVoteReq,
+                               PreVoteResp, ReadIndexReq, ReadIndexResp, SnapshotStatus, Status,
+                               TimeoutNow, VoteReq, VoteResp)
 from josefine.raft.progress import Progress, ProgressState
 from josefine.raft.ready import EventKind, HardState, Outcome, OutcomeKind, Ready, Role
 from josefine.raft.tree import BlockTree
@@ -69,6 +70,15 @@ class CoreConfig:
     snapshot_timeout_ticks: int = 1500
     """A follower in SNAPSHOT whose install was neither acknowledged nor reported failed
     for this long is probed again (a backstop: the runtime reports failures itself)."""
+    follower_reads: bool = True
+    """A follower that knows a leader serves reads itself, with a read index obtained from
+    the leader (A.10); False: it answers NOT_LEADER, as before."""
+    forward_proposals: bool = True
+    """A follower that knows a leader forwards client proposals to it (A.8); False: it
+    answers NOT_LEADER with a hint."""
+    forward_timeout_ticks: int = 0
+    """A forwarded read or write still unanswered after this many ticks is answered
+    NOT_LEADER (read) or UNKNOWN (write) so the client retries; 0: 3 * election_ticks."""
 
 
 @dataclass
@@ -77,6 +87,27 @@ class _Read:
     index: BlockId
     seq: int
     confirmed: bool = False
+    origin: int | None = None
+    """The follower that asked (ReadIndexReq); None: a read of this node's own client."""
+
+
+@dataclass
+class _FwdRead:
+    """A read this follower serves with an index it asked the leader for (A.10)."""
+
+    read_id: Any
+    leader: int
+    index: BlockId | None = None
+    elapsed: int = 0
+
+
+@dataclass
+class _FwdBatch:
+    """Proposals this follower forwarded in one ForwardPropose (A.8)."""
+
+    keys: tuple[tuple[str, int], ...]
+    leader: int
+    elapsed: int = 0
 
 
 class RaftCore:
@@ -87,12 +118,15 @@ class RaftCore:
                  head: BlockId = GENESIS_ID, commit: BlockId = GENESIS_ID,
                  loader: Callable[[BlockId], Block | None] | None = None,
                  base: Block | None = None, applied: BlockId | None = None,
-                 snapshot: tuple[BlockId, bytes] | None = None) -> None:
+                 snapshot: tuple[BlockId, bytes] | None = None, incarnation: int = 0) -> None:
         """Restart (A.13): `base` is the store's base header (None: never compacted, the
         chain starts at `genesis`); `blocks` those above it; `applied` what the state
         machine already holds (the restored snapshot's base; default the base), and
         `snapshot` the newest durable snapshot (base id, digest), which the node serves to
-        followers that need what it compacted."""
+        followers that need what it compacted. `incarnation` (31 bits) should differ
+        between starts of one node (the runtime draws it): the ids of forwarded reads and
+        writes start from it, so an answer to a request of an earlier life, still on the
+        wire, never matches one of this life (A.10)."""
         self.cfg = cfg
         self.id = cfg.node_id
         self.voters = cfg.voters
@@ -137,7 +171,14 @@ class RaftCore:
         self.pending: dict[BlockId, tuple[Command, ...]] = {}
         self.orphaned: dict[BlockId, tuple[Command, ...]] = {}
         self.reads: list[_Read] = []
-        self.deferred_reads: list[Any] = []
+        self.deferred_reads: list[tuple[Any, int | None]] = []
+        self.fwd_reads: dict[int, _FwdRead] = {}
+        self.fwd_batches: dict[int, _FwdBatch] = {}
+        self.fwd_keys: dict[tuple[str, int], int] = {}
+        """(client_id, seq) of a forwarded command -> the ForwardPropose that carries it."""
+        self._fwd_next = (incarnation & 0x7FFFFFFF) << 32
+        self.follower_reads = 0      # reads served here as a non-leader (status counter)
+        self.forwarded_writes = 0    # commands forwarded to a leader (status counter)
         self.transfer: int | None = None
         self.transfer_elapsed = 0
         self._deposed_by: int | None = None
@@ -220,6 +261,18 @@ class RaftCore:
                 self._on_snapshot_taken(m.last, m.digest)
             case msg.SnapshotStatus:
                 self._on_snapshot_status(m)
+            case msg.ReadIndexReq:
+                if m.term == self.term or self._admit(m):
+                    self._on_read_index_req(m)
+            case msg.ReadIndexResp:
+                if m.term == self.term or self._admit(m):
+                    self._on_read_index_resp(m)
+            case msg.ForwardPropose:
+                if m.term == self.term or self._admit(m):
+                    self._on_forward_propose(m)
+            case msg.ForwardProposeResp:
+                if m.term == self.term or self._admit(m):
+                    self._on_forward_propose_resp(m)
             case _:
                 raise TypeError(f"not a core input: {type(inp).__name__} "
                                 "(see josefine.messages.CoreInput)")
@@ -295,6 +348,7 @@ class RaftCore:
         if term > self.term:
             self.term, self.voted_for = term, None
             self._persist_hard_state()
+            self._forwarded_term_ended()
         if self.role == Role.LEADER:
             self._step_down()
         self.role, self.leader = Role.FOLLOWER, leader
@@ -311,10 +365,12 @@ class RaftCore:
         while len(self.orphaned) > 10000:
             self.orphaned.pop(next(iter(self.orphaned)))
         self.pending = {}
-        for rd in self.reads:
-            out.append(Outcome(OutcomeKind.READ, rd.read_id, Status.NOT_LEADER))
-        for rid in self.deferred_reads:
-            out.append(Outcome(OutcomeKind.READ, rid, Status.NOT_LEADER))
+        for rid, origin in [(rd.read_id, rd.origin) for rd in self.reads] + self.deferred_reads:
+            if origin is None:
+                out.append(Outcome(OutcomeKind.READ, rid, Status.NOT_LEADER))
+            else:
+                self._send(ReadIndexResp(src=self.id, dst=origin, term=self.term,
+                                         read_id=rid, index=None))
         self.reads, self.deferred_reads = [], []
         if self.transfer is not None:
             ok = self._deposed_by == self.transfer
@@ -327,6 +383,8 @@ class RaftCore:
     def _tick(self) -> None:
         self.elapsed += 1
         cfg = self.cfg
+        if self.fwd_reads or self.fwd_batches:
+            self._expire_forwarded()
         if self.role == Role.LEADER:
             for f, p in self.prog.items():
                 if p.state == ProgressState.SNAPSHOT:
@@ -378,6 +436,7 @@ class RaftCore:
             self._step_down()
         self.term += 1
         self.voted_for = self.id
+        self._forwarded_term_ended()
         self._persist_hard_state()
         self.role, self.leader, self.votes = Role.CANDIDATE, None, {self.id: True}
         self._reset_timer()
@@ -755,12 +814,17 @@ class RaftCore:
                     if r.decoded is None:
                         r.decoded = {}
                     r.decoded[b.id] = cmds
-            elif self.orphaned:
-                self.orphaned.pop(b.id, None)
+            else:
+                if self.orphaned:
+                    self.orphaned.pop(b.id, None)
+                if self.fwd_keys and b.kind == BlockKind.NORMAL:
+                    self._forwarded_applied(b)
         self._kept_bytes += kept
         self.applied = self.commit
         if self.reads:
             self._answer_ready_reads()
+        if self.fwd_reads:
+            self._answer_forwarded_reads()
         if tree.loader is not None:
             self._evict_old_blocks()
 
@@ -946,22 +1010,30 @@ class RaftCore:
         log.info("node %d: installed snapshot %s from node %d (kept %d blocks above it)",
                  self.id, last, m.src, len(kept))
         self._send(resp)
+        if self.fwd_reads:
+            self._answer_forwarded_reads()
 
     # ================================================================== proposals
-    def _propose(self, commands: tuple[Command, ...]) -> None:
+    def _propose(self, commands: tuple[Command, ...] | list[Command],
+                 origin: tuple[int, int] | None = None) -> None:
+        """Append client commands (leader), forward them to the leader (a follower that
+        knows one), or refuse them. `origin` = (follower, fwd_id) for commands a follower
+        forwarded: refusals go back to it instead of into this node's outcomes."""
         if self.role != Role.LEADER or self.transfer is not None:
+            if origin is None and self.role != Role.LEADER and self.leader is not None \
+                    and self.cfg.forward_proposals:
+                self._forward_proposals(commands)
+                return
             hint = self.transfer if self.transfer is not None else self.leader
-            for c in commands:
-                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
-                                                Status.NOT_LEADER, hint))
+            self._refuse_proposals(commands, Status.NOT_LEADER, hint, origin)
             return
         batch: list[Command] = []
+        busy: list[Command] = []
         size = 0
         for c in commands:
             n = len(c.data) + len(c.client_id) + 14
             if self.uncommitted_bytes + size + n > self.cfg.max_uncommitted_bytes:
-                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
-                                                Status.BUSY, self.id))
+                busy.append(c)
                 continue
             if batch and size + n > self.cfg.max_block_bytes:
                 self._append_batch(batch)
@@ -970,10 +1042,125 @@ class RaftCore:
             size += n
         if batch:
             self._append_batch(batch)
+        if busy:
+            self._refuse_proposals(busy, Status.BUSY, self.id, origin)
         for f in self.peers:
             self._catch_up(f)
         if not self.peers:
             self._leader_advance_commit()
+
+    def _refuse_proposals(self, commands: tuple[Command, ...] | list[Command], status: Status,
+                          hint: int | None, origin: tuple[int, int] | None) -> None:
+        if origin is None:
+            for c in commands:
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
+                                                status, hint))
+            return
+        self._send(ForwardProposeResp(src=self.id, dst=origin[0], term=self.term,
+                                      fwd_id=origin[1], status=status,
+                                      refused=tuple((c.client_id, c.seq) for c in commands),
+                                      leader_hint=hint))
+
+    # ------------------------------------------------------------ forwarded writes (A.8)
+    def _forward_proposals(self, commands: tuple[Command, ...] | list[Command]) -> None:
+        """A follower passes client commands on to its leader, unchanged: (client_id, seq)
+        stay the client's, so the leader's sessions apply a retry at most once wherever it
+        entered. The answer is this node's own: OK once it applies the command (the
+        runtime's waiter sees it applied, with its result), the leader's refusal if it
+        sends one, UNKNOWN if the term ends or nothing happens within the timeout."""
+        leader = self.leader
+        assert leader is not None
+        limit = self.cfg.max_block_bytes
+        chunk: list[Command] = []
+        size = 0
+        for c in commands:
+            n = len(c.data) + len(c.client_id) + 14
+            if chunk and size + n > limit:
+                self._send_forward(leader, chunk)
+                chunk, size = [], 0
+            chunk.append(c)
+            size += n
+        if chunk:
+            self._send_forward(leader, chunk)
+
+    def _send_forward(self, leader: int, cmds: list[Command]) -> None:
+        self._fwd_next += 1
+        fid = self._fwd_next
+        keys = tuple((c.client_id, c.seq) for c in cmds)
+        self.fwd_batches[fid] = _FwdBatch(keys, leader)
+        for k in keys:
+            self.fwd_keys[k] = fid
+        self.forwarded_writes += len(cmds)
+        self._eager(ForwardPropose(src=self.id, dst=leader, term=self.term, fwd_id=fid,
+                                   commands=encode_commands(cmds)))
+
+    def _on_forward_propose(self, m: ForwardPropose) -> None:
+        try:
+            cmds = decode_commands(m.commands)
+        except ValueError as exc:
+            log.error("node %d: malformed ForwardPropose from %d dropped: %s", self.id, m.src,
+                      exc)
+            return
+        self._propose(cmds, (m.src, m.fwd_id))
+
+    def _on_forward_propose_resp(self, m: ForwardProposeResp) -> None:
+        batch = self.fwd_batches.get(m.fwd_id)
+        if batch is None or m.src != batch.leader:
+            return   # answered already, expired, or of another life of this node
+        status = m.status if m.status in (Status.NOT_LEADER, Status.BUSY) else Status.UNKNOWN
+        hint = m.leader_hint
+        fwd_keys = self.fwd_keys
+        for k in m.refused:
+            if k in batch.keys and fwd_keys.get(k) == m.fwd_id:
+                del fwd_keys[k]
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, k, status, hint))
+        if not any(fwd_keys.get(k) == m.fwd_id for k in batch.keys):
+            del self.fwd_batches[m.fwd_id]
+
+    def _forwarded_applied(self, b: Block) -> None:
+        """Forwarded commands that reached our state machine: the runtime answers them
+        from what it applied; forget them here."""
+        try:
+            cmds = decode_commands(b.payload)
+        except ValueError:
+            return
+        fwd_keys = self.fwd_keys
+        for c in cmds:
+            fwd_keys.pop((c.client_id, c.seq), None)
+
+    def _forwarded_term_ended(self) -> None:
+        """Our term moved on: forwarded writes may or may not commit (UNKNOWN), and reads
+        still waiting for an index will never get one we could accept (answers of the old
+        term are dropped on intake). Reads that hold an index keep it: it is a committed
+        block the old leader confirmed after the read arrived, still valid to wait for."""
+        out = self._r.outcomes
+        for batch in self.fwd_batches.values():
+            for k in batch.keys:
+                out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
+        self.fwd_batches.clear()
+        self.fwd_keys.clear()
+        for fid in [f for f, fr in self.fwd_reads.items() if fr.index is None]:
+            fr = self.fwd_reads.pop(fid)
+            out.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER, None))
+
+    def _expire_forwarded(self) -> None:
+        limit = self.cfg.forward_timeout_ticks or 3 * self.cfg.election_ticks
+        out = self._r.outcomes
+        for fid, fr in list(self.fwd_reads.items()):
+            fr.elapsed += 1
+            if fr.elapsed >= limit:
+                del self.fwd_reads[fid]
+                out.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER,
+                                   self.leader))
+        fwd_keys = self.fwd_keys
+        for fid, batch in list(self.fwd_batches.items()):
+            batch.elapsed += 1
+            if batch.elapsed >= limit:
+                del self.fwd_batches[fid]
+                for k in batch.keys:
+                    if fwd_keys.get(k) == fid:
+                        del fwd_keys[k]
+                        out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
 
     def _append_batch(self, batch: list[Command]) -> None:
         b = self._append_local(BlockKind.NORMAL, encode_commands(batch))
@@ -1043,20 +1230,29 @@ class RaftCore:
 
     # ================================================================== reads (A.10)
     def _read_index(self, read_id: Any) -> None:
+        """A client read at this node: the leader serves it (`_leader_read`); a follower
+        that knows a leader asks it for a read index (`_forward_read`); anyone else
+        answers NOT_LEADER with its hint."""
+        if self.role == Role.LEADER:
+            self._leader_read(read_id, None)
+        elif self.leader is not None and self.cfg.follower_reads:
+            self._forward_read(read_id)
+        else:
+            self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
+                                            self.leader))
+
+    def _leader_read(self, read_id: Any, origin: int | None) -> None:
         """ReadIndex (thesis §6.4): the read point is the commit, once this leader has
         committed a block of its own term (until then it may not know the latest commit,
         so the read waits in `deferred_reads`); it is served after a heartbeat round
         confirms a quorum still follows us and the state machine has applied it. No read
         is served on the strength of a lease alone (thesis §6.4.1): that would trust
-        bounded clock drift, and the `_in_lease` rule only keeps votes away."""
-        if self.role != Role.LEADER:
-            self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
-                                            self.leader))
-            return
+        bounded clock drift, and the `_in_lease` rule only keeps votes away. A follower's
+        read (`origin`) takes the same path and gets the confirmed index back instead."""
         if self.commit.term != self.term:
-            self.deferred_reads.append(read_id)
+            self.deferred_reads.append((read_id, origin))
             return
-        rd = _Read(read_id, self.commit, self.hb_seq + 1)
+        rd = _Read(read_id, self.commit, self.hb_seq + 1, origin=origin)
         self.reads.append(rd)
         if self.quorum == 1:
             rd.confirmed = True
@@ -1068,8 +1264,53 @@ class RaftCore:
     def _release_deferred_reads(self) -> None:
         if self.deferred_reads and self.commit.term == self.term:
             ids, self.deferred_reads = self.deferred_reads, []
-            for rid in ids:
-                self._read_index(rid)
+            for rid, origin in ids:
+                self._leader_read(rid, origin)
+
+    # ------------------------------------------------------------ reads at followers
+    def _forward_read(self, read_id: Any) -> None:
+        """Thesis §6.4's follower variant: ask the leader for a read index, then serve
+        the read here once our state machine has applied that far. The index is a commit
+        the leader held after our request reached it, confirmed by a quorum, so a state
+        at or past it reflects every write completed before the read began."""
+        leader = self.leader
+        assert leader is not None
+        self._fwd_next += 1
+        fid = self._fwd_next
+        self.fwd_reads[fid] = _FwdRead(read_id, leader)
+        self._eager(ReadIndexReq(src=self.id, dst=leader, term=self.term, read_id=fid))
+
+    def _on_read_index_req(self, m: ReadIndexReq) -> None:
+        if self.role != Role.LEADER:
+            self._send(ReadIndexResp(src=self.id, dst=m.src, term=self.term,
+                                     read_id=m.read_id, index=None))
+            return
+        self._leader_read(m.read_id, m.src)
+
+    def _on_read_index_resp(self, m: ReadIndexResp) -> None:
+        fr = self.fwd_reads.get(m.read_id)
+        if fr is None or fr.index is not None or m.src != fr.leader:
+            return   # a duplicate, an expired request, or one of an earlier life
+        if m.index is None:
+            del self.fwd_reads[m.read_id]
+            self._r.outcomes.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER,
+                                            self.leader if self.leader != m.src else None))
+            return
+        fr.index = m.index
+        self._answer_forwarded_reads()
+
+    def _answer_forwarded_reads(self) -> None:
+        """Serve every forwarded read whose index we have applied. Our applied blocks are
+        committed, and the committed path is unique, so applied height >= index height
+        means our state includes the index's block."""
+        h = self.applied.height
+        ready = [fid for fid, fr in self.fwd_reads.items()
+                 if fr.index is not None and h >= fr.index.height]
+        for fid in ready:
+            fr = self.fwd_reads.pop(fid)
+            assert fr.index is not None
+            self._r.reads.append((fr.read_id, fr.index))
+            self.follower_reads += 1
 
     def _confirm_reads(self) -> None:
         for rd in self.reads:
@@ -1081,7 +1322,12 @@ class RaftCore:
     def _answer_ready_reads(self) -> None:
         keep = []
         for rd in self.reads:
-            if rd.confirmed and self.applied.height >= rd.index.height:
+            if not rd.confirmed:
+                keep.append(rd)
+            elif rd.origin is not None:   # the follower waits for its own apply
+                self._eager(ReadIndexResp(src=self.id, dst=rd.origin, term=self.term,
+                                         read_id=rd.read_id, index=rd.index))
+            elif self.applied.height >= rd.index.height:
                 self._r.reads.append((rd.read_id, rd.index))
             else:
                 keep.append(rd)
@@ -1121,6 +1367,7 @@ class RaftCore:
                 "snapshot": list(self.snapshot[0]) if self.snapshot is not None else None,
                 "commit": list(self.commit), "applied": list(self.applied),
                 "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values())),
+                "follower_reads": self.follower_reads, "forwarded_writes": self.forwarded_writes,
                 "tripwire": {"refused_appends": self.refused_appends,
                              "refused_commits": self.refused_commits}}
 

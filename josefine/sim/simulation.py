@@ -252,7 +252,8 @@ class Simulation:
         n.core = core = RaftCore(self._core_config(n.id), self.genesis, term=st.hard_state.term,
                                  voted_for=st.hard_state.voted_for, blocks=st.blocks,
                                  head=st.head, commit=st.commit, loader=n.store.get_block,
-                                 base=st.base, applied=snap, snapshot=snapshot)
+                                 base=st.base, applied=snap, snapshot=snapshot,
+                                 incarnation=self.now)
         n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
         n.channel, n.inflight = [], None
         n.snap_pending = None
