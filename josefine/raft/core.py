@@ -1125,8 +1125,15 @@ class RaftCore:
         except ValueError:
             return
         fwd_keys = self.fwd_keys
+        done = set()
         for c in cmds:
-            fwd_keys.pop((c.client_id, c.seq), None)
+            fid = fwd_keys.pop((c.client_id, c.seq), None)
+            if fid is not None:
+                done.add(fid)
+        for fid in done:
+            batch = self.fwd_batches.get(fid)
+            if batch is not None and not any(fwd_keys.get(k) == fid for k in batch.keys):
+                del self.fwd_batches[fid]
 
     def _forwarded_term_ended(self) -> None:
         """Our term moved on: forwarded writes may or may not commit (UNKNOWN), and reads
@@ -1134,9 +1141,11 @@ class RaftCore:
         term are dropped on intake). Reads that hold an index keep it: it is a committed
         block the old leader confirmed after the read arrived, still valid to wait for."""
         out = self._r.outcomes
-        for batch in self.fwd_batches.values():
+        fwd_keys = self.fwd_keys
+        for fid, batch in self.fwd_batches.items():
             for k in batch.keys:
-                out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
+                if fwd_keys.get(k) == fid:
+                    out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
         self.fwd_batches.clear()
         self.fwd_keys.clear()
         for fid in [f for f, fr in self.fwd_reads.items() if fr.index is None]:
