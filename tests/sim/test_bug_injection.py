@@ -105,6 +105,17 @@ def test_reads_served_without_confirming_leadership_are_caught(monkeypatch):
     assert "B17" in report, report
 
 
+def test_a_follower_serving_reads_at_its_own_commit_is_caught(monkeypatch):
+    """A.10, reads at followers: a follower's own commit may lag the leader's (it is cut
+    off, or simply behind), so serving a read there without the leader's read index
+    returns values older than writes already acknowledged (B17, linearizability)."""
+    def local_read(self, read_id):  # noqa: ANN001
+        self._r.reads.append((read_id, self.applied))
+    monkeypatch.setattr(RaftCore, "_forward_read", local_read)
+    seed, report = _first_failure()
+    assert "B17" in report, report
+
+
 # Bugs in the runtime's executor, which the simulation shares with the production actors
 # (josefine/runtime/executor.py): each must be caught like a bug in the core.
 
