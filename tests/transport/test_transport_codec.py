@@ -58,7 +58,9 @@ def reason(data: bytes, frame: bool = False) -> str:
 def test_tags_are_the_published_ones():
     expected = {1: "PreVoteReq", 2: "PreVoteResp", 3: "VoteReq", 4: "VoteResp",
                 5: "AppendBlocks", 6: "AppendResp", 7: "Heartbeat", 8: "HeartbeatResp",
-                9: "TimeoutNow", 32: "ClientPropose", 33: "ClientProposeResp", 34: "ClientRead",
+                9: "TimeoutNow", 10: "InstallSnapshotResp", 11: "SnapshotChunk",
+                12: "SnapshotChunkAck", 13: "ReadIndexReq", 14: "ReadIndexResp",
+                15: "ForwardPropose", 16: "ForwardProposeResp", 32: "ClientPropose", 33: "ClientProposeResp", 34: "ClientRead",
                 35: "ClientReadResp", 36: "ClientStatus", 37: "ClientStatusResp",
                 38: "ClientTransfer", 39: "ClientAdmin", 40: "ClientAdminResp"}
     assert {tag: cls.__name__ for tag, cls in TAGS.items()} == expected
@@ -160,7 +162,7 @@ def test_unknown_fields_are_ignored_and_missing_optional_ones_defaulted():
 
 def test_unknown_tag():
     assert reason(raw([99, {}])) == "unknown_tag"
-    assert reason(raw([10, {"src": 1}])) == "unknown_tag"
+    assert reason(raw([31, {"src": 1}])) == "unknown_tag"
 
 
 @pytest.mark.parametrize("obj", [
