@@ -184,14 +184,15 @@ class Client:
             st.read_id += 1
             try:
                 resp = self._conn(st, addr).request(
-                    ClientRead(client_id=st.client_id, read_id=st.read_id, query=query),
+                    ClientRead(client_id=st.client_id, read_id=st.read_id, query=query,
+                               any_node=spread),
                     min(self.request_timeout, remaining))
             except TimeoutError as exc:
                 last = exc
                 addr = self._next(addr)
                 continue
             if resp.status == Status.OK:
-                if not spread:   # with "any", the node that answered may be a follower
+                if not spread:   # only the leader answers a read that asked for it
                     self._leader = addr
                 return resp.result
             if resp.status == Status.REJECTED:

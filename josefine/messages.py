@@ -289,6 +289,9 @@ class ClientRead:
     client_id: str
     read_id: int
     query: bytes
+    any_node: bool = False
+    """Any node may serve it (a follower with the leader's read index, A.10); False
+    keeps it at the leader: a follower answers NOT_LEADER with a hint."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,6 +373,9 @@ class ReadIndex:
     """Ask the core for a linearizable read point; read_id is opaque to the core."""
 
     read_id: Any
+    at_follower: bool = True
+    """A follower may serve it with the leader's read index (A.10); False: only the
+    leader serves it (a follower answers NOT_LEADER with its hint)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

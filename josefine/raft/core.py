@@ -177,6 +177,8 @@ class RaftCore:
         self.fwd_keys: dict[tuple[str, int], int] = {}
         """(client_id, seq) of a forwarded command -> the ForwardPropose that carries it."""
         self._fwd_next = (incarnation & 0x7FFFFFFF) << 32
+        self.fwd_origin: dict[BlockId, set[int]] = {}
+        """Leader: blocks holding commands that followers forwarded -> those followers."""
         self.follower_reads = 0      # reads served here as a non-leader (status counter)
         self.forwarded_writes = 0    # commands forwarded to a leader (status counter)
         self.transfer: int | None = None
@@ -233,7 +235,7 @@ class RaftCore:
             case msg.Propose:
                 self._propose(m.commands)
             case msg.ReadIndex:
-                self._read_index(m.read_id)
+                self._read_index(m.read_id, m.at_follower)
             case msg.VoteReq:
                 if m.term == self.term or self._admit(m):
                     self._on_vote_req(m)
@@ -378,6 +380,7 @@ class RaftCore:
                                Status.OK if ok else Status.ABORTED, self._deposed_by))
         self.transfer = None
         self.prog = {}
+        self.fwd_origin = {}
 
     # ================================================================== elections (A.6)
     def _tick(self) -> None:
@@ -803,12 +806,17 @@ class RaftCore:
         r = self._r
         leader = self.role == Role.LEADER
         kept = 0
+        notify: set[int] | None = None
         for h in range(self.applied.height + 1, self.commit.height + 1):
             b = tree.get(tree.at(h))
             r.apply.append(b)
             kept += len(b.payload)
             if leader:
                 self.uncommitted_bytes -= len(b.payload)
+                if self.fwd_origin:
+                    origins = self.fwd_origin.pop(b.id, None)
+                    if origins:
+                        notify = origins if notify is None else notify | origins
                 cmds = self.pending.pop(b.id, None)
                 if cmds is not None:
                     if r.decoded is None:
@@ -821,6 +829,12 @@ class RaftCore:
                     self._forwarded_applied(b)
         self._kept_bytes += kept
         self.applied = self.commit
+        if notify:
+            # The followers that forwarded these commands answer their clients when they
+            # apply them: tell them the commit now rather than at the next heartbeat.
+            for f in notify:
+                if f in self.prog:
+                    self._heartbeat_to(f, self.hb_seq)
         if self.reads:
             self._answer_ready_reads()
         if self.fwd_reads:
@@ -1036,12 +1050,12 @@ class RaftCore:
                 busy.append(c)
                 continue
             if batch and size + n > self.cfg.max_block_bytes:
-                self._append_batch(batch)
+                self._append_batch(batch, origin[0] if origin else None)
                 batch, size = [], 0
             batch.append(c)
             size += n
         if batch:
-            self._append_batch(batch)
+            self._append_batch(batch, origin[0] if origin else None)
         if busy:
             self._refuse_proposals(busy, Status.BUSY, self.id, origin)
         for f in self.peers:
@@ -1171,23 +1185,32 @@ class RaftCore:
                         del fwd_keys[k]
                         out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
 
-    def _append_batch(self, batch: list[Command]) -> None:
+    def _append_batch(self, batch: list[Command], origin: int | None = None) -> None:
         b = self._append_local(BlockKind.NORMAL, encode_commands(batch))
         self.pending[b.id] = tuple(batch)
+        if origin is not None:
+            self.fwd_origin.setdefault(b.id, set()).add(origin)
 
     # ================================================================== heartbeats (A.9)
     def _broadcast_heartbeat(self) -> None:
         self.hb_seq += 1
+        for f in self.prog:
+            self._heartbeat_to(f, self.hb_seq)
+
+    def _heartbeat_to(self, f: int, seq: int) -> None:
+        """A heartbeat with the commit capped at what `f` acknowledged. Sent out of turn
+        (with the current seq) it is still sound for reads: an answer to it comes from a
+        heartbeat that left after every read already waiting on that seq."""
+        p = self.prog[f]
         tree = self.tree
-        for f, p in self.prog.items():
-            c = None
-            if p.match is not None:
-                mh = p.match.height
-                if self.commit.height <= mh:
-                    c = self.commit
-                elif mh >= tree.root.id.height:
-                    c = tree.at(mh)
-            self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=self.hb_seq))
+        c = None
+        if p.match is not None:
+            mh = p.match.height
+            if self.commit.height <= mh:
+                c = self.commit
+            elif mh >= tree.root.id.height:
+                c = tree.at(mh)
+        self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=seq))
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if self.role == Role.LEADER:
@@ -1238,13 +1261,14 @@ class RaftCore:
             self._become_follower(self.term, None)
 
     # ================================================================== reads (A.10)
-    def _read_index(self, read_id: Any) -> None:
+    def _read_index(self, read_id: Any, at_follower: bool = True) -> None:
         """A client read at this node: the leader serves it (`_leader_read`); a follower
-        that knows a leader asks it for a read index (`_forward_read`); anyone else
-        answers NOT_LEADER with its hint."""
+        that knows a leader asks it for a read index (`_forward_read`) unless the client
+        wants the leader (`at_follower` False); anyone else answers NOT_LEADER with its
+        hint."""
         if self.role == Role.LEADER:
             self._leader_read(read_id, None)
-        elif self.leader is not None and self.cfg.follower_reads:
+        elif self.leader is not None and self.cfg.follower_reads and at_follower:
             self._forward_read(read_id)
         else:
             self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
@@ -1306,6 +1330,12 @@ class RaftCore:
                                             self.leader if self.leader != m.src else None))
             return
         fr.index = m.index
+        # The index is committed: when we hold it on our path, it is our commit too, so
+        # a follower that heard of the commit only through this answer need not wait for
+        # the next heartbeat to serve the read. (Not capped at our match as a heartbeat's
+        # commit is, it may name a height we hold on a dead branch: no tripwire, we just
+        # wait for the leader's blocks.)
+        self._advance_commit_to(m.index)
         self._answer_forwarded_reads()
 
     def _answer_forwarded_reads(self) -> None:

@@ -43,10 +43,15 @@ def test_followers_serve_reads_and_forward_writes(tmp_path):
         assert after[f2]["follower_reads"] - before[f2]["follower_reads"] >= 31
         assert after[f1]["follower_reads"] - before[f1]["follower_reads"] >= 30
         assert after[rc.leader]["follower_reads"] == 0
-        # the leader's own state agrees (a leader-only client)
-        with Client(rc.addrs, cid, timeout=20, credentials=creds) as c:
+        # the leader's own state agrees; a default client reads at the leader only, even
+        # when the first node it asks is a follower
+        first_follower = {f1: rc.addrs[f1], **rc.addrs}
+        with Client(first_follower, cid, timeout=20, credentials=creds) as c:
             assert [c.get(f"k{i}") for i in range(1, 30)] == [f"v{i}" for i in range(1, 30)]
             assert c.get("k0") == "w0"
+        again = statuses(rc.addrs, cid, credentials=creds)
+        assert [again[i]["follower_reads"] for i in rc.addrs] == \
+            [after[i]["follower_reads"] for i in rc.addrs]
         # the CLI: `josefine get --any` spreads reads over the nodes, followers included
         env = {**os.environ, "JOSEFINE_CLUSTER": str(rc.launcher.cluster_path)}
         for _ in range(10):   # each run starts its round robin at random: P(all at the leader) ~ 2e-5

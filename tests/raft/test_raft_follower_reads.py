@@ -303,3 +303,46 @@ def test_a_retried_forward_carries_the_same_client_and_seq():
     (f2,) = of_type(r2.eager, ForwardPropose)
     (f3,) = of_type(r3.eager, ForwardPropose)
     assert f2.commands == f3.commands == encode_commands([Command("k", 4, b"once")])
+
+
+def test_a_follower_holding_the_index_block_takes_it_as_its_commit_and_serves_at_once():
+    """The answer's index is committed; a follower that holds that block on its path
+    need not wait for the leader's next heartbeat to learn so."""
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    net.propose(1, b"w")
+    net.deliver(lambda m: type(m) is AppendBlocks)       # 2 and 3 store the block ...
+    net.deliver(lambda m: type(m).__name__ == "AppendResp")
+    assert net.nodes[1].commit.height == 2
+    net.take(lambda m: type(m) is AppendBlocks)        # ... but never hear it committed
+    assert net.nodes[3].commit.height == 1 and net.nodes[3].head.height == 2
+    net.read(3, "r")
+    net.filters.append(lambda m: type(m) is Heartbeat and m.dst == 3)  # only the answer
+    net.stabilize()
+    node, index, seen = net.read_results["r"]
+    assert node == 3 and index.height == 2 and _datas(seen) == [b"w"]
+    assert net.nodes[3].commit == index
+
+
+def test_a_leader_tells_a_forwarding_follower_of_the_commit_at_once():
+    """A forwarded write is answered by the follower when it applies it: the leader sends
+    that follower its commit as soon as the block commits, not at the next heartbeat."""
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    net.propose(2, b"fwd", client="c", seq=1)
+    net.stabilize()       # no tick: no periodic heartbeat anywhere
+    assert net.sm[2] == [("c", 1, b"fwd")]
+    assert net.nodes[2].commit == net.nodes[1].commit
+    assert net.sm[3] == []   # node 3 forwarded nothing: it learns at the next heartbeat
+
+
+def test_a_read_that_asks_for_the_leader_is_refused_by_a_follower_with_a_hint():
+    from josefine.messages import ReadIndex
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    r = net.step(3, ReadIndex(read_id="r", at_follower=False))
+    assert [(o.status, o.leader_hint) for o in r.outcomes] == [(Status.NOT_LEADER, 1)]
+    assert of_type(r.eager, ReadIndexReq) == []

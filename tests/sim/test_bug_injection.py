@@ -93,7 +93,7 @@ def test_moving_the_head_backwards_on_a_stale_append_is_caught(monkeypatch):
 def test_reads_served_without_confirming_leadership_are_caught(monkeypatch):
     """Thesis §6.4: a ReadIndex read needs a heartbeat round from a quorum; a deposed
     leader answering from its own state returns stale values (B17, linearizability)."""
-    def unconfirmed(self, read_id):  # noqa: ANN001
+    def unconfirmed(self, read_id, at_follower=True):  # noqa: ANN001
         from josefine.messages import Status
         from josefine.raft.ready import Outcome
         if self.role.name != "LEADER":
