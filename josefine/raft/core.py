@@ -179,6 +179,9 @@ class RaftCore:
         self._fwd_next = (incarnation & 0x7FFFFFFF) << 32
         self.fwd_origin: dict[BlockId, set[int]] = {}
         """Leader: blocks holding commands that followers forwarded -> those followers."""
+        self.fwd_notify: dict[int, int] = {}
+        """Leader: follower -> height of a committed block it forwarded but had not acked
+        when it committed; it is sent the commit once its ack arrives."""
         self.follower_reads = 0      # reads served here as a non-leader (status counter)
         self.forwarded_writes = 0    # commands forwarded to a leader (status counter)
         self.transfer: int | None = None
@@ -380,7 +383,7 @@ class RaftCore:
                                Status.OK if ok else Status.ABORTED, self._deposed_by))
         self.transfer = None
         self.prog = {}
-        self.fwd_origin = {}
+        self.fwd_origin, self.fwd_notify = {}, {}
 
     # ================================================================== elections (A.6)
     def _tick(self) -> None:
@@ -708,6 +711,10 @@ class RaftCore:
             self._leader_advance_commit()
             if self.role != Role.LEADER:
                 return
+            fh = self.fwd_notify.get(m.src) if self.fwd_notify else None
+            if fh is not None and p.match.height >= fh:
+                del self.fwd_notify[m.src]
+                self._heartbeat_to(m.src, self.hb_seq)
             if self.transfer == m.src and p.match == self.head:
                 self._eager(TimeoutNow(src=self.id, dst=m.src, term=self.term))
             else:
@@ -806,7 +813,7 @@ class RaftCore:
         r = self._r
         leader = self.role == Role.LEADER
         kept = 0
-        notify: set[int] | None = None
+        notify: dict[int, int] | None = None
         for h in range(self.applied.height + 1, self.commit.height + 1):
             b = tree.get(tree.at(h))
             r.apply.append(b)
@@ -816,7 +823,10 @@ class RaftCore:
                 if self.fwd_origin:
                     origins = self.fwd_origin.pop(b.id, None)
                     if origins:
-                        notify = origins if notify is None else notify | origins
+                        if notify is None:
+                            notify = {}
+                        for f in origins:
+                            notify[f] = h
                 cmds = self.pending.pop(b.id, None)
                 if cmds is not None:
                     if r.decoded is None:
@@ -831,10 +841,16 @@ class RaftCore:
         self.applied = self.commit
         if notify:
             # The followers that forwarded these commands answer their clients when they
-            # apply them: tell them the commit now rather than at the next heartbeat.
-            for f in notify:
-                if f in self.prog:
+            # apply them: tell them the commit now rather than at the next heartbeat (or
+            # as soon as they ack the block, if a quorum formed without them).
+            for f, fh in notify.items():
+                p = self.prog.get(f)
+                if p is None:
+                    continue
+                if p.match is not None and p.match.height >= fh:
                     self._heartbeat_to(f, self.hb_seq)
+                else:
+                    self.fwd_notify[f] = max(fh, self.fwd_notify.get(f, 0))
         if self.reads:
             self._answer_ready_reads()
         if self.fwd_reads:

@@ -346,3 +346,17 @@ def test_a_read_that_asks_for_the_leader_is_refused_by_a_follower_with_a_hint():
     r = net.step(3, ReadIndex(read_id="r", at_follower=False))
     assert [(o.status, o.leader_hint) for o in r.outcomes] == [(Status.NOT_LEADER, 1)]
     assert of_type(r.eager, ReadIndexReq) == []
+
+
+def test_a_forwarding_follower_outside_the_quorum_is_told_the_commit_once_it_acks():
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    net.propose(2, b"fwd", client="c", seq=1)
+    net.deliver(lambda m: type(m) is ForwardPropose)
+    held = net.take(lambda m: type(m) is AppendBlocks and m.dst == 2)
+    net.stabilize()            # committed with node 3's ack; 2 has not even got the block
+    assert net.nodes[1].commit.height == 2 and net.sm[2] == []
+    net.inject(*held)
+    net.stabilize()            # 2 acks; the leader answers that ack with the commit
+    assert net.sm[2] == [("c", 1, b"fwd")]
