@@ -220,9 +220,10 @@ class ForwardPropose:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardProposeResp:
-    """Leader -> follower: commands of a `ForwardPropose` it refused (never appended),
-    with the status to relay (NOT_LEADER or BUSY). Accepted commands get no answer: the
-    follower answers them when it applies them."""
+    """Answer to a `ForwardPropose` whose commands were not appended: `refused` names
+    them (empty: all of them), `status` is what the follower relays (NOT_LEADER or BUSY,
+    which promise "never appended"; UNKNOWN from a node that may have led this term).
+    Accepted commands get no answer: the follower answers them when it applies them."""
 
     src: int
     dst: int

@@ -179,6 +179,9 @@ class RaftCore:
         self._fwd_next = (incarnation & 0x7FFFFFFF) << 32
         self.fwd_origin: dict[BlockId, set[int]] = {}
         """Leader: blocks holding commands that followers forwarded -> those followers."""
+        self.fwd_seen: dict[tuple[int, int], None] = {}
+        """Leader: (follower, fwd_id) of the forwards it took this term, oldest first
+        (bounded): a duplicate copy is dropped, never answered (see _on_forward_propose)."""
         self.fwd_notify: dict[int, int] = {}
         """Leader: follower -> height of a committed block it forwarded but had not acked
         when it committed; it is sent the commit once its ack arrives."""
@@ -513,6 +516,7 @@ class RaftCore:
         self.role, self.leader = Role.LEADER, self.id
         self.transfer = None
         self.reads, self.deferred_reads = [], []
+        self.fwd_seen = {}
         self.elapsed = self.hb_elapsed = 0
         self.durable_head = self.head
         nxt = self.head.height + 1
@@ -1125,13 +1129,32 @@ class RaftCore:
                                    commands=encode_commands(cmds)))
 
     def _on_forward_propose(self, m: ForwardPropose) -> None:
+        """A refusal must be true of every copy of the forward, since the follower relays
+        it to a client as "not applied". Only the leader of the forward's term can have
+        appended a copy (a node takes a forward only in the forward's own term). So the
+        leader drops a copy it has seen (a duplicate, or one reordered behind a later
+        refusal), and a non-leader refuses with NOT_LEADER only when it cannot have led
+        this term; one that campaigned in it (and may have led, then stepped down or
+        restarted) answers UNKNOWN."""
+        key = (m.src, m.fwd_id)
+        if self.role != Role.LEADER:
+            status = Status.UNKNOWN if self.voted_for == self.id else Status.NOT_LEADER
+            self._send(ForwardProposeResp(src=self.id, dst=m.src, term=self.term,
+                                          fwd_id=m.fwd_id, status=status, refused=(),
+                                          leader_hint=self.leader))
+            return
+        if key in self.fwd_seen:
+            return
+        self.fwd_seen[key] = None
+        if len(self.fwd_seen) > 65536:
+            del self.fwd_seen[next(iter(self.fwd_seen))]
         try:
             cmds = decode_commands(m.commands)
         except ValueError as exc:
             log.error("node %d: malformed ForwardPropose from %d dropped: %s", self.id, m.src,
                       exc)
             return
-        self._propose(cmds, (m.src, m.fwd_id))
+        self._propose(cmds, key)
 
     def _on_forward_propose_resp(self, m: ForwardProposeResp) -> None:
         batch = self.fwd_batches.get(m.fwd_id)
@@ -1140,7 +1163,7 @@ class RaftCore:
         status = m.status if m.status in (Status.NOT_LEADER, Status.BUSY) else Status.UNKNOWN
         hint = m.leader_hint
         fwd_keys = self.fwd_keys
-        for k in m.refused:
+        for k in m.refused or batch.keys:
             if k in batch.keys and fwd_keys.get(k) == m.fwd_id:
                 del fwd_keys[k]
                 self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, k, status, hint))

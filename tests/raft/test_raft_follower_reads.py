@@ -360,3 +360,38 @@ def test_a_forwarding_follower_outside_the_quorum_is_told_the_commit_once_it_ack
     net.inject(*held)
     net.stabilize()            # 2 acks; the leader answers that ack with the commit
     assert net.sm[2] == [("c", 1, b"fwd")]
+
+
+def test_a_duplicate_forward_is_never_refused_after_its_first_copy_was_appended():
+    """The first copy is appended; the leader then starts a transfer (it would refuse a
+    new forward NOT_LEADER). The duplicate must not produce that refusal: the client
+    would take it for "not applied" while the first copy commits."""
+    from josefine.messages import TransferLeadership
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    r = net.propose(2, b"once", client="c", seq=1)
+    (fwd,) = of_type(r.eager, ForwardPropose)
+    net.deliver(lambda m: type(m) is ForwardPropose)
+    assert net.nodes[1].pending            # appended
+    net.step(1, TransferLeadership(target=3))
+    r = net.step(1, fwd)                   # the network delivers a second copy
+    assert of_type(r.messages + r.eager, ForwardProposeResp) == []
+    net.stabilize()
+    assert net.statuses("propose", ("c", 1)) in ([], [Status.UNKNOWN])
+
+
+def test_a_non_leader_refuses_not_leader_only_if_it_cannot_have_led_this_term():
+    net = Network(3)
+    net.elect(1)
+    net.heartbeat(1)
+    fwd = ForwardPropose(src=2, dst=3, term=1, fwd_id=1,
+                         commands=encode_commands([Command("c", 1, b"x")]))
+    r = net.step(3, fwd)     # 3 voted for 1 in term 1: it never led term 1
+    assert [(m.status, m.leader_hint) for m in of_type(r.messages, ForwardProposeResp)] == \
+        [(Status.NOT_LEADER, 1)]
+    net.crash(1)
+    net.restart(1)           # 1 led term 1, then lost its memory of what it appended
+    r = net.step(1, ForwardPropose(src=2, dst=1, term=1, fwd_id=1,
+                                   commands=encode_commands([Command("c", 1, b"x")])))
+    assert [m.status for m in of_type(r.messages, ForwardProposeResp)] == [Status.UNKNOWN]
