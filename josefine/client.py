@@ -47,11 +47,21 @@ class Client:
         credentials: the client's Curve key pair and the nodes' server keys, for a secure
             cluster (the default kind); None talks plaintext to an ``insecure`` cluster.
             `from_cluster_file` finds them in the cluster file.
+        read_from: "leader" (default) sends reads to the leader; "any" spreads them over
+            every node, round robin: a follower obtains a read index from the leader and
+            answers from its own state once it has applied that far, so reads stay
+            linearizable while the leader's load drops (docs/protocol.md A.10). Writes
+            may go to any node either way: a follower forwards them to the leader.
     """
 
     def __init__(self, addresses: Sequence[str] | Mapping[int, str], cluster_id: str, *,
                  timeout: float = 10.0, request_timeout: float = 1.0,
-                 credentials: ClientCredentials | None = None) -> None:
+                 credentials: ClientCredentials | None = None,
+                 read_from: str = "leader") -> None:
+        if read_from not in ("leader", "any"):
+            raise ValueError(f"read_from must be 'leader' or 'any', not {read_from!r}")
+        self.read_from = read_from
+        self._rr = itertools.count(random.randrange(1 << 16))
         if isinstance(addresses, Mapping):
             self._by_id = {int(k): v for k, v in addresses.items()}
             self.addresses = list(self._by_id.values())
@@ -155,10 +165,15 @@ class Client:
                                f"(last error: {last})")
 
     def read(self, query: bytes) -> Any:
-        """Linearizable read through the leader's ReadIndex."""
+        """Linearizable read through ReadIndex: at the leader, or (read_from="any") at
+        whichever node the round robin picks, which asks the leader for the index."""
         st = self._state()
         deadline = time.monotonic() + self.timeout
-        addr = self._leader or self.addresses[0]
+        spread = self.read_from == "any"
+        if spread:
+            addr = self.addresses[next(self._rr) % len(self.addresses)]
+        else:
+            addr = self._leader or self.addresses[0]
         last: Exception | None = None
         backoff = 0.005
         while True:
@@ -169,14 +184,16 @@ class Client:
             st.read_id += 1
             try:
                 resp = self._conn(st, addr).request(
-                    ClientRead(client_id=st.client_id, read_id=st.read_id, query=query),
+                    ClientRead(client_id=st.client_id, read_id=st.read_id, query=query,
+                               any_node=spread),
                     min(self.request_timeout, remaining))
             except TimeoutError as exc:
                 last = exc
                 addr = self._next(addr)
                 continue
             if resp.status == Status.OK:
-                self._leader = addr
+                if not spread:   # only the leader answers a read that asked for it
+                    self._leader = addr
                 return resp.result
             if resp.status == Status.REJECTED:
                 raise RejectedError(str(resp.result))

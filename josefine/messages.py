@@ -182,11 +182,68 @@ class SnapshotChunkAck:
     ok: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadIndexReq:
+    """Follower -> leader: "give me a read index" for a client read at the follower (A.10).
+
+    `read_id` is the follower's own number for the request, unique per incarnation of its
+    core, so an answer to an earlier request can never be taken for this one's."""
+
+    src: int
+    dst: int
+    term: int
+    read_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadIndexResp:
+    """Leader -> follower: `index` is a commit the leader held after the request arrived,
+    confirmed by a quorum's heartbeat answers; None refuses (not leader any more)."""
+
+    src: int
+    dst: int
+    term: int
+    read_id: int
+    index: BlockId | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardPropose:
+    """Follower -> leader: client commands the follower received (A.8). `commands` is
+    their block-payload encoding; (client_id, seq) travel unchanged, so the leader's
+    sessions dedupe retries wherever they entered."""
+
+    src: int
+    dst: int
+    term: int
+    fwd_id: int
+    commands: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardProposeResp:
+    """Answer to a `ForwardPropose` whose commands were not appended: `refused` names
+    them (empty: all of them), `status` is what the follower relays (NOT_LEADER or BUSY,
+    which promise "never appended"; UNKNOWN from a node that may have led this term).
+    Accepted commands get no answer: the follower answers them when it applies them."""
+
+    src: int
+    dst: int
+    term: int
+    fwd_id: int
+    status: Status
+    refused: tuple[tuple[str, int], ...] = ()
+    leader_hint: int | None = None
+
+
 PeerMessage = Union[PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks, AppendResp,
-                    Heartbeat, HeartbeatResp, TimeoutNow, InstallSnapshot, InstallSnapshotResp]
+                    Heartbeat, HeartbeatResp, TimeoutNow, InstallSnapshot, InstallSnapshotResp,
+                    ReadIndexReq, ReadIndexResp, ForwardPropose, ForwardProposeResp]
 PEER_MESSAGE_TYPES: tuple[type, ...] = (PreVoteReq, PreVoteResp, VoteReq, VoteResp, AppendBlocks,
                                         AppendResp, Heartbeat, HeartbeatResp, TimeoutNow,
-                                        InstallSnapshotResp, SnapshotChunk, SnapshotChunkAck)
+                                        InstallSnapshotResp, SnapshotChunk, SnapshotChunkAck,
+                                        ReadIndexReq, ReadIndexResp, ForwardPropose,
+                                        ForwardProposeResp)
 """Peer messages that travel between nodes (`InstallSnapshot` travels as chunks)."""
 LEADER_MESSAGES: tuple[type, ...] = (AppendBlocks, Heartbeat, TimeoutNow, InstallSnapshot)
 
@@ -235,6 +292,9 @@ class ClientRead:
     client_id: str
     read_id: int
     query: bytes
+    any_node: bool = False
+    """Any node may serve it (a follower with the leader's read index, A.10); False
+    keeps it at the leader: a follower answers NOT_LEADER with a hint."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,6 +376,9 @@ class ReadIndex:
     """Ask the core for a linearizable read point; read_id is opaque to the core."""
 
     read_id: Any
+    at_follower: bool = True
+    """A follower may serve it with the leader's read index (A.10); False: only the
+    leader serves it (a follower answers NOT_LEADER with its hint)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

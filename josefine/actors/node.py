@@ -214,7 +214,8 @@ class Node:
             genesis(cfg.cluster_id), term=stored.hard_state.term,
             voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
             commit=stored.commit, loader=store.get_block, base=stored.base,
-            applied=self.applier.applied if chosen is not None else None, snapshot=snapshot)
+            applied=self.applier.applied if chosen is not None else None, snapshot=snapshot,
+            incarnation=int.from_bytes(os.urandom(4), "big"))
         log.info("node %d: recovered term=%d vote=%s base=%s head=%s commit=%s applied=%s "
                  "(%d blocks)", self.id, core.term, core.voted_for, core.tree.root.id,
                  core.head, core.commit, core.applied, len(stored.blocks))

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_kv)
     p = sub.add_parser("get", parents=[common], help="print the value of KEY (exit 3 if absent)")
     p.add_argument("key", help="the key to read (linearizable)")
+    p.add_argument("--any", action="store_true",
+                   help="let any node serve the read (a follower asks the leader for a read "
+                        "index, then answers from its own state: still linearizable)")
     p.set_defaults(func=_kv)
     p = sub.add_parser("delete", parents=[common], help="remove KEY (exit 3 if absent)")
     p.add_argument("key", help="the key to remove")
@@ -439,8 +442,9 @@ def _kv(args: argparse.Namespace) -> int:
     try:
         # A {node id: address} map lets the client follow leader hints directly.
         addresses = {node_id: node.address for node_id, node in cluster.nodes.items()}
+        read_from = "any" if getattr(args, "any", False) else "leader"
         client = client_module.Client(addresses, cluster.cluster_id, timeout=args.timeout,
-                                      **_credentials(cluster, args))
+                                      read_from=read_from, **_credentials(cluster, args))
         if command == "put":
             client.put(args.key, args.value)
             print("OK")

@@ -17,12 +17,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from josefine import messages as msg
-from josefine.chain.block import (Block, BlockKind, Command, base_header, encode_commands,
-                                  make_block, verify_digest)
-from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreInput, Heartbeat,
-                               HeartbeatResp, InstallSnapshot, InstallSnapshotResp, PeerMessage,
-                               PreVoteReq, PreVoteResp, SnapshotStatus, Status, TimeoutNow,
-                               VoteReq, VoteResp)
+from josefine.chain.block import (Block, BlockKind, Command, base_header, decode_commands,
+                                  encode_commands, make_block, verify_digest)
+from josefine.messages import (LEADER_MESSAGES, AppendBlocks, AppendResp, CoreInput,
+                               ForwardPropose, ForwardProposeResp, Heartbeat, HeartbeatResp,
+                               InstallSnapshot, InstallSnapshotResp, PeerMessage, PreVoteReq,
+                               PreVoteResp, ReadIndexReq, ReadIndexResp, SnapshotStatus, Status,
+                               TimeoutNow, VoteReq, VoteResp)
 from josefine.raft.membership import (ChangeOp, Config, ConfigChange, ConfigChangeError,
                                       decode_config_block, encode_config_block)
 from josefine.raft.progress import Progress, ProgressState
@@ -73,6 +74,15 @@ class CoreConfig:
     """The bootstrap membership (with addresses); None: `voters`, without addresses."""
     """A follower in SNAPSHOT whose install was neither acknowledged nor reported failed
     for this long is probed again (a backstop: the runtime reports failures itself)."""
+    follower_reads: bool = True
+    """A follower that knows a leader serves reads itself, with a read index obtained from
+    the leader (A.10); False: it answers NOT_LEADER, as before."""
+    forward_proposals: bool = True
+    """A follower that knows a leader forwards client proposals to it (A.8); False: it
+    answers NOT_LEADER with a hint."""
+    forward_timeout_ticks: int = 0
+    """A forwarded read or write still unanswered after this many ticks is answered
+    NOT_LEADER (read) or UNKNOWN (write) so the client retries; 0: 3 * election_ticks."""
 
 
 @dataclass
@@ -81,6 +91,27 @@ class _Read:
     index: BlockId
     seq: int
     confirmed: bool = False
+    origin: int | None = None
+    """The follower that asked (ReadIndexReq); None: a read of this node's own client."""
+
+
+@dataclass
+class _FwdRead:
+    """A read this follower serves with an index it asked the leader for (A.10)."""
+
+    read_id: Any
+    leader: int
+    index: BlockId | None = None
+    elapsed: int = 0
+
+
+@dataclass
+class _FwdBatch:
+    """Proposals this follower forwarded in one ForwardPropose (A.8)."""
+
+    keys: tuple[tuple[str, int], ...]
+    leader: int
+    elapsed: int = 0
 
 
 class RaftCore:
@@ -92,12 +123,15 @@ class RaftCore:
                  loader: Callable[[BlockId], Block | None] | None = None,
                  base: Block | None = None, applied: BlockId | None = None,
                  snapshot: tuple[BlockId, bytes] | None = None,
-                 base_config: Config | None = None) -> None:
+                 base_config: Config | None = None, incarnation: int = 0) -> None:
         """Restart (A.13): `base` is the store's base header (None: never compacted, the
         chain starts at `genesis`); `blocks` those above it; `applied` what the state
         machine already holds (the restored snapshot's base; default the base), and
         `snapshot` the newest durable snapshot (base id, digest), which the node serves to
-        followers that need what it compacted."""
+        followers that need what it compacted. `incarnation` (31 bits) should differ
+        between starts of one node (the runtime draws it): the ids of forwarded reads and
+        writes start from it, so an answer to a request of an earlier life, still on the
+        wire, never matches one of this life (A.10)."""
         self.cfg = cfg
         self.id = cfg.node_id
         self.prog: dict[int, Progress] = {}
@@ -148,7 +182,22 @@ class RaftCore:
         """CONFIG blocks this leader appended, to answer their change once committed."""
         self.orphaned: dict[BlockId, tuple[Command, ...]] = {}
         self.reads: list[_Read] = []
-        self.deferred_reads: list[Any] = []
+        self.deferred_reads: list[tuple[Any, int | None]] = []
+        self.fwd_reads: dict[int, _FwdRead] = {}
+        self.fwd_batches: dict[int, _FwdBatch] = {}
+        self.fwd_keys: dict[tuple[str, int], int] = {}
+        """(client_id, seq) of a forwarded command -> the ForwardPropose that carries it."""
+        self._fwd_next = (incarnation & 0x7FFFFFFF) << 32
+        self.fwd_origin: dict[BlockId, set[int]] = {}
+        """Leader: blocks holding commands that followers forwarded -> those followers."""
+        self.fwd_seen: dict[tuple[int, int], None] = {}
+        """Leader: (follower, fwd_id) of the forwards it took this term, oldest first
+        (bounded): a duplicate copy is dropped, never answered (see _on_forward_propose)."""
+        self.fwd_notify: dict[int, int] = {}
+        """Leader: follower -> height of a committed block it forwarded but had not acked
+        when it committed; it is sent the commit once its ack arrives."""
+        self.follower_reads = 0      # reads served here as a non-leader (status counter)
+        self.forwarded_writes = 0    # commands forwarded to a leader (status counter)
         self.transfer: int | None = None
         self.transfer_elapsed = 0
         self._deposed_by: int | None = None
@@ -203,7 +252,7 @@ class RaftCore:
             case msg.Propose:
                 self._propose(m.commands)
             case msg.ReadIndex:
-                self._read_index(m.read_id)
+                self._read_index(m.read_id, m.at_follower)
             case msg.VoteReq:
                 if m.term == self.term or self._admit(m):
                     self._on_vote_req(m)
@@ -233,6 +282,18 @@ class RaftCore:
                 self._on_snapshot_status(m)
             case msg.ChangeConfig:
                 self._change_config(m)
+            case msg.ReadIndexReq:
+                if m.term == self.term or self._admit(m):
+                    self._on_read_index_req(m)
+            case msg.ReadIndexResp:
+                if m.term == self.term or self._admit(m):
+                    self._on_read_index_resp(m)
+            case msg.ForwardPropose:
+                if m.term == self.term or self._admit(m):
+                    self._on_forward_propose(m)
+            case msg.ForwardProposeResp:
+                if m.term == self.term or self._admit(m):
+                    self._on_forward_propose_resp(m)
             case _:
                 raise TypeError(f"not a core input: {type(inp).__name__} "
                                 "(see josefine.messages.CoreInput)")
@@ -308,6 +369,7 @@ class RaftCore:
         if term > self.term:
             self.term, self.voted_for = term, None
             self._persist_hard_state()
+            self._forwarded_term_ended()
         if self.role == Role.LEADER:
             self._step_down()
         self.role, self.leader = Role.FOLLOWER, leader
@@ -327,10 +389,12 @@ class RaftCore:
         while len(self.orphaned) > 10000:
             self.orphaned.pop(next(iter(self.orphaned)))
         self.pending = {}
-        for rd in self.reads:
-            out.append(Outcome(OutcomeKind.READ, rd.read_id, Status.NOT_LEADER))
-        for rid in self.deferred_reads:
-            out.append(Outcome(OutcomeKind.READ, rid, Status.NOT_LEADER))
+        for rid, origin in [(rd.read_id, rd.origin) for rd in self.reads] + self.deferred_reads:
+            if origin is None:
+                out.append(Outcome(OutcomeKind.READ, rid, Status.NOT_LEADER))
+            else:
+                self._send(ReadIndexResp(src=self.id, dst=origin, term=self.term,
+                                         read_id=rid, index=None))
         self.reads, self.deferred_reads = [], []
         if self.transfer is not None:
             ok = self._deposed_by == self.transfer
@@ -338,11 +402,14 @@ class RaftCore:
                                Status.OK if ok else Status.ABORTED, self._deposed_by))
         self.transfer = None
         self.prog = {}
+        self.fwd_origin, self.fwd_notify = {}, {}
 
     # ================================================================== elections (A.6)
     def _tick(self) -> None:
         self.elapsed += 1
         cfg = self.cfg
+        if self.fwd_reads or self.fwd_batches:
+            self._expire_forwarded()
         if self.role == Role.LEADER:
             for f, p in self.prog.items():
                 if p.state == ProgressState.SNAPSHOT:
@@ -394,6 +461,7 @@ class RaftCore:
             self._step_down()
         self.term += 1
         self.voted_for = self.id
+        self._forwarded_term_ended()
         self._persist_hard_state()
         self.role, self.leader, self.votes = Role.CANDIDATE, None, {self.id: True}
         self._reset_timer()
@@ -464,6 +532,7 @@ class RaftCore:
         self.role, self.leader = Role.LEADER, self.id
         self.transfer = None
         self.reads, self.deferred_reads = [], []
+        self.fwd_seen = {}
         self.elapsed = self.hb_elapsed = 0
         self.durable_head = self.head
         nxt = self.head.height + 1
@@ -672,6 +741,10 @@ class RaftCore:
             self._leader_advance_commit()
             if self.role != Role.LEADER:
                 return
+            fh = self.fwd_notify.get(m.src) if self.fwd_notify else None
+            if fh is not None and p.match.height >= fh:
+                del self.fwd_notify[m.src]
+                self._heartbeat_to(m.src, self.hb_seq)
             if self.transfer == m.src and p.match == self.head:
                 self._eager(TimeoutNow(src=self.id, dst=m.src, term=self.term))
             else:
@@ -772,6 +845,7 @@ class RaftCore:
         r = self._r
         leader = self.role == Role.LEADER
         kept = 0
+        notify: dict[int, int] | None = None
         for h in range(self.applied.height + 1, self.commit.height + 1):
             b = tree.get(tree.at(h))
             r.apply.append(b)
@@ -783,17 +857,41 @@ class RaftCore:
                     if key is not None:
                         r.outcomes.append(Outcome(OutcomeKind.CONFIG, key, Status.OK,
                                                   self.id, b.id))
+                if self.fwd_origin:
+                    origins = self.fwd_origin.pop(b.id, None)
+                    if origins:
+                        if notify is None:
+                            notify = {}
+                        for f in origins:
+                            notify[f] = h
                 cmds = self.pending.pop(b.id, None)
                 if cmds is not None:
                     if r.decoded is None:
                         r.decoded = {}
                     r.decoded[b.id] = cmds
-            elif self.orphaned:
-                self.orphaned.pop(b.id, None)
+            else:
+                if self.orphaned:
+                    self.orphaned.pop(b.id, None)
+                if self.fwd_keys and b.kind == BlockKind.NORMAL:
+                    self._forwarded_applied(b)
         self._kept_bytes += kept
         self.applied = self.commit
+        if notify:
+            # The followers that forwarded these commands answer their clients when they
+            # apply them: tell them the commit now rather than at the next heartbeat (or
+            # as soon as they ack the block, if a quorum formed without them).
+            for f, fh in notify.items():
+                p = self.prog.get(f)
+                if p is None:
+                    continue
+                if p.match is not None and p.match.height >= fh:
+                    self._heartbeat_to(f, self.hb_seq)
+                else:
+                    self.fwd_notify[f] = max(fh, self.fwd_notify.get(f, 0))
         if self.reads:
             self._answer_ready_reads()
+        if self.fwd_reads:
+            self._answer_forwarded_reads()
         if tree.loader is not None:
             self._evict_old_blocks()
 
@@ -1093,52 +1191,214 @@ class RaftCore:
         log.info("node %d: installed snapshot %s from node %d (kept %d blocks above it)",
                  self.id, last, m.src, len(kept))
         self._send(resp)
+        if self.fwd_reads:
+            self._answer_forwarded_reads()
 
     # ================================================================== proposals
-    def _propose(self, commands: tuple[Command, ...]) -> None:
+    def _propose(self, commands: tuple[Command, ...] | list[Command],
+                 origin: tuple[int, int] | None = None) -> None:
+        """Append client commands (leader), forward them to the leader (a follower that
+        knows one), or refuse them. `origin` = (follower, fwd_id) for commands a follower
+        forwarded: refusals go back to it instead of into this node's outcomes."""
         if self.role != Role.LEADER or self.transfer is not None:
+            if origin is None and self.role != Role.LEADER and self.leader is not None \
+                    and self.cfg.forward_proposals:
+                self._forward_proposals(commands)
+                return
             hint = self.transfer if self.transfer is not None else self.leader
-            for c in commands:
-                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
-                                                Status.NOT_LEADER, hint))
+            self._refuse_proposals(commands, Status.NOT_LEADER, hint, origin)
             return
         batch: list[Command] = []
+        busy: list[Command] = []
         size = 0
         for c in commands:
             n = len(c.data) + len(c.client_id) + 14
             if self.uncommitted_bytes + size + n > self.cfg.max_uncommitted_bytes:
-                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
-                                                Status.BUSY, self.id))
+                busy.append(c)
                 continue
             if batch and size + n > self.cfg.max_block_bytes:
-                self._append_batch(batch)
+                self._append_batch(batch, origin[0] if origin else None)
                 batch, size = [], 0
             batch.append(c)
             size += n
         if batch:
-            self._append_batch(batch)
+            self._append_batch(batch, origin[0] if origin else None)
+        if busy:
+            self._refuse_proposals(busy, Status.BUSY, self.id, origin)
         for f in self.peers:
             self._catch_up(f)
         if not self.voter_peers:
             self._leader_advance_commit()
 
-    def _append_batch(self, batch: list[Command]) -> None:
+    def _refuse_proposals(self, commands: tuple[Command, ...] | list[Command], status: Status,
+                          hint: int | None, origin: tuple[int, int] | None) -> None:
+        if origin is None:
+            for c in commands:
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, (c.client_id, c.seq),
+                                                status, hint))
+            return
+        self._send(ForwardProposeResp(src=self.id, dst=origin[0], term=self.term,
+                                      fwd_id=origin[1], status=status,
+                                      refused=tuple((c.client_id, c.seq) for c in commands),
+                                      leader_hint=hint))
+
+    # ------------------------------------------------------------ forwarded writes (A.8)
+    def _forward_proposals(self, commands: tuple[Command, ...] | list[Command]) -> None:
+        """A follower passes client commands on to its leader, unchanged: (client_id, seq)
+        stay the client's, so the leader's sessions apply a retry at most once wherever it
+        entered. The answer is this node's own: OK once it applies the command (the
+        runtime's waiter sees it applied, with its result), the leader's refusal if it
+        sends one, UNKNOWN if the term ends or nothing happens within the timeout."""
+        leader = self.leader
+        assert leader is not None
+        limit = self.cfg.max_block_bytes
+        chunk: list[Command] = []
+        size = 0
+        for c in commands:
+            n = len(c.data) + len(c.client_id) + 14
+            if chunk and size + n > limit:
+                self._send_forward(leader, chunk)
+                chunk, size = [], 0
+            chunk.append(c)
+            size += n
+        if chunk:
+            self._send_forward(leader, chunk)
+
+    def _send_forward(self, leader: int, cmds: list[Command]) -> None:
+        self._fwd_next += 1
+        fid = self._fwd_next
+        keys = tuple((c.client_id, c.seq) for c in cmds)
+        self.fwd_batches[fid] = _FwdBatch(keys, leader)
+        for k in keys:
+            self.fwd_keys[k] = fid
+        self.forwarded_writes += len(cmds)
+        # In `messages`, not eager: it carries our term, which must be durable before it
+        # leaves (A.3, B4); a follower that just adopted the term may still be writing it.
+        self._send(ForwardPropose(src=self.id, dst=leader, term=self.term, fwd_id=fid,
+                                  commands=encode_commands(cmds)))
+
+    def _on_forward_propose(self, m: ForwardPropose) -> None:
+        """A refusal must be true of every copy of the forward, since the follower relays
+        it to a client as "not applied". Only the leader of the forward's term can have
+        appended a copy (a node takes a forward only in the forward's own term). So the
+        leader drops a copy it has seen (a duplicate, or one reordered behind a later
+        refusal), and a non-leader refuses with NOT_LEADER only when it cannot have led
+        this term; one that campaigned in it (and may have led, then stepped down or
+        restarted) answers UNKNOWN."""
+        key = (m.src, m.fwd_id)
+        if self.role != Role.LEADER:
+            status = Status.UNKNOWN if self.voted_for == self.id else Status.NOT_LEADER
+            self._send(ForwardProposeResp(src=self.id, dst=m.src, term=self.term,
+                                          fwd_id=m.fwd_id, status=status, refused=(),
+                                          leader_hint=self.leader))
+            return
+        if key in self.fwd_seen:
+            return
+        self.fwd_seen[key] = None
+        if len(self.fwd_seen) > 65536:
+            del self.fwd_seen[next(iter(self.fwd_seen))]
+        try:
+            cmds = decode_commands(m.commands)
+        except ValueError as exc:
+            log.error("node %d: malformed ForwardPropose from %d dropped: %s", self.id, m.src,
+                      exc)
+            return
+        self._propose(cmds, key)
+
+    def _on_forward_propose_resp(self, m: ForwardProposeResp) -> None:
+        batch = self.fwd_batches.get(m.fwd_id)
+        if batch is None or m.src != batch.leader:
+            return   # answered already, expired, or of another life of this node
+        status = m.status if m.status in (Status.NOT_LEADER, Status.BUSY) else Status.UNKNOWN
+        hint = m.leader_hint
+        fwd_keys = self.fwd_keys
+        for k in m.refused or batch.keys:
+            if k in batch.keys and fwd_keys.get(k) == m.fwd_id:
+                del fwd_keys[k]
+                self._r.outcomes.append(Outcome(OutcomeKind.PROPOSE, k, status, hint))
+        if not any(fwd_keys.get(k) == m.fwd_id for k in batch.keys):
+            del self.fwd_batches[m.fwd_id]
+
+    def _forwarded_applied(self, b: Block) -> None:
+        """Forwarded commands that reached our state machine: the runtime answers them
+        from what it applied; forget them here."""
+        try:
+            cmds = decode_commands(b.payload)
+        except ValueError:
+            return
+        fwd_keys = self.fwd_keys
+        done = set()
+        for c in cmds:
+            fid = fwd_keys.pop((c.client_id, c.seq), None)
+            if fid is not None:
+                done.add(fid)
+        for fid in done:
+            batch = self.fwd_batches.get(fid)
+            if batch is not None and not any(fwd_keys.get(k) == fid for k in batch.keys):
+                del self.fwd_batches[fid]
+
+    def _forwarded_term_ended(self) -> None:
+        """Our term moved on: forwarded writes may or may not commit (UNKNOWN), and reads
+        still waiting for an index will never get one we could accept (answers of the old
+        term are dropped on intake). Reads that hold an index keep it: it is a committed
+        block the old leader confirmed after the read arrived, still valid to wait for."""
+        out = self._r.outcomes
+        fwd_keys = self.fwd_keys
+        for fid, batch in self.fwd_batches.items():
+            for k in batch.keys:
+                if fwd_keys.get(k) == fid:
+                    out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
+        self.fwd_batches.clear()
+        self.fwd_keys.clear()
+        for fid in [f for f, fr in self.fwd_reads.items() if fr.index is None]:
+            fr = self.fwd_reads.pop(fid)
+            out.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER, None))
+
+    def _expire_forwarded(self) -> None:
+        limit = self.cfg.forward_timeout_ticks or 3 * self.cfg.election_ticks
+        out = self._r.outcomes
+        for fid, fr in list(self.fwd_reads.items()):
+            fr.elapsed += 1
+            if fr.elapsed >= limit:
+                del self.fwd_reads[fid]
+                out.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER,
+                                   self.leader))
+        fwd_keys = self.fwd_keys
+        for fid, batch in list(self.fwd_batches.items()):
+            batch.elapsed += 1
+            if batch.elapsed >= limit:
+                del self.fwd_batches[fid]
+                for k in batch.keys:
+                    if fwd_keys.get(k) == fid:
+                        del fwd_keys[k]
+                        out.append(Outcome(OutcomeKind.PROPOSE, k, Status.UNKNOWN, None))
+
+    def _append_batch(self, batch: list[Command], origin: int | None = None) -> None:
         b = self._append_local(BlockKind.NORMAL, encode_commands(batch))
         self.pending[b.id] = tuple(batch)
+        if origin is not None:
+            self.fwd_origin.setdefault(b.id, set()).add(origin)
 
     # ================================================================== heartbeats (A.9)
     def _broadcast_heartbeat(self) -> None:
         self.hb_seq += 1
+        for f in self.prog:
+            self._heartbeat_to(f, self.hb_seq)
+
+    def _heartbeat_to(self, f: int, seq: int) -> None:
+        """A heartbeat with the commit capped at what `f` acknowledged. Sent out of turn
+        (with the current seq) it is still sound for reads: an answer to it comes from a
+        heartbeat that left after every read already waiting on that seq."""
+        p = self.prog[f]
         tree = self.tree
-        for f, p in self.prog.items():
-            c = None
-            if p.match is not None:
-                mh = p.match.height
-                if self.commit.height <= mh:
-                    c = self.commit
-                elif mh >= tree.root.id.height:
-                    c = tree.at(mh)
-            self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=self.hb_seq))
+        c = None
+        if p.match is not None:
+            mh = p.match.height
+            if self.commit.height <= mh:
+                c = self.commit
+            elif mh >= tree.root.id.height:
+                c = tree.at(mh)
+        self._eager(Heartbeat(src=self.id, dst=f, term=self.term, commit=c, seq=seq))
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         if self.role == Role.LEADER:
@@ -1189,21 +1449,31 @@ class RaftCore:
             self._become_follower(self.term, None)
 
     # ================================================================== reads (A.10)
-    def _read_index(self, read_id: Any) -> None:
+    def _read_index(self, read_id: Any, at_follower: bool = True) -> None:
+        """A client read at this node: the leader serves it (`_leader_read`); a follower
+        that knows a leader asks it for a read index (`_forward_read`) unless the client
+        wants the leader (`at_follower` False); anyone else answers NOT_LEADER with its
+        hint."""
+        if self.role == Role.LEADER:
+            self._leader_read(read_id, None)
+        elif self.leader is not None and self.cfg.follower_reads and at_follower:
+            self._forward_read(read_id)
+        else:
+            self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
+                                            self.leader))
+
+    def _leader_read(self, read_id: Any, origin: int | None) -> None:
         """ReadIndex (thesis §6.4): the read point is the commit, once this leader has
         committed a block of its own term (until then it may not know the latest commit,
         so the read waits in `deferred_reads`); it is served after a heartbeat round
         confirms a quorum still follows us and the state machine has applied it. No read
         is served on the strength of a lease alone (thesis §6.4.1): that would trust
-        bounded clock drift, and the `_in_lease` rule only keeps votes away."""
-        if self.role != Role.LEADER:
-            self._r.outcomes.append(Outcome(OutcomeKind.READ, read_id, Status.NOT_LEADER,
-                                            self.leader))
-            return
+        bounded clock drift, and the `_in_lease` rule only keeps votes away. A follower's
+        read (`origin`) takes the same path and gets the confirmed index back instead."""
         if self.commit.term != self.term:
-            self.deferred_reads.append(read_id)
+            self.deferred_reads.append((read_id, origin))
             return
-        rd = _Read(read_id, self.commit, self.hb_seq + 1)
+        rd = _Read(read_id, self.commit, self.hb_seq + 1, origin=origin)
         self.reads.append(rd)
         if self.quorum == 1 and self.id in self.voters:
             rd.confirmed = True
@@ -1215,8 +1485,59 @@ class RaftCore:
     def _release_deferred_reads(self) -> None:
         if self.deferred_reads and self.commit.term == self.term:
             ids, self.deferred_reads = self.deferred_reads, []
-            for rid in ids:
-                self._read_index(rid)
+            for rid, origin in ids:
+                self._leader_read(rid, origin)
+
+    # ------------------------------------------------------------ reads at followers
+    def _forward_read(self, read_id: Any) -> None:
+        """Thesis §6.4's follower variant: ask the leader for a read index, then serve
+        the read here once our state machine has applied that far. The index is a commit
+        the leader held after our request reached it, confirmed by a quorum, so a state
+        at or past it reflects every write completed before the read began."""
+        leader = self.leader
+        assert leader is not None
+        self._fwd_next += 1
+        fid = self._fwd_next
+        self.fwd_reads[fid] = _FwdRead(read_id, leader)
+        self._send(ReadIndexReq(src=self.id, dst=leader, term=self.term, read_id=fid))  # (A.3)
+
+    def _on_read_index_req(self, m: ReadIndexReq) -> None:
+        if self.role != Role.LEADER:
+            self._send(ReadIndexResp(src=self.id, dst=m.src, term=self.term,
+                                     read_id=m.read_id, index=None))
+            return
+        self._leader_read(m.read_id, m.src)
+
+    def _on_read_index_resp(self, m: ReadIndexResp) -> None:
+        fr = self.fwd_reads.get(m.read_id)
+        if fr is None or fr.index is not None or m.src != fr.leader:
+            return   # a duplicate, an expired request, or one of an earlier life
+        if m.index is None:
+            del self.fwd_reads[m.read_id]
+            self._r.outcomes.append(Outcome(OutcomeKind.READ, fr.read_id, Status.NOT_LEADER,
+                                            self.leader if self.leader != m.src else None))
+            return
+        fr.index = m.index
+        # The index is committed: when we hold it on our path, it is our commit too, so
+        # a follower that heard of the commit only through this answer need not wait for
+        # the next heartbeat to serve the read. (Not capped at our match as a heartbeat's
+        # commit is, it may name a height we hold on a dead branch: no tripwire, we just
+        # wait for the leader's blocks.)
+        self._advance_commit_to(m.index)
+        self._answer_forwarded_reads()
+
+    def _answer_forwarded_reads(self) -> None:
+        """Serve every forwarded read whose index we have applied. Our applied blocks are
+        committed, and the committed path is unique, so applied height >= index height
+        means our state includes the index's block."""
+        h = self.applied.height
+        ready = [fid for fid, fr in self.fwd_reads.items()
+                 if fr.index is not None and h >= fr.index.height]
+        for fid in ready:
+            fr = self.fwd_reads.pop(fid)
+            assert fr.index is not None
+            self._r.reads.append((fr.read_id, fr.index))
+            self.follower_reads += 1
 
     def _confirm_reads(self) -> None:
         for rd in self.reads:
@@ -1229,7 +1550,12 @@ class RaftCore:
     def _answer_ready_reads(self) -> None:
         keep = []
         for rd in self.reads:
-            if rd.confirmed and self.applied.height >= rd.index.height:
+            if not rd.confirmed:
+                keep.append(rd)
+            elif rd.origin is not None:   # the follower waits for its own apply
+                self._eager(ReadIndexResp(src=self.id, dst=rd.origin, term=self.term,
+                                         read_id=rd.read_id, index=rd.index))
+            elif self.applied.height >= rd.index.height:
                 self._r.reads.append((rd.read_id, rd.index))
             else:
                 keep.append(rd)
@@ -1271,6 +1597,7 @@ class RaftCore:
                 "snapshot": list(self.snapshot[0]) if self.snapshot is not None else None,
                 "commit": list(self.commit), "applied": list(self.applied),
                 "blocks": len(self.tree.blocks), "pending": sum(map(len, self.pending.values())),
+                "follower_reads": self.follower_reads, "forwarded_writes": self.forwarded_writes,
                 "tripwire": {"refused_appends": self.refused_appends,
                              "refused_commits": self.refused_commits}}
 

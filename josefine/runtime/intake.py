@@ -102,7 +102,7 @@ class ClientIntake:
                 self.reply(identity, ClientReadResp(client_id=cid, read_id=rid,
                                                          status=status, result=result,
                                                          leader_hint=hint))
-            self.read(msg.query, reply_read)
+            self.read(msg.query, reply_read, at_follower=msg.any_node)
         elif t is ClientStatus:
             cid, rid = msg.client_id, msg.read_id
             self.tell_role(StatusQuery(reply=lambda st: zt.reply_client(
@@ -204,10 +204,12 @@ class ClientIntake:
         self.proposals.add((cmd.client_id, cmd.seq), waiter)
         self.proposal_inbox.put(cmd)
 
-    def read(self, query: bytes, waiter: Callable) -> None:
+    def read(self, query: bytes, waiter: Callable, at_follower: bool = True) -> None:
+        """`at_follower`: a follower may serve it with the leader's read index (A.10);
+        False: only the leader does (a remote client that asked for the leader)."""
         rid = next(self._read_ids)
         self.reads.add(rid, waiter, query)
-        self.tell_role(ReadIndex(read_id=rid))
+        self.tell_role(ReadIndex(read_id=rid, at_follower=at_follower))
 
     def add_transfer_waiter(self, target: int, waiter: Callable) -> None:
         """Transfers are answered per target: a second request for the same target joins

@@ -41,6 +41,10 @@ class NodeStatus(Mapping[str, Any]):
     pending: int | None = None
     """Commands proposed here and not yet committed (a leader's)."""
     tripwire: dict[str, int] | None = None
+    follower_reads: int | None = None
+    """Reads this node served as a follower, with a read index from the leader (A.10)."""
+    forwarded_writes: int | None = None
+    """Client commands this node forwarded to its leader as a follower (A.8)."""
     queued_proposals: int | None = None
     dropped_ticks: int | None = None
     ran_on_io_thread: int | None = None

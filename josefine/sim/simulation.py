@@ -115,6 +115,13 @@ class SimConfig:
     """Chance per step that a live node (without one in progress) starts a snapshot."""
     keep_previous_snapshot: bool = True
     snapshot_timeout_ticks: int = 40
+    follower_reads: bool = True
+    """Followers serve reads with a read index from the leader (A.10)."""
+    forward_proposals: bool = True
+    """Followers forward writes to the leader (A.8)."""
+    any_node_rate: float = 0.5
+    """Chance that a client sends a new op, or a retry after a timeout, to a random node
+    (often a follower) instead of the node it last saw leading."""
 
 
 @dataclass
@@ -130,6 +137,9 @@ class _Op:
     read_id: int | None = None
     attempts: int = 0
     hinted: bool = False
+    sent_to: dict[int, Any] = field(default_factory=dict)
+    """Nodes this write was handed to, with the core of the life that took it: each such
+    life holds a waiter that answers the write once applied (a crash loses it)."""
 
 
 @dataclass
@@ -243,6 +253,8 @@ class Simulation:
         self.read_ids = 0
         self.reads: dict[int, _Op] = {}
         self.value_counter = 0
+        self.known_leader: int | None = None
+        """The node a client last saw leading (an OK from it, or a hint)."""
         self.faults = 0
         self.completed = 0
         self.draining = False
@@ -250,7 +262,8 @@ class Simulation:
                       "dropped": 0, "duplicated": 0, "delivered": 0, "retries": 0,
                       "group_commits": 0, "skipped": 0, "lazy_markers": 0, "evicted": 0,
                       "snapshots": 0, "installs_sent": 0, "installed": 0, "compactions": 0,
-                      "config_changes": 0, "config_committed": 0}
+                      "config_changes": 0, "config_committed": 0,
+                      "follower_reads": 0, "follower_writes": 0}
         for n in self.nodes.values():
             self._boot(n)
 
@@ -273,7 +286,7 @@ class Simulation:
                                  voted_for=st.hard_state.voted_for, blocks=st.blocks,
                                  head=st.head, commit=st.commit, loader=n.store.get_block,
                                  base=st.base, applied=snap, snapshot=snapshot,
-                                 base_config=base_config)
+                                 base_config=base_config, incarnation=self.now)
         n.router, n.planner = ReadyRouter(), WritePlanner(fsync=True)
         n.channel, n.inflight = [], None
         n.snap_pending = None
@@ -444,12 +457,16 @@ class Simulation:
                 if sess.height == b.id.height and sess.last_seq == c.seq:
                     eff.append((c.client_id, c.seq))
             self.inv.on_applied(n.id, b, applier.sm_digest(), eff)
-            if n.leads:
-                for c, res in results:
-                    self._client_reply(c.client_id, c.seq, Status.OK, res, n.id)
+            for c, res in results:
+                # as the runtime's waiters do: the node a client handed the write to
+                # answers it once it has applied it (a follower forwarded it)
+                self._client_reply(c.client_id, c.seq, Status.OK, res, n.id,
+                                   applied_at=n.id, leads=n.leads)
         for read_id, _index in work.reads:
             op = self.reads.pop(read_id, None)
             if op is not None:
+                if not n.leads:
+                    self.stats["follower_reads"] += 1
                 res = applier.query(kv_get(op.key))
                 self._finish(op, "ok", res.get("value") if isinstance(res, dict) else None)
         for o in work.outcomes:
@@ -518,16 +535,22 @@ class Simulation:
             if kind != "read":
                 self.seqs[c] += 1
                 seq = self.seqs[c]
-            op = _Op(c, kind, key, value, seq, self.now, node=rng.choice(self.all_ids))
+            op = _Op(c, kind, key, value, seq, self.now, node=self._pick_node())
             self.ops[c] = op
             self.history.append({"process": c, "type": "invoke", "f": kind, "key": key,
                                  "value": value, "time": len(self.history)})
             self._send_op(op)
         elif self.now - op.sent_at > self.cfg.client_timeout:
             if not op.hinted:
-                op.node = rng.choice(self.all_ids)   # no answer: try someone else
+                op.node = self._pick_node()   # no answer: try someone (else)
             op.hinted = False
             self._send_op(op)
+
+    def _pick_node(self) -> int:
+        rng = self.rng
+        if self.known_leader is None or rng.random() < self.cfg.any_node_rate:
+            return rng.choice(self.all_ids)
+        return self.known_leader
 
     def _send_op(self, op: _Op) -> None:
         op.sent_at = self.now
@@ -547,14 +570,23 @@ class Simulation:
         else:
             data = kv_put(op.key, op.value) if op.kind == "write" else \
                 kv_cas(op.key, op.value[0], op.value[1])
+            op.sent_to[n.id] = n.core
             self._step_node(n, Propose(commands=(Command(f"c{op.client}", op.seq, data),)))
 
     def _client_reply(self, client_id: str, seq: int, status: Status, result: Any,
-                      hint: int | None) -> None:
+                      hint: int | None, applied_at: int | None = None,
+                      leads: bool = False) -> None:
         c = int(client_id[1:])
         op = self.ops.get(c)
         if op is None or op.kind == "read" or op.seq != seq:
             return
+        if applied_at is not None:
+            if op.sent_to.get(applied_at) is not self.nodes[applied_at].core:
+                return   # no waiter for it there (never sent there, or lost in a crash)
+            if leads:
+                self.known_leader = applied_at
+            else:
+                self.stats["follower_writes"] += 1
         if status == Status.OK:
             if op.kind == "cas" and not (isinstance(result, dict) and result.get("ok")):
                 self._finish(op, "fail", op.value)
@@ -568,6 +600,7 @@ class Simulation:
         """Retry soon, at the hinted leader if there is one."""
         if hint in self.nodes:
             op.node, op.hinted = hint, True
+            self.known_leader = hint
         else:
             op.node = self.rng.choice(self.all_ids)
         op.sent_at = self.now - self.cfg.client_timeout + 3

@@ -9,7 +9,6 @@ from josefine.runtime.status import NodeStatus
 from josefine import KVStateMachine, Node, NodeConfig
 from josefine.config import ConfigError
 from josefine.security import generate_keypair, make_cluster_keys, write_keypair
-from josefine.errors import NotLeaderError
 from josefine.fsm.kv import kv_cas, kv_get, kv_put
 from josefine.launch.ports import free_port_block
 
@@ -82,7 +81,10 @@ def test_single_node_propose_read_status_and_recovery(tmp_path):
         node.stop()
 
 
-def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
+def test_a_follower_forwards_proposals_and_serves_reads_itself(tmp_path):
+    """docs/protocol.md A.8, A.10: the embedding API of a follower works like a leader's:
+    its proposal is forwarded and answered once the follower has applied it, and its read
+    is served from its own state at an index the leader confirmed."""
     base = free_port_block(2)
     addrs = {1: f"tcp://127.0.0.1:{base}", 2: f"tcp://127.0.0.1:{base + 1}"}
     nodes = [Node.start(_config(tmp_path, base + i - 1, i, {j: a for j, a in addrs.items()
@@ -91,11 +93,13 @@ def test_follower_refuses_proposals_with_a_leader_hint(tmp_path):
         leader = nodes[0].wait_for_leader(20)
         nodes[1].wait_for_leader(20)
         follower = next(n for n in nodes if n.id != leader)
-        with pytest.raises(NotLeaderError) as ei:
-            follower.propose(kv_put("a", "b")).result(10)
-        assert ei.value.leader_hint == leader
+        assert follower.propose(kv_put("a", "b")).result(10) == {"ok": True}
         by_id = {n.id: n for n in nodes}
-        assert by_id[leader].propose(kv_put("a", "b")).result(10) == {"ok": True}
+        assert by_id[leader].read(kv_get("a")).result(10) == {"value": "b"}
+        assert by_id[leader].propose(kv_put("a", "c")).result(10) == {"ok": True}
+        assert follower.read(kv_get("a")).result(10) == {"value": "c"}
+        st = follower.status()
+        assert st.role == "follower" and st.forwarded_writes == 1 and st.follower_reads == 1
     finally:
         for n in nodes:
             n.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from josefine.raft import core
 
 
-def _read_locally(self, read_id):  # noqa: ANN001 - replaces RaftCore._read_index
+def _read_locally(self, read_id, at_follower=True):  # noqa: ANN001 - replaces RaftCore._read_index
     self._r.reads.append((read_id, self.applied))
 
 

@@ -193,6 +193,7 @@ class Network:
         self.applied_from: dict[int, int] = {i: 0 for i in self.ids}
         """Height of the state machine's starting point since the last (re)start/restore."""
         self._seq = 0
+        self.boots: dict[int, int] = {}
         for d in self.disk.values():
             for b in d.blocks.values():
                 self._register(b)
@@ -205,9 +206,11 @@ class Network:
         base_h = d.base.id.height if d.base is not None else 0
         snaps = [s for s in d.snaps if s.height >= base_h]
         snap = max(snaps, key=lambda s: s.height) if snaps else None
+        self.boots[i] = self.boots.get(i, 0) + 1   # each life its own incarnation
         core = RaftCore(self.cfgs[i], G, term=d.term, voted_for=d.voted_for,
                         blocks=dict(d.blocks), head=d.head, commit=d.commit, base=d.base,
-                        applied=snap, snapshot=(snap, d.snaps[snap][0]) if snap else None)
+                        applied=snap, snapshot=(snap, d.snaps[snap][0]) if snap else None,
+                        incarnation=self.boots[i])
         self.nodes[i] = core
         self.applied[i] = []
         self.sm[i] = list(d.snaps[snap][1]) if snap else []

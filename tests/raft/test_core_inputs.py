@@ -17,11 +17,12 @@ import pytest
 from harness import Network, make_leader, new_core
 
 from josefine.chain.block import Command
-from josefine.messages import (AppendBlocks, AppendResp, ChangeConfig, CoreInput, Heartbeat,
-                               HeartbeatResp,
+from josefine.messages import (AppendBlocks, AppendResp, ChangeConfig, CoreInput,
+                               ForwardPropose, ForwardProposeResp, Heartbeat, HeartbeatResp,
                                InstallSnapshot, InstallSnapshotResp, Persisted, PreVoteReq,
-                               PreVoteResp, Propose, ReadIndex, SnapshotStatus, SnapshotTaken,
-                               Status, Tick, TimeoutNow, TransferLeadership, VoteReq, VoteResp)
+                               PreVoteResp, Propose, ReadIndex, ReadIndexReq, ReadIndexResp,
+                               SnapshotStatus, SnapshotTaken, Status, Tick, TimeoutNow,
+                               TransferLeadership, VoteReq, VoteResp)
 from josefine.raft.core import RaftCore, Role
 from josefine.raft.ready import EventKind, OutcomeKind
 from josefine.types import GENESIS_ID
@@ -58,6 +59,14 @@ INPUTS: dict[type, tuple[Callable[[], Any], str, Role]] = {
                      "_on_snapshot_status", Role.FOLLOWER),
     ChangeConfig: (lambda: ChangeConfig(op=1, node=4, address="tcp://h:4"),
                    "_change_config", Role.FOLLOWER),
+    ReadIndexReq: (lambda: ReadIndexReq(**_P, read_id=3), "_on_read_index_req", Role.LEADER),
+    ReadIndexResp: (lambda: ReadIndexResp(**_P, read_id=3, index=GENESIS_ID),
+                    "_on_read_index_resp", Role.FOLLOWER),
+    ForwardPropose: (lambda: ForwardPropose(**_P, fwd_id=1, commands=b""),
+                     "_on_forward_propose", Role.LEADER),
+    ForwardProposeResp: (lambda: ForwardProposeResp(**_P, fwd_id=1, status=Status.BUSY,
+                                                    refused=(("c", 1),)),
+                         "_on_forward_propose_resp", Role.FOLLOWER),
 }
 
 

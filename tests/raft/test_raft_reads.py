@@ -100,8 +100,11 @@ def test_partitioned_stale_leader_never_serves_a_read():
         net.stabilize()
     assert net.nodes[1].role == Role.LEADER
     assert net.reads[1] == [] and "stale" not in net.read_results
-    r = net.read(3, "follower")
-    assert [(o.status, o.leader_hint) for o in r.outcomes] == [(Status.NOT_LEADER, 2)]
+    r = net.read(3, "follower")   # a follower of the new leader asks it (A.10)
+    assert r.outcomes == [] and r.reads == []
+    net.stabilize()
+    node, index, seen = net.read_results["follower"]
+    assert node == 3 and index == net.nodes[2].commit and ("c", 1, b"new") in seen
     net.recover()
     net.heartbeat(1)
     assert net.nodes[1].role == Role.FOLLOWER and net.nodes[1].term == 2
@@ -137,7 +140,7 @@ def test_single_voter_read_waits_for_its_noop_then_needs_no_round_trip():
     c = new_core(1, 1)
     tick_until_campaign(c)
     r = c.step(ReadIndex(read_id="x"))
-    assert r.reads == [] and c.deferred_reads == ["x"]
+    assert r.reads == [] and c.deferred_reads == [("x", None)]
     r = c.step(Persisted(head=c.head))
     assert r.reads == [("x", BlockId(1, 1))] and r.eager == []
     r = c.step(ReadIndex(read_id="y"))

@@ -496,8 +496,8 @@ def test_proposals_over_the_uncommitted_limit_get_busy_until_commit():
 # ------------------------------------------------------------------------------ C.36
 def test_proposal_commits_at_leader_and_is_refused_with_hint_elsewhere():
     """docs/protocol.md C.36, A.8 (on_propose); etcd TestProposal, TestProposalByProxy;
-    Raft §8."""
-    net = Network(3)
+    Raft §8. With forwarding off (forwarding itself: test_raft_follower_reads.py)."""
+    net = Network(3, forward_proposals=False)
     r = net.propose(2, b"early")
     assert [(o.status, o.leader_hint) for o in r.outcomes] == [(Status.NOT_LEADER, None)]
     assert r.blocks == []

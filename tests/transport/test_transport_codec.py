@@ -59,7 +59,8 @@ def test_tags_are_the_published_ones():
     expected = {1: "PreVoteReq", 2: "PreVoteResp", 3: "VoteReq", 4: "VoteResp",
                 5: "AppendBlocks", 6: "AppendResp", 7: "Heartbeat", 8: "HeartbeatResp",
                 9: "TimeoutNow", 10: "InstallSnapshotResp", 11: "SnapshotChunk",
-                12: "SnapshotChunkAck", 32: "ClientPropose", 33: "ClientProposeResp", 34: "ClientRead",
+                12: "SnapshotChunkAck", 13: "ReadIndexReq", 14: "ReadIndexResp",
+                15: "ForwardPropose", 16: "ForwardProposeResp", 32: "ClientPropose", 33: "ClientProposeResp", 34: "ClientRead",
                 35: "ClientReadResp", 36: "ClientStatus", 37: "ClientStatusResp",
                 38: "ClientTransfer", 39: "ClientAdmin", 40: "ClientAdminResp"}
     assert {tag: cls.__name__ for tag, cls in TAGS.items()} == expected

@@ -6,7 +6,7 @@ import socket
 import time
 from typing import Any, Callable
 
-from josefine.chain.block import BlockKind, genesis, make_block
+from josefine.chain.block import BlockKind, Command, encode_commands, genesis, make_block
 from josefine.messages import (
     AppendBlocks,
     AppendResp,
@@ -19,10 +19,14 @@ from josefine.messages import (
     ClientStatus,
     ClientStatusResp,
     ClientTransfer,
+    ForwardPropose,
+    ForwardProposeResp,
     Heartbeat,
     HeartbeatResp,
     PreVoteReq,
     PreVoteResp,
+    ReadIndexReq,
+    ReadIndexResp,
     Status,
     TimeoutNow,
     VoteReq,
@@ -67,6 +71,14 @@ def sample_messages() -> list[Any]:
         Heartbeat(src=1, dst=2, term=3, commit=BlockId(3, 2), seq=5),
         HeartbeatResp(src=2, dst=1, term=3, seq=5),
         TimeoutNow(src=1, dst=2, term=3),
+        ReadIndexReq(src=3, dst=1, term=4, read_id=(7 << 32) + 1),
+        ReadIndexResp(src=1, dst=3, term=4, read_id=9, index=BlockId(4, 12)),
+        ReadIndexResp(src=1, dst=3, term=4, read_id=10, index=None),
+        ForwardPropose(src=2, dst=1, term=4, fwd_id=3,
+                       commands=encode_commands([Command("c-1", 5, b"\x00put k v")])),
+        ForwardProposeResp(src=1, dst=2, term=4, fwd_id=3, status=Status.BUSY,
+                           refused=(("c-1", 5), ("c-2", 2**40)), leader_hint=1),
+        ForwardProposeResp(src=1, dst=2, term=4, fwd_id=4, status=Status.NOT_LEADER),
         ClientPropose(client_id="c-1", seq=1, command=b"\x00put k v"),
         ClientProposeResp(client_id="c-1", seq=1, status=Status.OK, result={"v": [1, b"x", None]},
                           leader_hint=None),
