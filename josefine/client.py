@@ -50,8 +50,10 @@ class Client:
         read_from: "leader" (default) sends reads to the leader; "any" spreads them over
             every node, round robin: a follower obtains a read index from the leader and
             answers from its own state once it has applied that far, so reads stay
-            linearizable while the leader's load drops (docs/protocol.md A.10). Writes
-            may go to any node either way: a follower forwards them to the leader.
+            linearizable while the leader's load drops (docs/protocol.md A.10). With
+            "any", a write that reaches a follower is forwarded by it to the leader and
+            the answer relayed; by default a follower answers with the leader's id and
+            the client goes there itself, saving the extra hop on later writes.
     """
 
     def __init__(self, addresses: Sequence[str] | Mapping[int, str], cluster_id: str, *,
@@ -134,7 +136,8 @@ class Client:
                 break
             try:
                 resp = self._conn(st, addr).request(
-                    ClientPropose(client_id=st.client_id, seq=seq, command=command),
+                    ClientPropose(client_id=st.client_id, seq=seq, command=command,
+                                  any_node=self.read_from == "any"),
                     min(self.request_timeout, remaining))
             except TimeoutError as exc:
                 maybe_applied, last = True, exc

@@ -558,7 +558,7 @@ def encode_message(msg: Any) -> bytes:
 
 
 _PROPOSE_TAG = tag_of(ClientPropose)
-if wire_fields(ClientPropose) != ("client_id", "seq", "command"):
+if wire_fields(ClientPropose) != ("client_id", "seq", "command", "any_node"):
     raise ImportError("update the ClientPropose fast path in decode_obj")
 
 
@@ -580,8 +580,10 @@ def decode_obj(obj: Any) -> Any:
         raise CodecError("malformed", "fields must be a map")
     if tag == _PROPOSE_TAG:   # the hot request: checked inline, same rules as below
         cid, seq, cmd = body.get("client_id"), body.get("seq"), body.get("command")
-        if type(cid) is str and type(seq) is int and seq >= 0 and type(cmd) is bytes:
-            return ClientPropose(client_id=cid, seq=seq, command=cmd)
+        anyn = body.get("any_node", False)
+        if type(cid) is str and type(seq) is int and seq >= 0 and type(cmd) is bytes \
+                and type(anyn) is bool:
+            return ClientPropose(client_id=cid, seq=seq, command=cmd, any_node=anyn)
     kwargs = {}
     for name, check in spec.fields:
         v = body.get(name, body)  # the body itself is the "missing" sentinel

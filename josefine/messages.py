@@ -274,6 +274,10 @@ class ClientPropose:
     client_id: str
     seq: int
     command: bytes
+    any_node: bool = False
+    """A follower may forward it to the leader and relay the answer. Without it a
+    follower that knows the leader answers NOT_LEADER with that hint, so a client that
+    talks to the leader anyway saves the extra hop on every later write."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -262,7 +262,8 @@ class Node:
         self._role_actor_status = None
         links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
                                      self.proposal_inbox, self.chain_inbox, self.writer,
-                                     self._status_extra, self.peer_inbox, self.metrics)
+                                     self._status_extra, self.peer_inbox, self.metrics,
+                                     leader_view=self.intake)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
         self.peer_inbox.target = links.role

@@ -40,8 +40,11 @@ class RoleActor(NodeActor):
                  proposals: SideQueue, chain_inbox: SideQueue, writer: Writer | None = None,
                  status_extra: Callable[[], dict] | None = None,
                  peer_inbox: SideQueue | None = None,
-                 metrics: NodeMetrics | None = None) -> None:
+                 metrics: NodeMetrics | None = None, leader_view: Any = None) -> None:
         super().__init__(node_id, links, fatal)
+        self.leader_view = leader_view
+        """Gets the core's known leader after every step (`.leader`): the client intake
+        answers NOT_LEADER from it without a trip through this actor."""
         self.core = core
         self.gate = gate
         self.proposals = proposals
@@ -128,6 +131,8 @@ class RoleActor(NodeActor):
             self._dispatch(r)
 
     def _dispatch(self, r: Ready) -> None:
+        if self.leader_view is not None:
+            self.leader_view.leader = self.core.leader
         routed = self.router.route(r, self.chain_inbox.backlog())
         if routed.eager:
             self.links.send_msgs(routed.eager)

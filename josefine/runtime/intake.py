@@ -77,6 +77,9 @@ class ClientIntake:
         self._transfer_lock = threading.Lock()
         self.client_id = client_id
         """The session of this node's own embedding API: all its proposals share it."""
+        self.leader: int | None = None
+        """The leader as the core last saw it (written by the role actor after each step);
+        a remote proposal not marked `any_node` is answered NOT_LEADER from it at once."""
         self._seq = itertools.count(1)
         self._seq_lock = threading.Lock()
 
@@ -147,6 +150,17 @@ class ClientIntake:
             self.submit_remote(identity, run)
 
     def submit_remote(self, identity: bytes, msgs: list) -> None:
+        leader = self.leader
+        if leader is not None and leader != self.id:
+            # Not the leader: a client that did not ask to be forwarded goes there itself.
+            keep = [m for m in msgs if m.any_node]
+            for m in msgs:
+                if not m.any_node:
+                    self.answer_remote_proposal(identity, (m.client_id, m.seq),
+                                                Status.NOT_LEADER, None, leader)
+            if not keep:
+                return
+            msgs = keep
         if self._stopped.is_set() or len(self.proposal_inbox) >= self.max_queued:
             stopped = self._stopped.is_set()
             status, hint = (Status.NOT_LEADER, None) if stopped else (Status.BUSY, self.id)

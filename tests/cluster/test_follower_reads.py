@@ -49,9 +49,13 @@ def test_followers_serve_reads_and_forward_writes(tmp_path):
         with Client(first_follower, cid, timeout=20, credentials=creds) as c:
             assert [c.get(f"k{i}") for i in range(1, 30)] == [f"v{i}" for i in range(1, 30)]
             assert c.get("k0") == "w0"
+            for i in range(5):   # and writes: the follower points it at the leader
+                c.put(f"d{i}", "x")
         again = statuses(rc.addrs, cid, credentials=creds)
         assert [again[i]["follower_reads"] for i in rc.addrs] == \
             [after[i]["follower_reads"] for i in rc.addrs]
+        assert [again[i]["forwarded_writes"] for i in rc.addrs] == \
+            [after[i]["forwarded_writes"] for i in rc.addrs], "a default client is not forwarded"
         # the CLI: `josefine get --any` spreads reads over the nodes, followers included
         env = {**os.environ, "JOSEFINE_CLUSTER": str(rc.launcher.cluster_path)}
         for _ in range(10):   # each run starts its round robin at random: P(all at the leader) ~ 2e-5

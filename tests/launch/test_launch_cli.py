@@ -38,7 +38,7 @@ class FakeClient:
     calls: list = []
     fail: Exception | None = None
 
-    def __init__(self, addresses, cluster_id, *, timeout):
+    def __init__(self, addresses, cluster_id, *, timeout, read_from="leader"):
         FakeClient.calls.append(("init", dict(addresses), cluster_id, timeout))
 
     def _check(self):
