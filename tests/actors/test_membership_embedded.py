@@ -190,3 +190,36 @@ def test_bad_membership_changes_are_refused_by_name_and_change_nothing(tmp_path)
         assert _roles(n1) == {1: "voter"} and n1.zt.peers == {}
     finally:
         c.stop_all()
+
+
+def test_a_restarted_node_takes_the_membership_from_its_snapshot(tmp_path):
+    """Once the CONFIG blocks are compacted away, the snapshot is the only record of the
+    membership: a joined node restarted with its original config (join, one peer) must
+    come back with the three voters, and link to all of them."""
+    c = _Cluster(tmp_path, 3)
+    try:
+        n1 = c.start(1, [])
+        n1.wait_for_leader(10)
+        n1.propose(kv_put("a", "1")).result(10)
+        for i, peers in ((2, [1]), (3, [1, 2])):
+            c.start(i, peers, join=True)
+            n1.add_learner(i, c.addr(i)).result(10)
+            _promote_when_caught_up(n1, i)
+        last_config = n1.status().commit[1]
+        n2 = c.nodes[2]
+        _until(lambda: n2.status().applied[1] >= last_config, 10, "node 2 to apply it all")
+        for k in range(2):   # two snapshots: the chain is cut at the older one
+            n1.propose(kv_put(f"b{k}", "x")).result(10)
+            _until(lambda: n2.status().applied == n1.status().commit, 10, "node 2 to apply")
+            n2.take_snapshot()
+        _until(lambda: n2.status().base[1] > last_config, 10, "node 2's chain compacted "
+               "past the CONFIG blocks")
+        n2.stop()
+        n2 = c.nodes[2] = Node.start(c.config(2, [1], join=True), KVStateMachine())
+        assert _roles(n2) == {1: "voter", 2: "voter", 3: "voter"}
+        assert set(n2.zt.peers) == {1, 3}
+        assert n1.propose(kv_put("c", "y")).result(10) == {"ok": True}
+        _until(lambda: n2.status().applied == n1.status().applied, 10, "node 2 to catch up")
+        assert n2.status().sm_digest == n1.status().sm_digest
+    finally:
+        c.stop_all()
