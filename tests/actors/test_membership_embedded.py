@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import wait
+from typing import Any
 
 import pytest
 
@@ -40,14 +41,14 @@ class _Cluster:
     def addr(self, i: int) -> str:
         return f"tcp://127.0.0.1:{self.base + i - 1}"
 
-    def config(self, i: int, peers: list[int], join: bool = False) -> NodeConfig:
+    def config(self, i: int, peers: list[int], join: bool = False, **kw: Any) -> NodeConfig:
         return NodeConfig(node_id=i, cluster_id=CLUSTER, address=self.addr(i),
                           peers={p: self.addr(p) for p in peers},
                           data_dir=str(self.tmp / f"n{i}"), insecure=True, join=join,
-                          tick_ms=10, fsync=False)
+                          tick_ms=10, fsync=False, **kw)
 
-    def start(self, i: int, peers: list[int], join: bool = False) -> Node:
-        node = self.nodes[i] = Node.start(self.config(i, peers, join), KVStateMachine())
+    def start(self, i: int, peers: list[int], join: bool = False, **kw: Any) -> Node:
+        node = self.nodes[i] = Node.start(self.config(i, peers, join, **kw), KVStateMachine())
         return node
 
     def stop_all(self) -> None:
@@ -188,6 +189,13 @@ def test_bad_membership_changes_are_refused_by_name_and_change_nothing(tmp_path)
         assert _roles(n1) == {1: "voter", 2: "learner"}
         assert n1.remove_member(2).result(10).ids == {1}
         assert _roles(n1) == {1: "voter"} and n1.zt.peers == {}
+
+        # The same change twice at once: the second is refused here, and the first still
+        # gets its own outcome (the core's refusal of a second one would be keyed alike).
+        first = n1.add_learner(2, c.addr(2))
+        with pytest.raises(RejectedError, match="add_learner of node 2 is already in progress"):
+            n1.add_learner(2, c.addr(2)).result(10)
+        assert first.result(10).learners == {2}
     finally:
         c.stop_all()
 
@@ -221,5 +229,38 @@ def test_a_restarted_node_takes_the_membership_from_its_snapshot(tmp_path):
         assert n1.propose(kv_put("c", "y")).result(10) == {"ok": True}
         _until(lambda: n2.status().applied == n1.status().applied, 10, "node 2 to catch up")
         assert n2.status().sm_digest == n1.status().sm_digest
+    finally:
+        c.stop_all()
+
+
+def test_a_new_node_replaying_old_configurations_keeps_hearing_its_leader(tmp_path):
+    """Node 4 catches up block by block through configurations that do not list the
+    leader (node 3 joined later); its transport must keep the link to the leader it
+    follows, or it would refuse the leader's next blocks and never catch up."""
+    c = _Cluster(tmp_path, 4)
+    one = {"max_batch_blocks": 1, "max_inflight": 1}
+    try:
+        n1 = c.start(1, [], **one)
+        n1.wait_for_leader(10)
+        n1.propose(kv_put("a", "1")).result(10)
+        for i, peers in ((2, [1]), (3, [1, 2])):
+            c.start(i, peers, join=True, **one)
+            n1.add_learner(i, c.addr(i)).result(10)
+            _promote_when_caught_up(n1, i)
+        assert n1.transfer_leadership(3).result(10) == 3
+        n3 = c.nodes[3]
+        _until(lambda: n3.status().role == "leader", 10, "node 3 to lead")
+        n3.propose(kv_put("b", "2")).result(10)   # its first commit of its term
+        assert n3.remove_member(1).result(10).voters == {2, 3}
+        c.nodes.pop(1).stop()
+        for k in range(5):
+            n3.propose(kv_put(f"c{k}", "3")).result(10)
+        # Node 4's first CONFIG block on its way up says {1 voter, 2 learner}: no node 3.
+        c.start(4, [2, 3], join=True, **one)
+        n3.add_learner(4, c.addr(4)).result(10)
+        assert _promote_when_caught_up(n3, 4).voters == {2, 3, 4}
+        n4 = c.nodes[4]
+        _until(lambda: n4.status().applied == n3.status().applied, 10, "node 4 caught up")
+        assert set(n4.zt.peers) == {2, 3}
     finally:
         c.stop_all()
