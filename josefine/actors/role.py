@@ -67,10 +67,14 @@ class RoleActor(NodeActor):
         self.on_peers = on_peers
         """Told the peers this node should talk to whenever they change (the transport's
         `set_peers`); None: the peer set is fixed."""
-        self.addresses: dict[int, str] = dict(addresses or {})
-        """Every address this node has learnt (its configuration file's, then every
-        configuration's): how to reach a leader that is not in the configuration on this
-        node's path yet (a new node catching up through old configurations)."""
+        self.fixed: dict[int, str] = dict(addresses or {})
+        """The addresses of this node's own config file (its peers): they win over those
+        a configuration recorded when its block was written, so a cluster relaunched on
+        other ports (every node told its peers' new addresses) finds itself again."""
+        self.addresses: dict[int, str] = dict(self.fixed)
+        """Every address this node has learnt: how to reach a leader that is not in the
+        configuration on this node's path yet (a new node catching up through old
+        configurations)."""
         self._peers: dict[int, str] | None = None
         self._peers_leader: int | None = None
         self.effects = ActorEffects(self)
@@ -182,9 +186,9 @@ class RoleActor(NodeActor):
         old configurations must keep hearing the leader that feeds it)."""
         core = self.core
         leader = self._peers_leader = core.leader
-        book = self.addresses
+        book, fixed = self.addresses, self.fixed
         for m in core.config.members:
-            if m.address:
+            if m.address and m.id not in fixed:
                 book[m.id] = m.address
         want = {m.id: book[m.id] for m in core.config.members
                 if m.id != self.node_id and m.id in book}
@@ -204,6 +208,9 @@ class RoleActor(NodeActor):
         st["dropped_ticks"] = self.gate.dropped
         st["ran_on_io_thread"] = self.ran_here
         st["elections"] = self.elections
+        fixed = self.fixed   # where this node dials them (see `fixed`)
+        st["members"] = [m | {"address": fixed[m["id"]]} if m["id"] in fixed else m
+                         for m in st["members"]]
         core = self.core
         if core.role is Role.LEADER:
             st["followers"] = {v: (p.match.height if p.match is not None else 0)
