@@ -230,6 +230,81 @@ class Client:
             time.sleep(0.05)
         raise UnavailableError("leadership transfer did not complete")
 
+    def change_membership(self, op: str, node: int, address: str | None = None) -> list[dict]:
+        """One membership change through the leader (the ``member`` admin op; a secure
+        cluster needs the admin key): `op` is "add_learner" (with `address`), "promote" or
+        "remove". Returns the members (id, address, role) once the change is committed.
+
+        A retry after an answer that never came may find its own change already made; it
+        then reports success when the cluster's members show the change.
+
+        Raises:
+            RejectedError: the leader refused (the message names the problem).
+            UnavailableError: no leader answered within the timeout.
+        """
+        st = self._state()
+        deadline = time.monotonic() + self.timeout
+        addr = self._leader or self.addresses[0]
+        args: dict[str, Any] = {"op": op, "node": node}
+        if address is not None:
+            args["address"] = address
+        uncertain = False
+        last: Exception | None = None
+        backoff = 0.02
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            st.read_id += 1
+            try:
+                resp = self._conn(st, addr).request(
+                    ClientAdmin(client_id=st.client_id, read_id=st.read_id, op="member",
+                                args=args), min(self.request_timeout * 5, remaining))
+            except TimeoutError as exc:
+                uncertain, last = True, exc
+                addr = self._next(addr)
+                continue
+            if resp.ok:
+                self._leader = addr
+                return list(resp.result)
+            res = resp.result if isinstance(resp.result, dict) else {}
+            status = res.get("status")
+            if status == "REJECTED":
+                if uncertain:
+                    members = self._members_if_done(addr, op, node, address)
+                    if members is not None:
+                        return members
+                if "retry in a moment" not in resp.error:   # a leader's first moments
+                    raise RejectedError(resp.error)
+            elif status is None:   # refused before reaching the core: bad arguments
+                raise RejectedError(resp.error)
+            elif status == "UNKNOWN":
+                uncertain = True
+            last = NotLeaderError(resp.error, leader_hint=res.get("leader_hint"))
+            if status == "NOT_LEADER" and res.get("leader_hint") is not None:
+                addr = self._follow(addr, res.get("leader_hint"))
+                continue
+            time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 0.2)
+            if status not in ("REJECTED", "UNKNOWN"):
+                addr = self._next(addr)
+        raise UnavailableError(f"membership change {op} {node} not confirmed within "
+                               f"{self.timeout} s (last error: {last})")
+
+    def _members_if_done(self, addr: str, op: str, node: int,
+                         address: str | None) -> list[dict] | None:
+        """The members `addr` reports, if they already show the change (else None)."""
+        try:
+            members = query_status(addr, self.cluster_id, timeout=self.request_timeout,
+                                   credentials=self.credentials).get("members") or []
+        except Exception:   # noqa: BLE001 - unknown: let the refusal stand
+            return None
+        m = next((m for m in members if m.get("id") == node), None)
+        done = {"add_learner": m is not None and m.get("address") == address,
+                "promote": m is not None and m.get("role") == "voter",
+                "remove": m is None}.get(op, False)
+        return list(members) if done else None
+
     # ------------------------------------------------------------------ plumbing
     def _state(self) -> _ThreadState:
         if self._closed:

@@ -300,6 +300,13 @@ class NodeConfig:
     cluster_file: str | None = None
     """The ``cluster.toml`` whose public keys this node trusts; re-read on a key reload.
     Required unless `insecure`."""
+    join: bool = False
+    """This node joins a running cluster: `peers` are its current members, and this node is
+    not one of them until the leader adds it (`Node.add_learner`, the ``member`` admin op).
+    It never campaigns before a committed configuration makes it a voter, so an empty new
+    node cannot start a cluster of its own. False: `peers` and this node are the bootstrap
+    voters. Either way this only shapes the configuration below the chain's first CONFIG
+    block (or the snapshot's): once those are on a node's path, they decide."""
 
     def __post_init__(self) -> None:
         if isinstance(self.peers, Mapping):
@@ -464,7 +471,7 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
             parse_metrics_address(v["metrics_address"])
         except ValueError as exc:
             raise _fail(source, "metrics_address", str(exc)) from None
-    for key in ("fsync", "fault_injection", "pre_vote", "check_quorum", "insecure"):
+    for key in ("fsync", "fault_injection", "pre_vote", "check_quorum", "insecure", "join"):
         if key in v:
             _expect_bool(source, key, v[key])
     _expect_int(source, "max_frame_bytes", v.get("max_frame_bytes", _default("max_frame_bytes")), lo=1024)

@@ -54,12 +54,16 @@ class FsmActor(NodeActor):
     def __init__(self, node_id, links, fatal, applier: Applier, proposals: Waiters,  # noqa: ANN001
                  reads: Waiters, transfers: Waiters, replies: ReplyBatch | None = None,
                  snapshots: SnapshotPolicy | None = None, applied_digest: bytes = b"",
-                 stats: SnapshotStats | None = None) -> None:
+                 stats: SnapshotStats | None = None, changes: Waiters | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.applier = applier
         self.proposals = proposals
         self.reads = reads
         self.transfers = transfers
+        self.changes = changes if changes is not None else Waiters()
+        """Membership changes waiting for their outcome, keyed (ChangeOp, node id): the
+        result of an OK is the configuration after the change (the Applier's, which has
+        just applied its block), of a refusal the core's reason."""
         self.replies = replies or ReplyBatch()
         self.policy = snapshots
         self.applied_digest = applied_digest
@@ -99,8 +103,10 @@ class FsmActor(NodeActor):
 
     def _start_snapshot(self) -> bool:
         assert self.policy is not None and self.taker is not None
+        members = self.applier.config   # the membership as of `applied`, when tracked
         job = self.applier.capture(block_digest=self.applied_digest,
-                                   config=self.policy.voters)
+                                   config=members.voters if members is not None
+                                   else self.policy.voters)
         self.since_blocks = self.since_bytes = 0
         return self.taker.take(job)
 
@@ -175,4 +181,7 @@ class FsmActor(NodeActor):
                     w[0](o.status, None, o.leader_hint)
             elif o.kind == OutcomeKind.TRANSFER:
                 self.transfers.resolve(o.key, o.status, None, o.leader_hint)
+            elif o.kind == OutcomeKind.CONFIG:
+                self.changes.resolve(o.key, o.status, applier.config if o.status == Status.OK
+                                     else o.detail, o.leader_hint)
 

@@ -29,14 +29,15 @@ from josefine.actors.timer import TickGate, TimerActor
 from josefine.actors.transport import TransportActor
 from josefine.chain.block import genesis
 from josefine.chain.leveldb import LevelDBStore
-from josefine.config import ConfigError, NodeConfig, core_config, load_cluster_config
+from josefine.config import (ConfigError, NodeConfig, core_config, load_cluster_config,
+                             parse_address)
 from josefine.errors import (AbortedError, BusyError, JosefineError, NotLeaderError,
                              RejectedError, UnavailableError, UnknownOutcomeError)
 from josefine.fsm.api import StateMachine
 from josefine.fsm.applier import Applier
 from josefine.fsm.kv import KVStateMachine
-from josefine.messages import (ChainQuery, InstallSnapshot, SnapshotChunk, SnapshotChunkAck,
-                               Status, StatusQuery, TransferLeadership)
+from josefine.messages import (ChainQuery, ChangeConfig, InstallSnapshot, SnapshotChunk,
+                               SnapshotChunkAck, Status, StatusQuery, TransferLeadership)
 from josefine.procstat import rss_bytes
 from josefine.runtime.channels import PEER_IN, PROPOSALS, WRITES
 from josefine.runtime.intake import STOPPED, ClientIntake
@@ -45,6 +46,7 @@ from josefine.runtime.snapshots import (SNAPSHOT_DIR, SnapshotStats, choose_rest
 from josefine.runtime.status import NodeStatus, most_caught_up
 from josefine.runtime.writer import Writer
 from josefine.raft.core import RaftCore
+from josefine.raft.membership import ChangeOp, Config
 from josefine.transport.faults import FaultRules
 from josefine.security import KeyFileError, TrustedKeys, load_keypair, trusted_keys
 from josefine.transport.zmq_transport import TransportSecurity, ZmqTransport
@@ -143,6 +145,17 @@ def _future_waiter(fut: Future, what: str, ok_value: Any = None) -> Callable:
     return done
 
 
+_MEMBER_OPS = {"add_learner": ChangeOp.ADD_LEARNER, "promote": ChangeOp.PROMOTE,
+               "remove": ChangeOp.REMOVE}
+"""The ``member`` admin op's `op` argument."""
+
+
+def members_list(config: Config) -> list[dict[str, Any]]:
+    """A configuration as `status` and the ``member`` admin op list it."""
+    return [{"id": m.id, "address": m.address, "role": m.role.name.lower()}
+            for m in config.members]
+
+
 class Node:
     """A running node inside this process. Create with `Node.start(config)`."""
 
@@ -195,27 +208,33 @@ class Node:
         store = LevelDBStore(data / "chain", cfg.cluster_id)
         self.store = store
         stored = store.load()
-        voters = frozenset(cfg.nodes)
+        # The bootstrap membership: this node and its peers, or (joining a running cluster)
+        # its peers only, so it cannot campaign before the leader's CONFIG blocks make it a
+        # voter. Every member with its address: the transport's peers follow it.
+        initial = Config.of(cfg.peers if cfg.join else cfg.nodes, cfg.nodes)
+        voters = initial.voters
         seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "big")
         self.snapshot_dir = snap_dir = data / SNAPSHOT_DIR
         base = stored.base if stored.base is not None else genesis(cfg.cluster_id)
         chosen = choose_restart_snapshot(snap_dir, self.id, cfg.cluster_id, base, stored.blocks)
-        self.applier = Applier(self.state_machine)
+        self.applier = Applier(self.state_machine, config=initial)
         applied_digest = base.digest
         snapshot = None
+        base_config = None
         if chosen is not None:
             meta = restore_from(self.applier, chosen.path)
             applied_digest = meta.base_digest
             snapshot = (meta.base, meta.base_digest)
+            base_config = self.applier.config   # the snapshot's membership, as of its base
             log.info("node %d: restored snapshot %s (%s)", self.id, meta.base,
                      chosen.path.name)
         core = RaftCore(
-            core_config(cfg, node_id=cfg.node_id, voters=voters, seed=seed),
+            core_config(cfg, node_id=cfg.node_id, voters=voters, seed=seed, initial=initial),
             genesis(cfg.cluster_id), term=stored.hard_state.term,
             voted_for=stored.hard_state.voted_for, blocks=stored.blocks, head=stored.head,
             commit=stored.commit, loader=store.get_block, base=stored.base,
             applied=self.applier.applied if chosen is not None else None, snapshot=snapshot,
-            incarnation=int.from_bytes(os.urandom(4), "big"))
+            incarnation=int.from_bytes(os.urandom(4), "big"), base_config=base_config)
         log.info("node %d: recovered term=%d vote=%s base=%s head=%s commit=%s applied=%s "
                  "(%d blocks)", self.id, core.term, core.voted_for, core.tree.root.id,
                  core.head, core.commit, core.applied, len(stored.blocks))
@@ -247,7 +266,8 @@ class Node:
                                 cfg.snapshot_bytes)
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
                                    self.reads, self.transfers, self.intake.reply_batch,
-                                   policy, applied_digest, self.snapshot_stats)
+                                   policy, applied_digest, self.snapshot_stats,
+                                   changes=self.intake.changes)
         self._refs.append(links.fsm)
         links.snapshots = SnapshotActor.start(
             self.id, links, fatal, snap_dir, cfg.cluster_id, self._deliver_snapshot,
@@ -263,7 +283,8 @@ class Node:
         links.role = RoleActor.start(self.id, links, fatal, core, self.gate,
                                      self.proposal_inbox, self.chain_inbox, self.writer,
                                      self._status_extra, self.peer_inbox, self.metrics,
-                                     leader_view=self.intake)
+                                     leader_view=self.intake, on_peers=self.zt.set_peers,
+                                     addresses=cfg.nodes)
         self._refs.append(links.role)
         self.proposal_inbox.target = links.role
         self.peer_inbox.target = links.role
@@ -358,6 +379,8 @@ class Node:
             return self._chain_query(args)
         if op == "snapshot":
             return self._snapshot_now()
+        if op == "member":
+            return self._member_op(args)
         if op == "reload_keys":
             try:
                 return True, self.reload_keys(), ""
@@ -395,6 +418,99 @@ class Node:
             ref.tell(TakeSnapshot(reply=reply))
         except pykka.ActorDeadError:
             return False, None, "the node is stopping"
+        return True, fut, ""
+
+    # ------------------------------------------------------------------ membership (A.12)
+    def _change(self, op: ChangeOp, node: Any, address: Any,
+                done: Callable[[Any, Any, int | None], None]) -> None:
+        """Hand one membership change to the core; `done(status, result, hint)` is called
+        once with its outcome (result: the configuration after it on OK, else why not).
+        Malformed input is refused here, before it could reach a CONFIG block: a member's
+        address is dialed by every node, so it must be one."""
+        if self._stopped.is_set():
+            done(_STOPPED, None, None)
+            return
+        if type(node) is not int or node < 1:
+            done(Status.REJECTED, f"node id must be an integer >= 1, not {node!r}", None)
+            return
+        address = "" if address is None else address
+        if op == ChangeOp.ADD_LEARNER:
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                done(Status.REJECTED, f"node {node}'s address: {exc}", None)
+                return
+        elif address:
+            done(Status.REJECTED, f"an address goes only with add_learner, not "
+                 f"{op.name.lower()}", None)
+            return
+        if not self.intake.add_change_waiter((int(op), node), done):
+            done(Status.REJECTED, f"{op.name.lower()} of node {node} is already in progress "
+                 "here: wait for its outcome", None)
+            return
+        self.intake.tell_role(ChangeConfig(op=int(op), node=node, address=address))
+
+    def _change_future(self, op: ChangeOp, node: Any, address: Any = None) -> Future:
+        fut: Future = Future()
+        what = f"{op.name.lower()} node {node}"
+
+        def done(status: Any, result: Any, hint: int | None) -> None:
+            if fut.done():
+                return
+            if status == Status.OK:
+                fut.set_result(result)
+            elif status == Status.REJECTED:
+                fut.set_exception(RejectedError(f"{what}: {result}"))
+            else:
+                fut.set_exception(status_error(status, hint, what))
+        self._change(op, node, address, done)
+        return fut
+
+    def add_learner(self, node_id: int, address: str) -> Future:
+        """Ask this (leader) node to add node `node_id`, reachable at `address`, as a
+        learner: it receives every block but neither votes nor counts toward a quorum.
+        Start the new node first with ``join = true`` and the current members as peers
+        (on a secure cluster, its key in the cluster file and every member's keys
+        reloaded). Resolves with the configuration (`josefine.raft.membership.Config`) once
+        the change is committed; raises `RejectedError` naming the problem (an existing id
+        or address, another change in progress, ...), `NotLeaderError` (with the leader's
+        id as hint) on a follower."""
+        return self._change_future(ChangeOp.ADD_LEARNER, node_id, address)
+
+    def promote(self, node_id: int) -> Future:
+        """Make learner `node_id` a voter; the leader refuses while it lags (`RejectedError`
+        saying by how much: wait and retry). Resolves as `add_learner`."""
+        return self._change_future(ChangeOp.PROMOTE, node_id)
+
+    def remove_member(self, node_id: int) -> Future:
+        """Remove node `node_id` (voter or learner); a leader that removes itself leads
+        until the change commits, then steps down. Stop the removed node's process after
+        the Future resolves. Resolves as `add_learner`."""
+        return self._change_future(ChangeOp.REMOVE, node_id)
+
+    def _member_op(self, args: dict) -> tuple[bool, Any, str]:
+        """The ``member`` admin op: one change, answered once committed (a Future result)
+        with the members as `status` lists them; a refusal's result carries the status name
+        and the leader hint, so a client can follow it."""
+        op = _MEMBER_OPS.get(args.get("op"))   # type: ignore[arg-type]
+        if op is None:
+            return False, None, (f"member: 'op' must be one of {sorted(_MEMBER_OPS)}, not "
+                                 f"{args.get('op')!r}")
+        node = args.get("node")
+        fut: Future = Future()
+        what = f"member {args['op']} {node}"
+
+        def done(status: Any, result: Any, hint: int | None) -> None:
+            if fut.done():
+                return
+            if status == Status.OK:
+                fut.set_result((True, members_list(result), ""))
+                return
+            name = "STOPPED" if status == _STOPPED else Status(status).name
+            why = f"{what}: {result}" if status == Status.REJECTED else \
+                str(status_error(status, hint, what))
+            fut.set_result((False, {"status": name, "leader_hint": hint}, why))
+        self._change(op, node, args.get("address"), done)
         return True, fut, ""
 
     def take_snapshot(self, timeout: float = 60.0) -> list[int]:
@@ -486,7 +602,8 @@ class Node:
             st = self.status(timeout=timeout)
         except JosefineError:
             return None
-        followers = st.followers
+        voters = {m["id"] for m in st.members or () if m["role"] == "voter"}
+        followers = {f: h for f, h in (st.followers or {}).items() if f in voters}
         if st.role != "leader" or not followers:
             return None
         target = most_caught_up(followers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from josefine.actors.base import ActorEffects, NodeActor
@@ -40,7 +41,9 @@ class RoleActor(NodeActor):
                  proposals: SideQueue, chain_inbox: SideQueue, writer: Writer | None = None,
                  status_extra: Callable[[], dict] | None = None,
                  peer_inbox: SideQueue | None = None,
-                 metrics: NodeMetrics | None = None, leader_view: Any = None) -> None:
+                 metrics: NodeMetrics | None = None, leader_view: Any = None,
+                 on_peers: Callable[[dict[int, str]], None] | None = None,
+                 addresses: Mapping[int, str] | None = None) -> None:
         super().__init__(node_id, links, fatal)
         self.leader_view = leader_view
         """Gets the core's known leader after every step (`.leader`): the client intake
@@ -64,12 +67,26 @@ class RoleActor(NodeActor):
         """With a writer, the role actor runs a write itself when the chain actor is idle
         and its own mailbox empty (josefine/runtime/writer.py); None: always hand over."""
         self.router = ReadyRouter()
+        self.on_peers = on_peers
+        """Told the peers this node should talk to whenever they change (the transport's
+        `set_peers`); None: the peer set is fixed."""
+        self.fixed: dict[int, str] = dict(addresses or {})
+        """The addresses of this node's own config file (its peers): they win over those
+        a configuration recorded when its block was written, so a cluster relaunched on
+        other ports (every node told its peers' new addresses) finds itself again."""
+        self.addresses: dict[int, str] = dict(self.fixed)
+        """Every address this node has learnt: how to reach a leader that is not in the
+        configuration on this node's path yet (a new node catching up through old
+        configurations)."""
+        self._peers: dict[int, str] | None = None
+        self._peers_leader: int | None = None
         self.effects = ActorEffects(self)
         self.inline_effects = ActorEffects(self, on_persisted=self._persisted_here)
 
     def on_start(self) -> None:
         with self._state_lock:
             self._alive = True
+            self._sync_peers()   # the configuration the core rebuilt from disk
             self._dispatch(self.core.start())
         self.links.run_role_here = self.run_here
 
@@ -134,13 +151,18 @@ class RoleActor(NodeActor):
         if self.leader_view is not None:
             self.leader_view.leader = self.core.leader
         routed = self.router.route(r, self.chain_inbox.backlog())
-        if routed.eager:
-            self.links.send_msgs(routed.eager)
+        config_changed = False
         for ev in r.events:
             if ev[0] == EventKind.BECAME_LEADER:
                 log.info("node %d: became leader of term %d", self.node_id, ev[1])
             elif ev[0] == EventKind.CAMPAIGN:
                 self.elections += 1
+            elif ev[0] == EventKind.CONFIG:
+                config_changed = True
+        if config_changed or self.core.leader != self._peers_leader:
+            self._sync_peers()   # before the sends: they may be to a member just added
+        if routed.eager:
+            self.links.send_msgs(routed.eager)
         metrics = self.metrics
         if metrics is not None:
             if self.core.role is not Role.LEADER:
@@ -163,6 +185,25 @@ class RoleActor(NodeActor):
             assert routed.now is not None, "a SKIP route carries its plan"
             carry_out(routed.now, self.effects)
 
+    def _sync_peers(self) -> None:
+        """Point the transport at the members of the configuration on this node's path,
+        plus the leader it follows when that one is not among them (a new node replaying
+        old configurations must keep hearing the leader that feeds it)."""
+        core = self.core
+        leader = self._peers_leader = core.leader
+        book, fixed = self.addresses, self.fixed
+        for m in core.config.members:
+            if m.address and m.id not in fixed:
+                book[m.id] = m.address
+        want = {m.id: book[m.id] for m in core.config.members
+                if m.id != self.node_id and m.id in book}
+        if leader is not None and leader != self.node_id and leader not in want \
+                and leader in book:
+            want[leader] = book[leader]
+        if want != self._peers and self.on_peers is not None:
+            self._peers = want
+            self.on_peers(dict(want))
+
     def _persisted_here(self, head: Any) -> None:
         self._dispatch(self.core.step(Persisted(head=head)))
 
@@ -172,6 +213,9 @@ class RoleActor(NodeActor):
         st["dropped_ticks"] = self.gate.dropped
         st["ran_on_io_thread"] = self.ran_here
         st["elections"] = self.elections
+        fixed = self.fixed   # where this node dials them (see `fixed`)
+        st["members"] = [m | {"address": fixed[m["id"]]} if m["id"] in fixed else m
+                         for m in st["members"]]
         core = self.core
         if core.role is Role.LEADER:
             st["followers"] = {v: (p.match.height if p.match is not None else 0)

@@ -6,8 +6,9 @@ each acknowledged by the receiver's `SnapshotChunkAck` (the offset it expects ne
 receiving actor writes the bytes to a temp file, and only when the last chunk has
 arrived, the whole file verifies (chunk CRCs, body SHA-256, header: this cluster, this
 base and digest), and it is fsynced, renamed and its directory fsynced, does it hand the
-core the `InstallSnapshot`; the core's answer then leaves only after the base and head are
-durable too (the Ready contract). The raw file travels, not the state: the receiver
+core the `InstallSnapshot`, with the membership the snapshot's body header records (A.12);
+the core's answer then leaves only after the base and head are durable too (the Ready
+contract). The raw file travels, not the state: the receiver
 checks exactly what the sender's disk holds.
 
 Interruptions restart cleanly: a chunk at offset 0 starts a transfer over (and throws the
@@ -26,9 +27,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from josefine.actors.base import NodeActor
+from josefine.fsm.applier import read_snapshot_header
 from josefine.messages import (InstallSnapshot, SnapshotChunk, SnapshotChunkAck,
                                SnapshotStatus)
 from josefine.runtime.snapshots import SnapshotStats
@@ -264,6 +266,13 @@ class SnapshotActor(NodeActor):
         if m.cluster_id != self.cluster_id or m.base != c.last or m.base_digest != c.last_digest:
             raise CorruptSnapshotError(i.path, f"header says cluster {m.cluster_id!r}, base "
                                        f"{m.base}; expected {self.cluster_id!r}, {c.last}")
+        members = None
+        try:
+            with SnapshotReader(i.path) as r:
+                members = read_snapshot_header(cast(BinaryIO, r)).members   # reads like a file
+        except ValueError as exc:   # the file verified: restoring it will say what is wrong
+            log.warning("node %d: snapshot %s: cannot read its membership: %s", self.node_id,
+                        c.last, exc)
         final = self.directory / name_for(c.last)
         os.rename(i.path, final)
         fsync_dir(self.directory)
@@ -271,4 +280,4 @@ class SnapshotActor(NodeActor):
                  c.last, i.expected, c.src)
         self.deliver(InstallSnapshot(src=c.src, dst=self.node_id, term=c.term, last=c.last,
                                      last_digest=c.last_digest,
-                                     voters=tuple(sorted(m.voters))))
+                                     voters=tuple(sorted(m.voters)), config=members))

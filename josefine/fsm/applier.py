@@ -47,7 +47,7 @@ from josefine.fsm.sessions import SessionTable, Verdict
 from josefine.raft.membership import Config, Member, MemberRole, decode_config_block
 from josefine.types import GENESIS_ID, BlockId
 
-__all__ = ["Applier", "SnapshotInfo", "SnapshotJob"]
+__all__ = ["Applier", "SnapshotInfo", "SnapshotJob", "read_snapshot_header"]
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +228,8 @@ class Applier:
             ValueError: the stream is not a valid snapshot (nothing changed).
         """
         sm = self._snapshotting()
-        head = read_record(inp)
-        if not (type(head) is list and head[:1] == [_SNAPSHOT_TAG] and (
-                (len(head) == 5 and head[1] == 1) or (len(head) == 6 and head[1] == 2))):
-            raise ValueError(f"not a Josefine snapshot header: {head!r:.100}")
-        _, _, applied, digest, config = head[:5]
-        members = _members(head[5], config) if len(head) == 6 else None
-        if not (type(applied) is list and len(applied) == 2
-                and all(type(x) is int and x >= 0 for x in applied)):
-            raise ValueError(f"bad applied block id in snapshot: {applied!r:.100}")
-        if not (type(config) is list and all(type(x) is int for x in config)
-                and config == sorted(set(config))):
-            raise ValueError(f"bad configuration in snapshot: {config!r:.100}")
-        info = SnapshotInfo(BlockId(*applied), digest, frozenset(config), members)
-        _check_info(info)
+        info = read_snapshot_header(inp)
+        members = info.members
         sessions = SessionTable(self.sessions.max_sessions)
         sessions.restore(inp)
         sm.restore(inp)
@@ -270,6 +258,30 @@ class Applier:
             "sessions": len(self.sessions),
             "evictions": self.sessions.evictions,
         }
+
+
+def read_snapshot_header(inp: BinaryIO) -> SnapshotInfo:
+    """The header record of a snapshot stream, checked, and nothing after it: what a node
+    needs to know about a snapshot (its base, its membership) without restoring it.
+
+    Raises:
+        ValueError: the stream does not start with a valid snapshot header.
+    """
+    head = read_record(inp)
+    if not (type(head) is list and head[:1] == [_SNAPSHOT_TAG] and (
+            (len(head) == 5 and head[1] == 1) or (len(head) == 6 and head[1] == 2))):
+        raise ValueError(f"not a Josefine snapshot header: {head!r:.100}")
+    _, _, applied, digest, config = head[:5]
+    if not (type(applied) is list and len(applied) == 2
+            and all(type(x) is int and x >= 0 for x in applied)):
+        raise ValueError(f"bad applied block id in snapshot: {applied!r:.100}")
+    if not (type(config) is list and all(type(x) is int for x in config)
+            and config == sorted(set(config))):
+        raise ValueError(f"bad configuration in snapshot: {config!r:.100}")
+    members = _members(head[5], config) if len(head) == 6 else None
+    info = SnapshotInfo(BlockId(*applied), digest, frozenset(config), members)
+    _check_info(info)
+    return info
 
 
 def _check_info(info: SnapshotInfo) -> None:

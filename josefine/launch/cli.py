@@ -57,7 +57,7 @@ _DELEGATED = {
 
 STATUS_FIELDS = ("id", "address", "reachable", "pid", "role", "term", "leader",
                  "head", "commit", "applied", "dropped_frames", "rss_bytes",
-                 "leveldb_memory_bytes", "error", "metrics_address")
+                 "leveldb_memory_bytes", "members", "error", "metrics_address")
 """Keys of each node object in ``josefine status --json`` (see `_status`)."""
 
 
@@ -505,7 +505,7 @@ def _node_row(node_id: int, address: str, status: dict[str, Any] | None, error: 
         return {"id": node_id, "address": address, "reachable": False, "pid": None, "role": "unreachable",
                 "term": None, "leader": None, "head": None, "commit": None, "applied": None,
                 "dropped_frames": None, "rss_bytes": None, "leveldb_memory_bytes": None,
-                "error": error}
+                "members": None, "error": error}
     role = _field(status, "role")
     if role is not None and not isinstance(role, str):
         role = getattr(role, "name", str(role)).lower()
@@ -523,6 +523,7 @@ def _node_row(node_id: int, address: str, status: dict[str, Any] | None, error: 
         "dropped_frames": _field(status, "dropped_frames", "dropped"),
         "rss_bytes": _field(status, "rss_bytes"),
         "leveldb_memory_bytes": _field(status, "leveldb_memory_bytes"),
+        "members": _field(status, "members"),
         "error": None,
     }
 
@@ -545,14 +546,18 @@ def _status(args: argparse.Namespace) -> int:
                     "pid": 4242, "role": "leader", "term": 3, "leader": 1,
                     "head": [3, 17], "commit": [3, 16], "applied": [3, 16],
                     "dropped_frames": 0, "rss_bytes": 41943040,
-                    "leveldb_memory_bytes": 2097152, "error": null,
+                    "leveldb_memory_bytes": 2097152,
+                    "members": [{"id": 1, "address": "tcp://127.0.0.1:7001",
+                                 "role": "voter"}, ...],
+                    "error": null,
                     "metrics_address": "127.0.0.1:9101"}, ...]}
 
     `nodes` is in id order. Block references (`head`, `commit`, `applied`) are
     ``[term, height]`` arrays, or whatever integer height the node reports, or
     null. `rss_bytes` (the node process's resident memory) and `leveldb_memory_bytes`
     (LevelDB's own estimate of its memtables and caches) are null where the node cannot
-    tell. For an unreachable node `reachable` is false, `role` is
+    tell. `members` is the configuration in force on that node's path (its view: a
+    lagging node may show an older one). For an unreachable node `reachable` is false, `role` is
     ``"unreachable"``, `error` says why and every other status field is null.
     `metrics_address` comes from the cluster file (null when the node serves no metrics).
     Exit status 0 when every node answered, 1 otherwise.
@@ -689,8 +694,8 @@ def _member_list(args: argparse.Namespace) -> int:
         {"members": [{"id": 1, "address": "tcp://127.0.0.1:7001", "role": "voter",
                       "match_height": 120, "lag": 0, "leader": true}, ...]}
 
-    `role` is ``voter`` or ``learner`` (every member is a voter until membership changes
-    exist). `match_height` is the leader's view of the member (the leader's own head for the
+    `role` is ``voter`` or ``learner``: the members are the leader's configuration (the
+    cluster file's nodes, as voters, when no leader answered). `match_height` is the leader's view of the member (the leader's own head for the
     leader) and `lag` the leader's head height minus it; both are null when no leader
     answered. Exit status 0 when a leader answered, 1 otherwise.
     """
@@ -710,9 +715,15 @@ def _member_list(args: argparse.Namespace) -> int:
         head = (lst.get("head") or [0, 0])[1]
         matches = {int(k): int(v) for k, v in (lst.get("followers") or {}).items()}
         matches[leader[0]] = head
-    for node_id, node in sorted(cluster.nodes.items()):
+    # The leader's configuration when one answered (learners, members the cluster file
+    # does not list yet); else the cluster file's nodes, as voters.
+    known = {int(m["id"]): (str(m["address"]), str(m["role"]))
+             for m in (leader[1].get("members") or [] if leader is not None else [])}
+    if not known:
+        known = {i: (n.address, "voter") for i, n in cluster.nodes.items()}
+    for node_id, (address, role) in sorted(known.items()):
         m = matches.get(node_id)
-        rows.append({"id": node_id, "address": node.address, "role": "voter",
+        rows.append({"id": node_id, "address": address, "role": role,
                      "match_height": m, "lag": None if m is None or head is None else head - m,
                      "leader": leader is not None and leader[0] == node_id})
     if args.json:

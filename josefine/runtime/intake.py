@@ -72,6 +72,9 @@ class ClientIntake:
         self.proposals = Waiters(on_remote=self.answer_remote_proposal)
         self.reads = Waiters()
         self.transfers = Waiters()
+        self.changes = Waiters()
+        """Membership changes (`Node.add_learner` ..., the ``member`` admin op) by
+        (ChangeOp, node id); answered by the FSM driver from the core's CONFIG outcomes."""
         self.reply_batch = ReplyBatch(self.flush_replies)
         self._read_ids = itertools.count(1)
         self._transfer_lock = threading.Lock()
@@ -90,7 +93,7 @@ class ClientIntake:
             self.submit(Command(self.client_id, next(self._seq), data), waiter)
 
     def fail_all(self) -> None:
-        for w in (self.proposals, self.reads, self.transfers):
+        for w in (self.proposals, self.reads, self.transfers, self.changes):
             w.fail_all()
 
     def on_client_request(self, identity: bytes, msg: Any) -> None:
@@ -224,6 +227,16 @@ class ClientIntake:
         rid = next(self._read_ids)
         self.reads.add(rid, waiter, query)
         self.tell_role(ReadIndex(read_id=rid, at_follower=at_follower))
+
+    def add_change_waiter(self, key: tuple[int, int], waiter: Callable) -> bool:
+        """Register a membership change's waiter; False (nothing registered) when the same
+        change is already waiting: the core would refuse the second as "another change in
+        progress", and that answer, sharing the key, would reach the first caller too."""
+        with self._transfer_lock:
+            if self.changes.has(key):
+                return False
+            self.changes.add(key, waiter)
+            return True
 
     def add_transfer_waiter(self, target: int, waiter: Callable) -> None:
         """Transfers are answered per target: a second request for the same target joins

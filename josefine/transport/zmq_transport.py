@@ -84,6 +84,7 @@ _CLIENT_REQUESTS = frozenset(CLIENT_REQUEST_TYPES)
 _PEER_ITEM = "p"
 _CLIENT_ITEM = "c"
 _TRUST_ITEM = "t"
+_PEERS_ITEM = "m"
 _ADMIN_ONLY = (ClientAdmin, ClientTransfer)
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -346,6 +347,24 @@ class ZmqTransport:
             self._queue.append((_TRUST_ITEM, None, None))
             self._wake()
 
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Replace the peer set (thread-safe): links to new peers are opened, links to
+        peers no longer listed (or listed at another address) are closed, and frames from
+        unlisted node ids are refused from then on. Applied by the I/O thread in order with
+        the sends queued around it, so messages queued after this call reach a peer it
+        adds. A secure transport opens a link only to a peer whose key it trusts; one
+        without waits for `set_trust` (reload the keys before adding a node)."""
+        new = {int(p): a for p, a in peers.items() if int(p) != self.node_id}
+        with self._state_lock:
+            if self._state == "new":
+                self.peers = new
+                self._links_up = dict.fromkeys(new, False)
+                return
+            if self._state != "running" or self._stopping:
+                return
+            self._queue.append((_PEERS_ITEM, new, None))
+        self._wake()
+
     @property
     def secure(self) -> bool:
         return self._security is not None
@@ -452,14 +471,18 @@ class ZmqTransport:
         for peer in self.peers:
             self._open_dealer(peer)
 
-    def _open_dealer(self, peer: int) -> zmq.Socket:
+    def _open_dealer(self, peer: int) -> zmq.Socket | None:
         ctx = self._ctx
         assert ctx is not None
         hb_ivl, hb_timeout = self._heartbeat
         address = self.peers[peer]
+        sec = self._security
+        if sec is not None and peer not in sec.trust.peers:
+            self._warn(f"no_key:{peer}", "no trusted key for node %d: no link to it until "
+                       "the keys are reloaded with its key in the cluster file", peer)
+            return None
         d = ctx.socket(zmq.DEALER)
         self._dealers[peer] = d
-        sec = self._security
         if sec is not None:
             self._server_keys[peer] = sec.trust.server_key(peer)
             apply_client_curve(d, sec.pair, self._server_keys[peer])
@@ -474,7 +497,11 @@ class ZmqTransport:
         mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                                    | _HANDSHAKE_FAILED)
         self._dealer_monitors[mon] = peer
-        d.connect(address)
+        try:
+            d.connect(address)
+        except zmq.ZMQError as exc:   # e.g. a host that does not resolve: not fatal here
+            self._warn(f"connect:{peer}", "cannot connect to node %d at %s: %s", peer,
+                       address, exc)
         return mon
 
     def _close_dealer(self, peer: int) -> None:
@@ -493,17 +520,40 @@ class ZmqTransport:
         self._links_up[peer] = False
 
     def _apply_trust(self) -> None:
-        """Rebuild the links to peers whose server key changed (a rotated node key)."""
+        """Rebuild the links to peers whose server key changed (a rotated node key), and
+        open those to peers that had no trusted key until now."""
         sec = self._security
         assert sec is not None
         for peer in list(self._dealers):
-            want = sec.trust.server_key(peer)
+            want = sec.trust.peers.get(peer, (None,))[0]
             if self._server_keys.get(peer) != want:
                 self._log.info("node %d's key changed: reconnecting with its new key", peer)
                 self._close_dealer(peer)
-                mon = self._open_dealer(peer)
-                if self._poller is not None:
-                    self._poller.register(mon, zmq.POLLIN)
+                self._register(self._open_dealer(peer))
+        for peer in self.peers:
+            if peer not in self._dealers:
+                self._register(self._open_dealer(peer))
+
+    def _register(self, mon: zmq.Socket | None) -> None:
+        if mon is not None and self._poller is not None:
+            self._poller.register(mon, zmq.POLLIN)
+
+    def _apply_peers(self, new: dict[int, str]) -> None:
+        """`set_peers`, on the I/O thread."""
+        old = self.peers
+        for peer in list(self._dealers):
+            if new.get(peer) != old.get(peer):
+                self._close_dealer(peer)
+        self.peers = new
+        for peer in [p for p in self._links_up if p not in new]:
+            del self._links_up[peer]
+        for peer in new:
+            self._links_up.setdefault(peer, False)
+            if peer not in self._dealers:
+                self._register(self._open_dealer(peer))
+        added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+        if added or removed:
+            self._log.info("peers now %s (added %s, removed %s)", sorted(new), added, removed)
 
     def _close_sockets(self) -> None:
         monitored = [(self._router, self._monitor)]
@@ -758,6 +808,9 @@ class ZmqTransport:
             if item[0] is _TRUST_ITEM:
                 self._apply_trust()
                 continue
+            if item[0] is _PEERS_ITEM:
+                self._apply_peers(item[1])
+                continue
             if item[0] is _CLIENT_ITEM:
                 self._send_client(item[1], item[2])
                 continue
@@ -806,9 +859,13 @@ class ZmqTransport:
             self._send_frame(dst, batch)
 
     def _send_frame(self, dst: int, batch: list[bytes]) -> None:
+        d = self._dealers.get(dst)
+        if d is None:   # a delayed message to a peer removed meanwhile
+            self._counts["unknown_destination"] += len(batch)
+            return
         frame = encode_frame(self.cluster_id, self.node_id, batch)
         try:
-            self._dealers[dst].send(frame, zmq.NOBLOCK)
+            d.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._counts["send_dropped"] += len(batch)
             self._warn(f"send_dropped:{dst}", "node %d unreachable or its queue is full; "

@@ -184,7 +184,7 @@ def test_status_table_and_json(cluster_file, capsys, fake_client):
     assert one == {"id": 1, "address": "tcp://127.0.0.1:7001", "reachable": True, "pid": 101, "role": "leader",
                    "term": 4, "leader": 1, "head": [4, 9], "commit": [4, 8], "applied": [4, 8],
                    "dropped_frames": 1, "rss_bytes": 40 << 20, "leveldb_memory_bytes": 1 << 20,
-                   "error": None, "metrics_address": None}
+                   "members": None, "error": None, "metrics_address": None}
     assert two["reachable"] is False and two["role"] == "unreachable" and "no reply" in two["error"]
     assert three["role"] == "follower"
 
