@@ -19,7 +19,7 @@ Four measurements:
    `ProcSampler`), on a time axis of load seconds; the first and last minute's mean and the
    least-squares slope. A relaunch at each checkpoint starts fresh processes, so the slope of
    the last segment (the longest uninterrupted stretch with the default checkpoints) is
-   reported on its own too.
+   reported on its own too (first and last minute and slope).
 
 Nothing here judges the figures against targets: it measures and reports.
 """
@@ -276,21 +276,25 @@ def split_around(done_t: list[float], lat_us: list[float],
 
 
 def memory_stats(timeline: list[tuple[float, float]],
-                 segment_starts: list[float]) -> dict[str, float | None]:
-    """First and last minute's mean RSS (MiB), the least-squares slope (MiB per minute) over
-    all samples, and over the samples since the last of `segment_starts` (a relaunch)."""
+                 segment_starts: list[float]) -> dict[str, Any]:
+    """First and last minute's mean RSS (MiB) and the least-squares slope (MiB per minute)
+    over all samples, and the same over the samples since the last of `segment_starts` (a
+    relaunch): processes restart there, so only a segment shows one process's growth."""
+    out: dict[str, Any] = _minutes_and_slope(timeline)
+    since = max((s for s in segment_starts if timeline and s <= timeline[-1][0]), default=0.0)
+    out["last_segment"] = {"from_s": since,
+                           **_minutes_and_slope([(t, m) for t, m in timeline if t >= since])}
+    return out
+
+
+def _minutes_and_slope(timeline: list[tuple[float, float]]) -> dict[str, float | None]:
     if not timeline:
-        return {"first_minute_mib": None, "last_minute_mib": None,
-                "slope_mib_per_min": None, "last_segment_slope_mib_per_min": None}
-    t_last = timeline[-1][0]
+        return {"first_minute_mib": None, "last_minute_mib": None, "slope_mib_per_min": None}
     first = [m for t, m in timeline if t < timeline[0][0] + 60]
-    last = [m for t, m in timeline if t > t_last - 60]
-    since = max((s for s in segment_starts if s <= t_last), default=0.0)
+    last = [m for t, m in timeline if t > timeline[-1][0] - 60]
     return {"first_minute_mib": round(sum(first) / len(first), 1),
             "last_minute_mib": round(sum(last) / len(last), 1),
-            "slope_mib_per_min": _slope(timeline),
-            "last_segment_slope_mib_per_min": _slope([(t, m) for t, m in timeline
-                                                      if t >= since])}
+            "slope_mib_per_min": _slope(timeline)}
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -511,10 +515,12 @@ def format_report(doc: dict[str, Any]) -> str:
                  f"({a['other_writes']} writes); ratio {a['p99.9_ratio']}")
     lines += ["", "memory over the uptime run (RSS MiB; relaunches start fresh processes)"]
     for name, m in doc["memory"].items():
+        seg = m["last_segment"]
         lines.append(f"  {name}: first minute {m['first_minute_mib']}, last minute "
-                     f"{m['last_minute_mib']}, slope {m['slope_mib_per_min']} MiB/min "
-                     f"(last segment {m['last_segment_slope_mib_per_min']}), "
-                     f"{m['samples']} samples")
+                     f"{m['last_minute_mib']}, slope {m['slope_mib_per_min']} MiB/min; since "
+                     f"the relaunch at {seg['from_s']:g} s: first minute "
+                     f"{seg['first_minute_mib']}, last minute {seg['last_minute_mib']}, slope "
+                     f"{seg['slope_mib_per_min']} MiB/min; {m['samples']} samples")
     return "\n".join(lines)
 
 

@@ -69,10 +69,13 @@ def test_memory_stats_first_last_minute_and_slopes():
     m = memory_stats(tl, [300.0])
     assert m["first_minute_mib"] == pytest.approx(100.5)   # 100 + mean(0..55 s)/60, to 0.1
     assert m["last_minute_mib"] == 50.0
-    assert m["last_segment_slope_mib_per_min"] == 0.0
     assert m["slope_mib_per_min"] < 0
+    assert m["last_segment"] == {"from_s": 300.0, "first_minute_mib": 50.0,
+                                 "last_minute_mib": 50.0, "slope_mib_per_min": 0.0}
     rising = memory_stats([(float(t), 100 + t / 60) for t in range(0, 300, 5)], [])
     assert rising["slope_mib_per_min"] == pytest.approx(1.0)
+    assert rising["last_segment"]["from_s"] == 0.0
+    assert rising["last_segment"]["slope_mib_per_min"] == pytest.approx(1.0)
     assert memory_stats([], [])["slope_mib_per_min"] is None
 
 
@@ -154,6 +157,9 @@ def test_tiny_snapshot_bench_measures_every_part():
     assert set(doc["memory"]) == nodes
     for m in doc["memory"].values():
         assert m["samples"] >= 2 and m["first_minute_mib"] > 0 and m["last_minute_mib"] > 0
+        # the last relaunch ends the sampled run: the last segment starts at the one before
+        assert m["last_segment"]["from_s"] == pytest.approx(0.05 * 60)
+        assert m["last_segment"]["last_minute_mib"] > 0
 
     # every node process it started is gone
     assert len(doc["node_pids"]) >= 3 * 3   # three launches of the uptime run at least
