@@ -11,6 +11,14 @@ JSON output (stable): {"version": 1, "results": [BenchResult...], "ratios": {...
 duration_s, fsync, writes, writes_per_s, latency_ms{p50,p90,p99,p99.9,max},
 cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p50]],
 rss_timeline{nodeN: [[t, MiB], ...]} (current RSS about once a second).
+
+    josefine bench --snapshots [--minutes-at 1,5,10] [--follower-down-minutes 5]
+                   [--catchup-seconds 30] [--on-off-seconds 60] [--snapshot-blocks N]
+                   [--snapshot-bytes N] [--clients 8] [--pipeline 256] [--json]
+
+measures what issue 11 asks of snapshots (josefine.bench.snapshots says how); its JSON is
+{"version": 1, "kind": "snapshots", "settings", "uptime": [checkpoint...], "follower",
+"on_off": {"on", "off", "throughput_on_over_off"}, "memory", "rss_timeline", "node_pids"}.
 """
 from __future__ import annotations
 
@@ -118,10 +126,12 @@ def _plot(results: list[BenchResult], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="josefine bench", description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
-    ap.add_argument("--clients", type=int, default=1,
-                    help="client streams, each in its own worker (default 1)")
-    ap.add_argument("--pipeline", type=int, default=1,
-                    help="writes each client keeps outstanding (default 1: sequential)")
+    ap.add_argument("--clients", type=int, default=None,
+                    help="client streams, each in its own worker (default 1; 8 with "
+                         "--snapshots)")
+    ap.add_argument("--pipeline", type=int, default=None,
+                    help="writes each client keeps outstanding (default 1: sequential; 256 "
+                         "with --snapshots)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
     ap.add_argument("--payload", type=int, default=10, help="value bytes per write")
@@ -152,12 +162,51 @@ def build_parser() -> argparse.ArgumentParser:
                          "sequentially, durable and without fsync, in the same run, and print "
                          "Josefine's p50 as a multiple of each")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    snap = ap.add_argument_group(
+        "snapshots", "--snapshots measures disk, relaunch time, follower catch-up, throughput "
+                     "and latency with snapshots on and off, and memory, under full load "
+                     "(josefine.bench.snapshots); it replaces the normal run")
+    snap.add_argument("--snapshots", action="store_true",
+                      help="run the snapshot measurements instead of the normal bench")
+    snap.add_argument("--minutes-at", type=_minutes, default=[1.0, 5.0, 10.0],
+                      metavar="M1,M2,...",
+                      help="checkpoints in cumulative load minutes: disk, RSS, and a full "
+                           "relaunch timed until caught up (default 1,5,10)")
+    snap.add_argument("--follower-down-minutes", type=float, default=5.0, metavar="M",
+                      help="load minutes a stopped follower misses before it is started "
+                           "again (default 5; 0 skips this part)")
+    snap.add_argument("--catchup-seconds", type=float, default=30.0, metavar="S",
+                      help="load that goes on after the follower is started (default 30)")
+    snap.add_argument("--on-off-seconds", type=float, default=60.0, metavar="S",
+                      help="measured seconds of each run with snapshots on and off "
+                           "(default 60)")
+    snap.add_argument("--snapshot-blocks", type=int, default=None, metavar="N",
+                      help="node setting snapshot_blocks with snapshots on (default: the "
+                           "node's default)")
+    snap.add_argument("--snapshot-bytes", type=int, default=None, metavar="N",
+                      help="node setting snapshot_bytes with snapshots on (default: the "
+                           "node's default)")
     return ap
+
+
+def _minutes(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of minutes: {text!r}") from None
+    if not vals or any(v <= 0 for v in vals) or vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give increasing positive minutes, e.g. 1,5,10")
+    return vals
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.snapshots:
+        return run_snapshots_cli(ap, a)
+    a.clients = 1 if a.clients is None else a.clients
+    a.pipeline = 1 if a.pipeline is None else a.pipeline
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --duration > 0, --payload >= 0")
     warm = a.warmup if a.warmup is not None else min(2.0, a.duration / 2)
@@ -250,6 +299,31 @@ def _floor_ratios(jose: BenchResult, floor: dict[str, dict]) -> dict[str, Any]:
         out[key] = (round(p50 / lat["p50"], 2)
                     if p50 is not None and lat.get("p50") else None)
     return out
+
+
+def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from josefine.bench.snapshots import Load, format_report, run_snapshot_bench, say_to_stderr
+    others = [flag for flag, on in (("--compare", a.compare), ("--embedded", a.embedded),
+                                    ("--client-api", a.client_api), ("--failover", a.failover),
+                                    ("--floor", a.floor), ("--plot", a.plot),
+                                    ("--insecure", a.insecure)) if on]
+    if others:
+        ap.error(f"--snapshots runs on its own: drop {', '.join(others)}")
+    clients = 8 if a.clients is None else a.clients
+    pipeline = 256 if a.pipeline is None else a.pipeline
+    if a.nodes < 1 or clients < 1 or pipeline < 1 or a.payload < 0 or a.on_off_seconds <= 0 \
+            or a.follower_down_minutes < 0 or a.catchup_seconds < 0:
+        ap.error("--nodes, --clients, --pipeline must be >= 1, --payload >= 0, "
+                 "--on-off-seconds > 0, --follower-down-minutes and --catchup-seconds >= 0")
+    settings = {k: v for k, v in (("snapshot_blocks", a.snapshot_blocks),
+                                  ("snapshot_bytes", a.snapshot_bytes)) if v is not None}
+    warm = a.warmup if a.warmup is not None else min(2.0, a.on_off_seconds / 2)
+    doc = run_snapshot_bench(a.nodes, Load(clients, pipeline, a.payload), tuple(a.minutes_at),
+                             a.follower_down_minutes, a.catchup_seconds, a.on_off_seconds,
+                             warm, not a.no_fsync, settings,
+                             say=say_to_stderr(not a.no_progress))
+    print(json.dumps(doc, indent=1) if a.json else format_report(doc))
+    return 0
 
 
 def run_failover_cli(a: argparse.Namespace, show: bool) -> dict:
