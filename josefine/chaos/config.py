@@ -44,7 +44,11 @@ class ChaosConfig:
     read_ratio: float = 0.5
     cas_ratio: float = 0.25
     any_node_reads: float = 0.2
-    """Share of reads first sent to a random node rather than the believed leader."""
+    """Share of reads sent to a random node, which serves them itself if it is a follower
+    (through the leader's read index)."""
+    any_node_writes: float = 0.2
+    """Share of writes sent through a client whose writes a follower forwards to the
+    leader."""
     fault_gap: tuple[float, float] = (1.0, 3.0)
     """Quiet time before each fault (uniform)."""
     fault_hold: tuple[float, float] = (1.0, 5.0)
@@ -92,7 +96,7 @@ class ChaosConfig:
                 "clients": self.clients, "keys": self.keys, "faults": list(self.faults),
                 "op_timeout": self.op_timeout, "request_timeout": self.request_timeout,
                 "read_ratio": self.read_ratio, "cas_ratio": self.cas_ratio,
-                "any_node_reads": self.any_node_reads,
+                "any_node_reads": self.any_node_reads, "any_node_writes": self.any_node_writes,
                 "fault_gap": list(self.fault_gap), "fault_hold": list(self.fault_hold),
                 "fsync": self.fsync, "custom_node_cmd": self.node_cmd is not None,
                 "netns": self.netns,

@@ -71,6 +71,18 @@ def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float,
         ctx.term()
 
 
+def _served_at_followers(samples: list[dict[str, Any]]) -> str:
+    """How much of the workload followers served: the counters of each node process's last
+    sample, summed over processes (a restarted node counts from zero again)."""
+    last: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for smp in samples:
+        last[(smp["node"], smp.get("pid"))] = smp
+    reads = sum(int(s.get("follower_reads") or 0) for s in last.values())
+    writes = sum(int(s.get("forwarded_writes") or 0) for s in last.values())
+    return f"served at followers: {reads} reads (read index from the leader), {writes} " \
+           "writes forwarded to the leader"
+
+
 def _describe_statuses(st: dict[int, dict[str, Any] | None]) -> list[str]:
     out = []
     for i, s in sorted(st.items()):
@@ -235,6 +247,7 @@ def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
     report.checks.append(checks.check_leaders(samples, logs))
     report.checks.append(checks.check_writes(history, paths, base_states))
     kills = sum(len(f["nodes"]) for f in faults if f["kind"] in ("kill", "powerloss"))
+    report.notes.append(_served_at_followers(samples))
     report.checks.append(checks.check_crashes(restart_events, logs, kills))
     if workload is not None:
         report.notes.extend(workload.errors)

@@ -31,7 +31,8 @@ Sample = dict[str, Any]
 """{"t": monotonic s, "node": id, "pid", "role", "term", "leader", "commit": [t, h],
 "applied": [t, h], "head": [t, h], "sm_digest"}"""
 
-_KEEP = ("pid", "role", "term", "leader", "commit", "applied", "head", "sm_digest")
+_KEEP = ("pid", "role", "term", "leader", "commit", "applied", "head", "sm_digest",
+         "follower_reads", "forwarded_writes")
 
 
 class _Poller:

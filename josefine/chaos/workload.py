@@ -15,9 +15,12 @@ and an ok / fail / info line after it:
 (*) `Client.read` reports "no answer in time" as UnavailableError too. A read changes
 nothing, so for the checker a read's fail and info mean the same: it is ignored.
 
-A share of the reads (``ChaosConfig.any_node_reads``) is first sent to a random node instead
-of the believed leader. A correct node that does not lead answers NOT_LEADER and the read
-goes on through the `Client` as usual; a node that wrongly answers reads itself is caught.
+A share of the reads (``ChaosConfig.any_node_reads``) is sent to a random node marked
+`any_node`: a follower serves it itself once the leader has given it a read index and it
+has applied that far (docs/protocol.md A.10), so the history checks follower reads for
+linearizability too; a node that declines (no leader known, a timeout) passes the read on
+through the `Client` as usual. A share of the writes (``ChaosConfig.any_node_writes``)
+goes through a client that lets followers forward them to the leader.
 
 A cas `fail` means "the comparison failed", so the history is checked with
 ``cas_fail_is_compare_failure=True``. A cas that was definitely refused (it never
@@ -105,19 +108,22 @@ class Workload:
             if t.is_alive():
                 self.errors.append(f"{t.name} did not finish its last operation")
 
-    def _client(self, first: int, timeout: float, request_timeout: float) -> Client:
+    def _client(self, first: int, timeout: float, request_timeout: float,
+                read_from: str = "leader") -> Client:
         # Rotate the address map so the clients do not all start at node 1.
         ids = sorted(self.addresses)
         k = (first - 1) % len(ids)
         order = ids[k:] + ids[:k]
         return Client({n: self.addresses[n] for n in order}, self.cluster_id,
                       timeout=timeout, request_timeout=request_timeout,
-                      credentials=self.credentials)
+                      credentials=self.credentials, read_from=read_from)
 
     def _run(self, proc: int) -> None:
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}/client/{proc}")
         client = self._client(proc, cfg.op_timeout, cfg.request_timeout)
+        # writes through whichever node it meets first, followers forwarding them
+        forwarding = self._client(proc + 1, cfg.op_timeout, cfg.request_timeout, "any")
         direct = _DirectReader(self.addresses, self.cluster_id, f"chaos-direct-{proc}",
                                self.credentials)
         known: dict[str, Any] = {}
@@ -137,11 +143,13 @@ class Workload:
                     if r < cfg.read_ratio + cfg.cas_ratio:
                         self._cas(client, proc, key, known.get(key), value, known)
                     else:
-                        self._write(client, proc, key, value, known)
+                        via = forwarding if rng.random() < cfg.any_node_writes else client
+                        self._write(via, proc, key, value, known)
         except Exception as exc:  # noqa: BLE001 - report, never kill the run silently
             self.errors.append(f"client {proc} crashed: {type(exc).__name__}: {exc}")
         finally:
             client.close()
+            forwarding.close()
             direct.close()
 
     def _read(self, client: Client, proc: Any, key: str, known: dict[str, Any],
@@ -246,7 +254,7 @@ class _DirectReader:
             self.conns[node] = conn
         try:
             resp = conn.request(ClientRead(client_id=self.client_id, read_id=next(self.ids),
-                                           query=kv_get(key)), timeout)
+                                           query=kv_get(key), any_node=True), timeout)
         except TimeoutError:
             return False, None
         if resp.status == Status.OK:

@@ -42,6 +42,10 @@ def _assert_chaos_passed(report: ChaosReport, out: Path) -> None:
         assert (out / f).is_file(), f
     for i in range(1, report.config["nodes"] + 1):
         assert (out / f"node-{i}" / "node.log").is_file()
+    # the history the checks passed holds reads served by followers and forwarded writes
+    served = next(n for n in report.notes if n.startswith("served at followers"))
+    reads, writes = (int(w) for w in served.split() if w.isdigit())
+    assert reads > 0 and writes > 0, served
     _assert_no_node_left(out)
 
 
