@@ -38,7 +38,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from josefine.errors import JosefineError
 
 if TYPE_CHECKING:
-    from josefine.config import ClusterConfig
+    from josefine.config import ClusterConfig, ClusterNode
 
 __all__ = [
     "ClientCredentials",
@@ -404,3 +404,25 @@ def make_cluster_keys(directory: str | os.PathLike[str], cluster_id: str,
     path = d / "cluster.toml"
     _rewrite_cluster_file(path, cc)
     return path
+
+
+def set_cluster_node(cluster_path: str | os.PathLike[str], node_id: int,
+                     node: ClusterNode | None) -> ClusterConfig:
+    """Add (or replace) node `node_id`'s entry in a cluster file, or drop it (`node` None),
+    in one atomic, synced rewrite; the file's other nodes and keys are kept as they are on
+    disk (a rotation made meanwhile survives). Returns the new cluster configuration. Every
+    member must then reload its keys for the change to take effect on links."""
+    import dataclasses
+
+    from josefine.config import ConfigError, load_cluster_config
+    path = Path(cluster_path)
+    try:
+        cc = load_cluster_config(path)
+    except ConfigError as exc:
+        raise KeyFileError(str(exc)) from None
+    nodes = {i: n for i, n in cc.nodes.items() if i != node_id}
+    if node is not None:
+        nodes[node_id] = node
+    cc = dataclasses.replace(cc, nodes=dict(sorted(nodes.items())))
+    _rewrite_cluster_file(path, cc)
+    return cc

@@ -78,8 +78,12 @@ def status_error(status: Status | str, hint: int | None,
     return UnavailableError(f"{what}: failed with status {status!r}")
 
 
-def load_trust(cfg: NodeConfig) -> TrustedKeys:
+def load_trust(cfg: NodeConfig, *, reload: bool = False) -> TrustedKeys:
     """The keys node `cfg` trusts, from its cluster file, checked against its config.
+
+    At start every peer of the config must have a key (a typo'd file fails early). On a
+    `reload` it need not: the members change at run time, and a removed member's key
+    leaves the file while the config this node started with still names it.
 
     Raises:
         ConfigError: no cluster file, another cluster's file, an insecure cluster file
@@ -101,7 +105,7 @@ def load_trust(cfg: NodeConfig) -> TrustedKeys:
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from None
     missing = sorted(set(cfg.nodes) - set(trust.peers))
-    if missing:
+    if missing and not reload:
         raise ConfigError(f"{where}: lists no key for node(s) {missing}")
     return trust
 
@@ -534,7 +538,7 @@ class Node:
         """
         if not self.zt.secure:
             raise ConfigError(f"node {self.id}: insecure: no keys to reload")
-        trust = load_trust(self.config)
+        trust = load_trust(self.config, reload=True)
         self.zt.set_trust(trust)
         log.info("node %d: reloaded keys: %d nodes, %d client keys, %d admin keys", self.id,
                  len(trust.peers), len(trust.clients), len(trust.admins))

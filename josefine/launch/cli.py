@@ -8,6 +8,8 @@ Subcommands::
     josefine put KEY VALUE | get KEY | delete KEY | cas KEY EXPECTED NEW
                                                 use the built-in key-value store
     josefine status [--json]                    every node's role, term, head, commit
+    josefine member list | add [ID] | promote ID | remove ID [--wipe]
+                                                the cluster's members; grow and shrink it
     josefine chain [--cluster F | --data-dir D] [--node ID] [--last N] [--out F.png|F.svg]
                                                 a node's chain of blocks as a picture
     josefine check HISTORY ...                  check a recorded history (josefine.check)
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "namespace with --netns), restart them when they crash, and stop them "
                     "all on Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--nodes", type=_positive_int, default=3, metavar="N", help="number of nodes (default 3)")
+    p.add_argument("--nodes", type=_positive_int, default=None, metavar="N",
+                   help="number of nodes (default 3; a relaunch starts the members of "
+                        "DIR/cluster.toml, which `josefine member` keeps current)")
     p.add_argument("--data-dir", type=Path, default=Path("josefine-data"), metavar="DIR",
                    help="directory for configs, logs and data (default ./josefine-data)")
     p.add_argument("--base-port", type=_port, default=7001, metavar="PORT",
@@ -179,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(p, 2.0, "per-node timeout", "admin key pair")
     p.set_defaults(func=_keys)
 
-    p = sub.add_parser("member", help="the cluster's members (list)",
+    p = sub.add_parser("member", help="the cluster's members (list, add, promote, remove)",
                        description="Membership of the cluster. `member list`: every member "
                                    "with its address, role (voter or learner), the leader's "
                                    "view of its match height and how far it lags the "
@@ -191,6 +195,46 @@ def build_parser() -> argparse.ArgumentParser:
                          '"lag", "leader"}]}')
     _cluster_options(mp, 2.0, "per-node timeout", "Curve key pair to use")
     mp.set_defaults(func=_member_list)
+    mp = msub.add_parser(
+        "add", help="add a node: it joins as a learner and is promoted once caught up",
+        description="On a cluster run by `josefine launch` (its launcher running), the "
+                    "launcher makes the node's directory, key pair and node.toml, puts its "
+                    "key into cluster.toml, starts and supervises it; it listens on "
+                    "base port + ID - 1. With --address the cluster is not launched and you "
+                    "run the node yourself (`josefine node --config FILE`, with join = true "
+                    "and the current members as peers): this command puts its public key "
+                    "(--node-key) into the cluster file, reloads every member's keys and "
+                    "asks the leader. Returns once the node is a voter (a learner with "
+                    "--learner). Needs the admin key.")
+    mp.add_argument("node", nargs="?", type=_positive_int, metavar="ID",
+                    help="the new node's id (default: the next free id; ids are never reused)")
+    mp.add_argument("--address", metavar="ADDR",
+                    help="tcp://HOST:PORT of a node you run yourself (cluster not launched)")
+    mp.add_argument("--node-key", metavar="FILE",
+                    help="with --address on a secure cluster: the new node's key pair (its "
+                         "secret_key_file); made if FILE does not exist")
+    mp.add_argument("--learner", action="store_true", help="leave it a learner (no promotion)")
+    _cluster_options(mp, 120.0, "give up after this long", "admin key pair")
+    mp.set_defaults(func=_member_add)
+    mp = msub.add_parser("promote", help="make learner ID a voter (once it is caught up)",
+                         description="Ask the leader to make learner ID a voter; while the "
+                                     "leader says it lags, retry until --timeout. Needs the "
+                                     "admin key.")
+    mp.add_argument("node", type=_positive_int, metavar="ID", help="the learner to promote")
+    _cluster_options(mp, 30.0, "give up after this long", "admin key pair")
+    mp.set_defaults(func=_member_promote)
+    mp = msub.add_parser("remove", help="remove member ID (the launcher then stops it)",
+                         description="Ask the leader to remove member ID; returns once that "
+                                     "is committed. On a launched cluster the launcher then "
+                                     "stops the node, drops it from cluster.toml (every "
+                                     "member reloads its keys) and, with --wipe, deletes its "
+                                     "directory. Otherwise its entry leaves the cluster "
+                                     "file and you stop its process. Needs the admin key.")
+    mp.add_argument("node", type=_positive_int, metavar="ID", help="the member to remove")
+    mp.add_argument("--wipe", action="store_true",
+                    help="launched cluster: also delete the node's directory (data, key, log)")
+    _cluster_options(mp, 30.0, "give up after this long", "admin key pair")
+    mp.set_defaults(func=_member_remove)
 
     p = sub.add_parser("transfer", help="move leadership to node ID (default: the most "
                                         "caught-up follower)",
@@ -738,6 +782,187 @@ def _member_list(args: argparse.Namespace) -> int:
     if leader is None:
         print("josefine member: no leader answered: match heights unknown", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+def _roles(members: Any) -> str:
+    return ", ".join(f"{m['id']} {m['role']}" for m in sorted(members or [], key=lambda m: m["id"]))
+
+
+def _member_add(args: argparse.Namespace) -> int:
+    """``josefine member add [ID] [--address ADDR] [--learner]`` (see its --help)."""
+    from josefine.launch.cluster import LaunchError, launcher_running, request_launcher
+    try:
+        path = resolve_cluster_path(args.cluster)
+        load_cluster_config(path)
+    except ConfigError as exc:
+        return _error("member", str(exc))
+    launched = launcher_running(path.parent)
+    if args.address is None:
+        if args.node_key is not None:
+            return _error("member", "--node-key is only for --address (the launcher makes "
+                                    "the keys of the nodes it runs)")
+        if not launched:
+            return _error("member", f"no launcher is running on {path.parent}: without "
+                                    "--address, `member add` needs the cluster's `josefine "
+                                    "launch` (or give --address and run the node yourself)")
+        try:
+            r = request_launcher(path.parent, {"op": "add", "node": args.node,
+                                               "learner": args.learner}, args.timeout)
+        except LaunchError as exc:
+            return _error("member", str(exc))
+        when = f"learner after {r['learner_s']:.2f} s" + (
+            "" if r["voter_s"] is None else f", voter after {r['voter_s']:.2f} s")
+        print(f"node {r['id']} ({r['address']}) is a {r['role']} ({when}); members: "
+              f"{_roles(r['members'])}")
+        return EXIT_OK
+    if launched:
+        return _error("member", f"the launcher on {path.parent} runs this cluster's nodes: "
+                                "omit --address and it starts the new node itself")
+    return _member_add_external(args, path)
+
+
+def _member_add_external(args: argparse.Namespace, path: Path) -> int:
+    """`member add --address`: the operator runs the node; its key goes into the cluster
+    file, every member reloads, the leader adds (and promotes) it. A refused addition takes
+    the key back out."""
+    from josefine.client import Client
+    from josefine.config import ClusterNode, parse_address
+    from josefine.launch.cluster import LaunchError, promote_when_caught_up
+    from josefine.security import (generate_keypair, load_keypair, set_cluster_node,
+                                   write_keypair)
+    cluster = load_cluster_config(path)
+    try:
+        parse_address(args.address)
+    except ConfigError as exc:
+        return _error("member", str(exc))
+    try:
+        creds = _credentials(cluster, args, admin=True)
+    except JosefineError as exc:
+        return _error("member", str(exc))
+    leader = _find_leader(cluster, min(2.0, args.timeout), creds)
+    if leader is None:
+        return _error("member", "no node of the cluster is leading right now; retry in a moment")
+    members = {int(m["id"]): str(m["address"]) for m in leader[1].get("members") or []}
+    node_id = args.node or max([*members, *cluster.nodes]) + 1
+    if node_id in members or node_id in cluster.nodes:
+        return _error("member", f"node {node_id} is already a member")
+    taken = [i for i, a in {**{i: n.address for i, n in cluster.nodes.items()}, **members}.items()
+             if a == args.address]
+    if taken:
+        return _error("member", f"address {args.address} is already node {taken[0]}'s")
+    public = None
+    if not cluster.insecure:
+        if args.node_key is None:
+            return _error("member", "a secure cluster needs the new node's key: --node-key FILE "
+                                    "(its secret_key_file; made if it does not exist)")
+        key_path = Path(args.node_key)
+        try:
+            if key_path.exists():
+                pair = load_keypair(key_path)
+            else:
+                pair = generate_keypair()
+                write_keypair(key_path, pair, comment=f"node {node_id} of cluster "
+                                                      f"{cluster.cluster_id}")
+                print(f"new key pair for node {node_id} in {key_path}: set secret_key_file "
+                      "to it in the node's node.toml")
+        except JosefineError as exc:
+            return _error("member", str(exc))
+        public = pair.public.decode()
+
+    def reload_all(cc: ClusterConfig) -> None:
+        for i, n in cc.nodes.items():
+            if i == node_id:
+                continue
+            try:
+                _reload_one(n, cc.cluster_id, 2.0, _credentials(cc, args, admin=True))
+            except Exception as exc:  # noqa: BLE001 - reported; it reloads when it restarts
+                print(f"josefine member: node {i} did not reload its keys: "
+                      f"{_describe_error(exc)}", file=sys.stderr)
+
+    deadline = time.monotonic() + args.timeout
+    if public is not None:
+        reload_all(set_cluster_node(path, node_id, ClusterNode(address=args.address,
+                                                               public_key=public)))
+    added = False
+    try:
+        with Client.from_cluster_file(str(path), admin=True, key_file=args.key_file,
+                                      timeout=args.timeout) as client:
+            got = client.change_membership("add_learner", node_id, args.address)
+            added = True
+            if not public:   # insecure: the file lists it once it is a member
+                set_cluster_node(path, node_id, ClusterNode(address=args.address))
+            if not args.learner:
+                got = promote_when_caught_up(
+                    lambda: client.change_membership("promote", node_id), deadline)
+    except (JosefineError, LaunchError) as exc:
+        if not added:
+            if public is not None:
+                reload_all(set_cluster_node(path, node_id, None))
+            return _error("member", f"node {node_id} not added: {_describe_error(exc)}")
+        return _error("member", f"node {node_id} is a learner but not a voter: "
+                                f"{_describe_error(exc)}; is it running (`josefine node "
+                                f"--config ...`, join = true)? Then `josefine member "
+                                f"promote {node_id}`")
+    role = next((m["role"] for m in got if int(m["id"]) == node_id), "?")
+    print(f"node {node_id} ({args.address}) is a {role}; members: {_roles(got)}")
+    return EXIT_OK
+
+
+def _member_promote(args: argparse.Namespace) -> int:
+    """``josefine member promote ID``: retried while the leader says the learner lags."""
+    from josefine.client import Client
+    from josefine.launch.cluster import LaunchError, promote_when_caught_up
+    try:
+        path = resolve_cluster_path(args.cluster)
+        deadline = time.monotonic() + args.timeout
+        with Client.from_cluster_file(str(path), admin=True, key_file=args.key_file,
+                                      timeout=args.timeout) as client:
+            got = promote_when_caught_up(
+                lambda: client.change_membership("promote", args.node), deadline)
+    except (JosefineError, LaunchError) as exc:
+        return _error("member", f"node {args.node} not promoted: {_describe_error(exc)}")
+    print(f"node {args.node} is a voter; members: {_roles(got)}")
+    return EXIT_OK
+
+
+def _member_remove(args: argparse.Namespace) -> int:
+    """``josefine member remove ID [--wipe]``."""
+    from josefine.client import Client
+    from josefine.launch.cluster import LaunchError, launcher_running, request_launcher
+    from josefine.security import set_cluster_node
+    try:
+        path = resolve_cluster_path(args.cluster)
+        cluster = load_cluster_config(path)
+    except ConfigError as exc:
+        return _error("member", str(exc))
+    if launcher_running(path.parent):
+        try:
+            r = request_launcher(path.parent, {"op": "remove", "node": args.node,
+                                               "wipe": args.wipe}, args.timeout)
+        except LaunchError as exc:
+            return _error("member", str(exc))
+        print(f"node {args.node} removed and stopped{' and wiped' if args.wipe else ''}; "
+              f"members: {_roles(r['members'])}")
+        return EXIT_OK
+    if args.wipe:
+        return _error("member", f"--wipe needs the cluster's launcher running on {path.parent} "
+                                "(it owns the node's directory)")
+    try:
+        with Client.from_cluster_file(str(path), admin=True, key_file=args.key_file,
+                                      timeout=args.timeout) as client:
+            got = client.change_membership("remove", args.node)
+    except JosefineError as exc:
+        return _error("member", f"node {args.node} not removed: {_describe_error(exc)}")
+    if args.node in cluster.nodes:
+        cc = set_cluster_node(path, args.node, None)
+        for i, n in cc.nodes.items():
+            try:
+                _reload_one(n, cc.cluster_id, 2.0, _credentials(cc, args, admin=True))
+            except Exception as exc:  # noqa: BLE001 - reported per node
+                print(f"josefine member: node {i} did not reload its keys: "
+                      f"{_describe_error(exc)}", file=sys.stderr)
+    print(f"node {args.node} removed; stop its process now. Members: {_roles(got)}")
     return EXIT_OK
 
 

@@ -67,15 +67,24 @@ from josefine.launch import procutil
 from josefine.security import (ClientCredentials, KeyPair, client_credentials,
                                generate_keypair, load_keypair, write_keypair)
 
-__all__ = ["LaunchError", "Launcher", "RestartEvent", "default_node_cmd"]
+__all__ = ["LaunchError", "Launcher", "RestartEvent", "default_node_cmd", "launcher_running",
+           "promote_when_caught_up", "request_launcher"]
 
 HOST = "127.0.0.1"
 """Launched clusters bind to loopback only, unless each node has a namespace (netns=True)."""
 
 
 _LAUNCHER_OWNED = frozenset({"node_id", "cluster_id", "address", "peers", "data_dir",
-                             "insecure", "secret_key_file", "cluster_file"})
+                             "insecure", "secret_key_file", "cluster_file", "join"})
 """NodeConfig keys the launcher derives from the node id, base port and data dir."""
+
+CONTROL_DIR = "control"
+"""Under DIR: where `josefine member` drops requests for the running launcher (see
+`Launcher.serve_request` and `josefine.launch.control`)."""
+
+REMOVED_FILE = "removed.json"
+"""Under DIR: ids that were members once; never given out again (A.12: an id is never added
+twice, since a node under a reused id could vote twice in one term)."""
 
 
 class LaunchError(JosefineError):
@@ -148,6 +157,88 @@ def _load_legacy_or_current(path: Path) -> ClusterConfig | None:
     return load_cluster_config(path)
 
 
+def _why(exc: BaseException) -> str:
+    """One line for an error: the message, prefixed by its type unless it is ours."""
+    if isinstance(exc, LaunchError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def launcher_running(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether a launcher holds DIR's lock right now (it holds it from start to stop)."""
+    try:
+        f = open(Path(data_dir) / "launcher.lock", "rb")   # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        f.close()   # (drops the shared lock, if it was taken)
+    return False
+
+
+def request_launcher(data_dir: str | os.PathLike[str], request: Mapping[str, Any],
+                     timeout: float) -> Any:
+    """Hand `request` to the launcher running on DIR and wait for its answer.
+
+    The protocol is files, so it needs nothing but DIR: the request goes to
+    ``DIR/control/<id>.req`` (written aside and renamed, so it is never read half-written);
+    the launcher's control thread renames it ``<id>.taken`` (one taker), acts, and writes
+    ``<id>.resp`` the same way. A request nobody takes within a few seconds is withdrawn
+    (then nothing happened). Returns the result; raises LaunchError with the launcher's
+    one-line error, or when no launcher runs on DIR or none answered in time.
+    """
+    directory = Path(data_dir)
+    if not launcher_running(directory):
+        raise LaunchError(f"no launcher is running on {directory} (start it with `josefine "
+                          f"launch --data-dir {directory}`)")
+    control = directory / CONTROL_DIR
+    control.mkdir(exist_ok=True)
+    rid = f"{int(time.time() * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    req, resp = control / f"{rid}.req", control / f"{rid}.resp"
+    _write_atomic(req, json.dumps({**request, "timeout": timeout}))
+    start = time.monotonic()
+    pickup_deadline = start + 5.0
+    deadline = start + timeout + 10.0   # the launcher honours `timeout` itself
+    while time.monotonic() < deadline:
+        if resp.exists():
+            answer = json.loads(resp.read_text(encoding="utf-8"))
+            resp.unlink(missing_ok=True)
+            if not answer.get("ok"):
+                raise LaunchError(str(answer.get("error")))
+            return answer.get("result")
+        if time.monotonic() > pickup_deadline and req.exists():
+            try:
+                req.unlink()
+            except FileNotFoundError:
+                pass   # taken just now: wait for the answer
+            else:
+                raise LaunchError(f"the launcher on {directory} did not take the request "
+                                  "(nothing was changed)")
+        time.sleep(0.02)
+    raise LaunchError(f"no answer from the launcher on {directory} within {timeout:g} s; the "
+                      "change may still complete (see `josefine member list`)")
+
+
+def promote_when_caught_up(promote: Callable[[], Any], deadline: float,
+                           give_up: Callable[[], bool] = lambda: False) -> Any:
+    """Call `promote` until it succeeds. The leader refuses a learner that lags by more than
+    a batch (A.12), so that refusal is retried until `deadline` (monotonic); any other error
+    propagates at once. Raises LaunchError quoting the last refusal at the deadline."""
+    from josefine.errors import RejectedError
+    while True:
+        try:
+            return promote()
+        except RejectedError as exc:
+            if "not caught up" not in str(exc):
+                raise
+            if time.monotonic() + 0.05 >= deadline or give_up():
+                raise LaunchError(f"not caught up in time ({exc})") from None
+        time.sleep(0.05)   # the learner catches up meanwhile
+
+
 def _union(first: Sequence[str], more: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*first, *more]))
 
@@ -162,7 +253,9 @@ class Launcher:
     """A local cluster of `nodes` node processes, supervised.
 
     Args:
-        nodes: number of nodes; their ids are 1..nodes.
+        nodes: number of nodes; their ids are 1..nodes. On a DIR with a cluster.toml the
+            members are that file's (`josefine member` changes them); `nodes` then must be
+            their number or None (None on a fresh DIR: 3).
         data_dir: directory for all files (see the module docstring).
         base_port: node i listens on ``base_port + i - 1`` on 127.0.0.1.
         restart: restart nodes that exit on their own.
@@ -193,7 +286,7 @@ class Launcher:
 
     def __init__(
         self,
-        nodes: int,
+        nodes: int | None,
         data_dir: str | os.PathLike[str],
         base_port: int,
         restart: bool = True,
@@ -214,80 +307,70 @@ class Launcher:
         **settings: Any,
     ) -> None:
         settings = {**(config or {}), **settings}
-        if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.cluster_path = self.data_dir / "cluster.toml"
+        self.insecure = bool(insecure)
+        self._out = out
+        self._existing: ClusterConfig | None = None
+        if nodes is not None and (isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1):
             raise LaunchError(f"nodes must be an integer >= 1, got {nodes!r}")
-        if isinstance(base_port, bool) or not isinstance(base_port, int) or not 1 <= base_port <= 65535 - nodes + 1:
-            raise LaunchError(f"base_port must be in 1..{65535 - nodes + 1} for {nodes} nodes, got {base_port!r}")
+        # The members: those of an existing cluster.toml (a relaunch starts exactly the
+        # current members, whatever `josefine member` made of them), else 1..nodes.
+        existing_ids, existing_cid = self._existing_members(nodes)
+        ids = existing_ids or list(range(1, (nodes or 3) + 1))
+        nodes = len(ids)
+        top = max(ids)
+        if isinstance(base_port, bool) or not isinstance(base_port, int) or not 1 <= base_port <= 65535 - top + 1:
+            raise LaunchError(f"base_port must be in 1..{65535 - top + 1} for nodes up to {top}, got {base_port!r}")
         if metrics_base_port is not None and (
                 isinstance(metrics_base_port, bool) or not isinstance(metrics_base_port, int)
-                or not 1 <= metrics_base_port <= 65535 - nodes + 1):
-            raise LaunchError(f"metrics_base_port must be in 1..{65535 - nodes + 1} for {nodes} "
-                              f"nodes, got {metrics_base_port!r}")
+                or not 1 <= metrics_base_port <= 65535 - top + 1):
+            raise LaunchError(f"metrics_base_port must be in 1..{65535 - top + 1} for nodes up "
+                              f"to {top}, got {metrics_base_port!r}")
         if metrics_base_port is not None and not (
-                metrics_base_port + nodes <= base_port or base_port + nodes <= metrics_base_port):
-            raise LaunchError(f"metrics ports {metrics_base_port}..{metrics_base_port + nodes - 1} "
-                              f"overlap the node ports {base_port}..{base_port + nodes - 1}")
+                metrics_base_port + top <= base_port or base_port + top <= metrics_base_port):
+            raise LaunchError(f"metrics ports {metrics_base_port}..{metrics_base_port + top - 1} "
+                              f"overlap the node ports {base_port}..{base_port + top - 1}")
         overrides = {i: dict(o) for i, o in (node_overrides or {}).items()}
         for where, keys in [("settings", settings), *((f"node_overrides[{i}]", o) for i, o in overrides.items())]:
             fixed = sorted(set(keys) & _LAUNCHER_OWNED)
             if fixed:
                 owned = ", ".join(sorted(_LAUNCHER_OWNED))
                 raise LaunchError(f"{where}: {', '.join(fixed)} cannot be set: the launcher assigns {owned}")
-        unknown = sorted(set(overrides) - set(range(1, nodes + 1)))
+        unknown = sorted(set(overrides) - set(ids))
         if unknown:
-            raise LaunchError(f"node_overrides names node(s) {unknown}, but the nodes are 1..{nodes}")
+            raise LaunchError(f"node_overrides names node(s) {unknown}, but the nodes are {ids}")
 
-        self.data_dir = Path(data_dir).expanduser().resolve()
         self.base_port = base_port
+        self.metrics_base_port = metrics_base_port
         self.restart = restart
-        self.cluster_path = self.data_dir / "cluster.toml"
         self.pids_path = self.data_dir / "pids.json"
-        self._out = out
+        self.control_dir = self.data_dir / CONTROL_DIR
         self._check_ports = check_ports
         self._node_cmd = node_cmd or default_node_cmd(python)
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.insecure = bool(insecure)
         self.client_key_path = self.data_dir / "client.key_secret"
         self.admin_key_path = self.data_dir / "admin.key_secret"
-        self._existing: ClusterConfig | None = None
         self._credentials: dict[bool, ClientCredentials | None] = {}
-        self.cluster_id = self._existing_cluster_id(nodes) or uuid.uuid4().hex[:12]
+        self.cluster_id = existing_cid or uuid.uuid4().hex[:12]
         self.netns_plan: netns_mod.NetnsPlan | None = None
         self._network: netns_mod.Network | None = None
         if netns:
+            if ids != list(range(1, nodes + 1)):
+                raise LaunchError(f"--netns runs nodes 1..N, but the members are {ids}")
             try:
                 self.netns_plan = netns_mod.NetnsPlan(nodes, netns_subnet or netns_mod.DEFAULT_SUBNET)
             except netns_mod.NetnsError as exc:
                 raise LaunchError(str(exc)) from None
         elif netns_subnet is not None:
             raise LaunchError("netns_subnet is only for netns=True")
-        plan = self.netns_plan
-
-        def host(i: int) -> str:
-            return HOST if plan is None else plan.node_ip(i)
-
-        addresses = {i: f"tcp://{host(i)}:{base_port + i - 1}" for i in range(1, nodes + 1)}
-        common = {"fault_injection": fault_injection, "fsync": fsync, **settings}
+        self._common = {"fault_injection": fault_injection, "fsync": fsync, **settings}
+        self._overrides = overrides
         self._nodes: dict[int, _Node] = {}
-        for i, address in addresses.items():
-            node_dir = self.data_dir / f"node-{i}"
-            values = {
-                "node_id": i,
-                "cluster_id": self.cluster_id,
-                "address": address,
-                "peers": {j: a for j, a in addresses.items() if j != i},
-                "data_dir": str(node_dir / "data"),
-                "insecure": self.insecure,
-                **({} if self.insecure else {
-                    "secret_key_file": str(node_dir / "node.key_secret"),
-                    "cluster_file": str(self.cluster_path)}),
-                **({} if metrics_base_port is None else {
-                    "metrics_address": f"{host(i)}:{metrics_base_port + i - 1}"}),
-                **common,
-                **overrides.get(i, {}),
-            }
-            node_config = NodeConfig.from_dict(values, source=f"settings of node {i}")
-            self._nodes[i] = _Node(i, node_config, node_dir / "node.toml", node_dir / "node.log")
+        for i in ids:
+            self._nodes[i] = self._make_node(i, ids, join=self._joined(i))
+        self._members_lock = threading.Lock()
+        self._member_op: str | None = None
 
         self._cond = threading.Condition()
         self._requests: list[_SpawnRequest] = []
@@ -414,6 +497,11 @@ class Launcher:
             with self._cond:
                 self._ready = True
                 self._cond.notify_all()
+            self.control_dir.mkdir(exist_ok=True)
+            for stale in self.control_dir.iterdir():   # from a launcher that is gone
+                stale.unlink(missing_ok=True)
+            threading.Thread(target=self._serve_control, name="josefine-control",
+                             daemon=True).start()
         except BaseException:
             self.stop(grace_s=1.0)
             raise
@@ -622,6 +710,322 @@ class Launcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- membership ----------------------------------------------------------
+
+    def removed_ids(self) -> set[int]:
+        """Ids that were members once and are never given out again (DIR/removed.json)."""
+        try:
+            data = json.loads((self.data_dir / REMOVED_FILE).read_text(encoding="utf-8"))
+            return {int(i) for i in data.get("removed", [])}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return set()
+
+    def next_free_id(self) -> int:
+        """One above every id in use, removed, or with a directory left under DIR."""
+        dirs = {int(d.name[5:]) for d in self.data_dir.glob("node-*") if d.name[5:].isdigit()}
+        return max({0, *self._nodes, *self.removed_ids(), *dirs}) + 1
+
+    def add_member(self, node_id: int | None = None, *, learner: bool = False,
+                   timeout: float = 60.0) -> dict[str, Any]:
+        """Grow the running cluster by one node that this launcher runs and supervises.
+
+        In order (docs/protocol.md A.12, "Runtime"): the node's directory, key pair and
+        node.toml (``join = true``, the current members as peers); its public key into
+        cluster.toml and every member's keys reloaded; its process started; the leader
+        adds it as a learner; unless `learner`, the leader promotes it once it is caught up
+        (refusals saying it lags are retried until `timeout`). Returns once the last change
+        is committed: ``{"id", "address", "role", "members", "learner_s", "voter_s"}``.
+
+        Raises:
+            LaunchError: one line naming the problem. If the learner was not added (a bad
+                id, a port in use, a change in progress, no leader, a refusal) everything
+                made for it is undone; if only its promotion failed it stays a learner.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        with self._membership_change("add"):
+            leader_members = self._leader_members(min(5.0, timeout))
+            if node_id is None:
+                node_id = max(self.next_free_id(), max(leader_members, default=0) + 1)
+            elif isinstance(node_id, bool) or not isinstance(node_id, int) or node_id < 1:
+                raise LaunchError(f"a node id is an integer >= 1, not {node_id!r}")
+            elif node_id in leader_members or node_id in self._nodes:
+                raise LaunchError(f"node {node_id} is already a member")
+            elif node_id in self.removed_ids():
+                raise LaunchError(f"node {node_id} was a member before: ids are never reused "
+                                  f"(next free id: {self.next_free_id()})")
+            elif (self.data_dir / f"node-{node_id}").exists():
+                raise LaunchError(f"{self.data_dir / f'node-{node_id}'} exists: remove it or "
+                                  "choose another id")
+            if node_id + self.base_port - 1 > 65535:
+                raise LaunchError(f"node {node_id} would listen on port "
+                                  f"{self.base_port + node_id - 1}, above 65535")
+            node = self._make_node(node_id, list(self._nodes), join=True)
+            address = node.config.address
+            taken = [i for i, a in leader_members.items() if a == address]
+            if taken:
+                raise LaunchError(f"address {address} is already node {taken[0]}'s")
+            if self._check_ports:
+                self._ensure_port_free(node)
+            self._say(f"josefine: adding node {node_id} at {address}")
+            added = False
+            try:
+                self._create_node_files(node)
+                self._reload_keys(exclude=node_id)
+                self._spawn_via_supervisor(node_id)
+                members = self._change("add_learner", node_id, address, deadline)
+                added = True
+                t_learner = time.monotonic() - t0
+                self._write_node_configs()
+                if not learner:
+                    members = self._promote(node_id, deadline)
+            except BaseException as exc:
+                if not added:
+                    self._undo_add(node_id)
+                    raise LaunchError(f"node {node_id} not added: {_why(exc)}") from None
+                raise LaunchError(f"node {node_id} joined as a learner but is not a voter: "
+                                  f"{_why(exc)}; it keeps catching up: `josefine member "
+                                  f"promote {node_id}` later") from None
+            role = next((m["role"] for m in members if int(m["id"]) == node_id), "?")
+            self._say(f"josefine: node {node_id} is a {role}")
+            return {"id": node_id, "address": address, "role": role, "members": members,
+                    "learner_s": round(t_learner, 3),
+                    "voter_s": None if learner else round(time.monotonic() - t0, 3)}
+
+    def promote_member(self, node_id: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Make learner `node_id` a voter, retrying while the leader says it lags."""
+        with self._membership_change("promote"):
+            return self._promote(node_id, time.monotonic() + timeout)
+
+    def remove_member(self, node_id: int, *, wipe: bool = False,
+                      timeout: float = 30.0) -> dict[str, Any]:
+        """Remove node `node_id` from the cluster; once that is committed, stop its process,
+        drop it from cluster.toml (every remaining member reloads its keys), remember its id
+        as used, and with `wipe` delete its directory. Returns ``{"id", "members"}``.
+
+        Raises:
+            LaunchError: the leader refused (not a member, the last voter, a change in
+                progress, ...) or did not answer; nothing was changed then.
+        """
+        deadline = time.monotonic() + timeout
+        with self._membership_change("remove"):
+            if wipe and node_id not in self._nodes:
+                raise LaunchError(f"node {node_id} is not run by this launcher: cannot wipe it")
+            try:
+                members = self._change("remove", node_id, None, deadline)
+            except JosefineError as exc:
+                raise LaunchError(f"node {node_id} not removed: {_why(exc)}") from None
+            self._say(f"josefine: node {node_id} removed from the cluster")
+            self._remember_removed(node_id)
+            if node_id in self._nodes:
+                self._forget_node(node_id, wipe=wipe)
+            return {"id": node_id, "members": members}
+
+    def serve_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer one request of `josefine member` (``{"op": "add" | "remove" | "promote",
+        ...}``) as ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``."""
+        try:
+            op = request.get("op")
+            timeout = float(request.get("timeout", 60.0))
+            if op == "add":
+                node = request.get("node")
+                result: Any = self.add_member(None if node is None else int(node),
+                                              learner=bool(request.get("learner")),
+                                              timeout=timeout)
+            elif op == "remove":
+                result = self.remove_member(int(request["node"]),
+                                            wipe=bool(request.get("wipe")), timeout=timeout)
+            elif op == "promote":
+                result = {"members": self.promote_member(int(request["node"]), timeout)}
+            else:
+                raise LaunchError(f"unknown request {op!r}")
+            return {"ok": True, "result": result}
+        except Exception as exc:  # noqa: BLE001 - every failure goes back as one line
+            return {"ok": False, "error": _why(exc)}
+
+    # membership helpers (callers hold _members_lock via _membership_change)
+
+    def _membership_change(self, what: str) -> Any:
+        launcher = self
+
+        class _Held:
+            def __enter__(self) -> None:
+                launcher._require_running()
+                if launcher._network is not None:
+                    raise LaunchError("membership changes are not supported with --netns")
+                if not launcher._members_lock.acquire(blocking=False):
+                    raise LaunchError(f"another membership change ({launcher._member_op}) "
+                                      "is in progress")
+                launcher._member_op = what
+
+            def __exit__(self, *exc: object) -> None:
+                launcher._member_op = None
+                launcher._members_lock.release()
+        return _Held()
+
+    def _admin_creds(self) -> ClientCredentials | None:
+        """Admin credentials from cluster.toml as it is now (it names the newest nodes)."""
+        if self.insecure:
+            return None
+        return client_credentials(load_cluster_config(self.cluster_path), admin=True,
+                                  source=str(self.cluster_path))
+
+    def _leader_members(self, timeout: float) -> dict[int, str]:
+        """{id: address} of the configuration of the node that leads (newest term)."""
+        from josefine.client import query_status
+        creds = self._admin_creds()
+        best: tuple[int, dict[str, Any]] | None = None
+        for node in list(self._nodes.values()):
+            try:
+                st = query_status(node.config.address, self.cluster_id, min(timeout, 2.0),
+                                  credentials=creds)
+            except Exception:  # noqa: BLE001 - a down node is simply not the leader
+                continue
+            if st.get("role") == "leader" and (best is None or st.get("term", 0) > best[0]):
+                best = (int(st.get("term") or 0), st)
+        if best is None:
+            raise LaunchError("no node of the cluster is leading right now; retry in a moment")
+        return {int(m["id"]): str(m["address"]) for m in best[1].get("members") or []}
+
+    def _client(self, deadline: float) -> Any:
+        """An admin Client of the current members, its timeout what is left until `deadline`."""
+        from josefine.client import Client
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LaunchError("timed out")
+        addresses = {i: n.config.address for i, n in self._nodes.items()}
+        return Client(addresses, self.cluster_id, timeout=remaining,
+                      credentials=self._admin_creds())
+
+    def _change(self, op: str, node_id: int, address: str | None,
+                deadline: float) -> list[dict[str, Any]]:
+        with self._client(deadline) as client:
+            return list(client.change_membership(op, node_id, address))
+
+    def _promote(self, node_id: int, deadline: float) -> list[dict[str, Any]]:
+        with self._client(deadline) as client:
+            return list(promote_when_caught_up(
+                lambda: client.change_membership("promote", node_id), deadline,
+                give_up=lambda: self._stopping))
+
+    def _ensure_port_free(self, node: _Node) -> None:
+        port = node.config.port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+            except OSError as exc:
+                raise LaunchError(f"address {node.config.address} for node {node.node_id} is "
+                                  f"in use ({exc.strerror}); choose another id") from None
+
+    def _create_node_files(self, node: _Node) -> None:
+        """The new node's directory, key pair and node.toml; its entry in cluster.toml; and
+        the node in this launcher's table (not started yet)."""
+        from josefine.security import set_cluster_node
+        Path(node.config.data_dir).mkdir(parents=True, exist_ok=True)
+        public = None
+        if not self.insecure:
+            assert node.config.secret_key_file is not None
+            public = self._keypair(Path(node.config.secret_key_file),
+                                   f"node {node.node_id}").public.decode()
+        _write_atomic(node.config_path, node.config.to_toml())
+        set_cluster_node(self.cluster_path, node.node_id, ClusterNode(
+            address=node.config.address, data_dir=node.config.data_dir,
+            config_path=str(node.config_path), public_key=public,
+            metrics_address=node.config.metrics_address))
+        with self._cond:
+            self._nodes = {**self._nodes, node.node_id: node}   # copy: readers iterate freely
+            self._cond.notify_all()
+
+    def _forget_node(self, node_id: int, *, wipe: bool) -> None:
+        """Stop a node that is no longer a member and drop it from the files."""
+        from josefine.security import set_cluster_node
+        self.stop_node(node_id)
+        with self._cond:
+            self._nodes = {i: n for i, n in self._nodes.items() if i != node_id}
+            self._cond.notify_all()
+        set_cluster_node(self.cluster_path, node_id, None)
+        self._write_pids()
+        self._write_node_configs()
+        self._reload_keys()
+        if wipe:
+            import shutil
+            shutil.rmtree(self.data_dir / f"node-{node_id}", ignore_errors=True)
+
+    def _undo_add(self, node_id: int) -> None:
+        """Take back a node that never became a member: nothing of it is left."""
+        if node_id not in self._nodes:
+            return
+        try:
+            self._forget_node(node_id, wipe=True)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            self._say(f"josefine: undoing node {node_id}: {exc}")
+
+    def _remember_removed(self, node_id: int) -> None:
+        ids = sorted(self.removed_ids() | {node_id})
+        _write_atomic(self.data_dir / REMOVED_FILE, json.dumps({"removed": ids}) + "\n")
+
+    def _write_node_configs(self) -> None:
+        """Every member's node.toml names the current members as its peers (a restart by
+        the supervisor or a relaunch reads them); a joined node stays ``join = true``."""
+        ids = list(self._nodes)
+        for i, node in list(self._nodes.items()):
+            fresh = self._make_node(i, ids, join=node.config.join)
+            node.config = fresh.config
+            _write_atomic(node.config_path, node.config.to_toml())
+
+    def _reload_keys(self, exclude: int | None = None) -> None:
+        """Ask every running member to re-read cluster.toml's keys. One that is down reads
+        them when it starts, so a failure is only reported."""
+        if self.insecure:
+            return
+        from josefine.client import admin_request
+        creds = self._admin_creds()
+        for i, node in list(self._nodes.items()):
+            if i == exclude or self.pid(i) is None:
+                continue
+            try:
+                admin_request(node.config.address, self.cluster_id, "reload_keys",
+                              timeout=2.0, credentials=creds)
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._say(f"josefine: node {i} did not reload its keys: {_why(exc)}")
+
+    # -- requests from `josefine member` (files in DIR/control) -------------
+
+    def _serve_control(self) -> None:
+        """Pick up request files and answer each in a thread of its own (a second change
+        is answered at once with "in progress", not queued)."""
+        while not self._closing:
+            try:
+                names = sorted(p.name for p in self.control_dir.glob("*.req"))
+            except OSError:
+                names = []
+            for name in names:
+                req_path = self.control_dir / name
+                taken = req_path.with_suffix(".taken")
+                try:
+                    os.replace(req_path, taken)   # only one taker, even across launchers
+                except OSError:
+                    continue
+                threading.Thread(target=self._answer_file, args=(taken,), daemon=True,
+                                 name=f"josefine-control-{taken.stem}").start()
+            self._stopped.wait(0.05)
+
+    def _answer_file(self, taken: Path) -> None:
+        try:
+            request = json.loads(taken.read_text(encoding="utf-8"))
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            answer: dict[str, Any] = {"ok": False, "error": f"unreadable request: {exc}"}
+        else:
+            answer = self.serve_request(request)
+        try:
+            _write_atomic(taken.with_suffix(".resp"), json.dumps(answer, default=str))
+            taken.unlink(missing_ok=True)
+        except OSError as exc:
+            self._say(f"josefine: cannot answer {taken.name}: {exc}")
+
     # -- supervisor thread ---------------------------------------------------
 
     def _supervise(self) -> None:
@@ -774,9 +1178,12 @@ class Launcher:
         self.netns_plan = network.plan  # the tag may have been redrawn
         self._write_pids()
 
-    def _existing_cluster_id(self, nodes: int) -> str | None:
+    def _existing_members(self, nodes: int | None) -> tuple[list[int], str | None]:
+        """(member ids, cluster id) of an existing cluster.toml, or ([], None) for a fresh DIR.
+        `nodes`, when given, must match the number of members: membership changes only
+        through `josefine member`, never by relaunching with another count."""
         if not self.cluster_path.exists():
-            return None
+            return [], None
         try:
             existing = _load_legacy_or_current(self.cluster_path)
         except ConfigError as exc:
@@ -789,26 +1196,67 @@ class Launcher:
                               f"{'with' if existing.insecure else 'without'} --insecure "
                               "(all nodes of a cluster must agree)")
         self._existing = existing
-        want = list(range(1, nodes + 1))
-        if list(existing.nodes) != want:
+        ids = sorted(existing.nodes)
+        if nodes is not None and len(ids) != nodes:
             raise LaunchError(
-                f"{self.cluster_path} describes nodes {list(existing.nodes)}, not {want}: "
-                "changing membership by relaunching is unsafe; use a fresh --data-dir"
+                f"{self.cluster_path} describes nodes {ids}, not {nodes} node(s): "
+                "changing membership by relaunching is unsafe; relaunch without --nodes "
+                "(or with --nodes " + str(len(ids)) + ") and use `josefine member add/remove`, "
+                "or use a fresh --data-dir"
             )
-        return existing.cluster_id
+        return ids, existing.cluster_id
 
-    def _upgrade_legacy(self, nodes: int) -> str:
+    def _upgrade_legacy(self, nodes: int | None) -> tuple[list[int], str]:
         """A cluster.toml from before Curve keys: keep its cluster id; a secure relaunch
         makes the keys (every node restarts with them, so no node is left plaintext)."""
         import tomllib
         data = tomllib.loads(self.cluster_path.read_text(encoding="utf-8"))
         ids = sorted(int(k) for k in data.get("nodes", {}))
-        if ids != list(range(1, nodes + 1)):
+        want = list(range(1, (nodes or len(ids)) + 1))
+        if ids != want:
             raise LaunchError(f"{self.cluster_path} describes nodes {ids}, not "
-                              f"{list(range(1, nodes + 1))}: use a fresh --data-dir")
+                              f"{want}: use a fresh --data-dir")
         self._say(f"josefine: {self.cluster_path} predates Curve keys; "
                   + ("relaunching insecure" if self.insecure else "making keys for it"))
-        return str(data["cluster_id"])
+        return ids, str(data["cluster_id"])
+
+    def _host(self, node_id: int) -> str:
+        return HOST if self.netns_plan is None else self.netns_plan.node_ip(node_id)
+
+    def _joined(self, node_id: int) -> bool:
+        """Whether node `node_id` joined a running cluster (`member add`): its node.toml says
+        ``join = true``. Kept on relaunch: such a node is never a bootstrap voter."""
+        import tomllib
+        try:
+            data = tomllib.loads((self.data_dir / f"node-{node_id}" / "node.toml")
+                                 .read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return False
+        return data.get("join") is True
+
+    def _make_node(self, i: int, ids: Sequence[int], *, join: bool) -> _Node:
+        """Node i's NodeConfig: it listens on base_port + i - 1, and its peers are the other
+        members `ids` (for a joining node: the members it asks to join)."""
+        node_dir = self.data_dir / f"node-{i}"
+        address = f"tcp://{self._host(i)}:{self.base_port + i - 1}"
+        values = {
+            "node_id": i,
+            "cluster_id": self.cluster_id,
+            "address": address,
+            "peers": {j: f"tcp://{self._host(j)}:{self.base_port + j - 1}" for j in ids if j != i},
+            "data_dir": str(node_dir / "data"),
+            "insecure": self.insecure,
+            **({} if self.insecure else {
+                "secret_key_file": str(node_dir / "node.key_secret"),
+                "cluster_file": str(self.cluster_path)}),
+            **({} if self.metrics_base_port is None else {
+                "metrics_address": f"{self._host(i)}:{self.metrics_base_port + i - 1}"}),
+            **({"join": True} if join else {}),
+            **self._common,
+            **self._overrides.get(i, {}),
+        }
+        config = NodeConfig.from_dict(values, source=f"settings of node {i}")
+        return _Node(i, config, node_dir / "node.toml", node_dir / "node.log")
 
     def _take_dir_lock(self) -> None:
         f = open(self.data_dir / "launcher.lock", "a+")
