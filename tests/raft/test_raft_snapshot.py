@@ -10,7 +10,8 @@ from __future__ import annotations
 from harness import G, Network, of_type
 
 from josefine.chain.block import BlockKind, base_header, decode_commands, make_block
-from josefine.messages import (AppendBlocks, AppendResp, Heartbeat, InstallSnapshot,
+from josefine.messages import (AppendBlocks, AppendResp, Heartbeat, HeartbeatResp,
+                               InstallSnapshot,
                                InstallSnapshotResp, SnapshotStatus)
 from josefine.raft.core import Role
 from josefine.raft.progress import ProgressState
@@ -161,10 +162,15 @@ def test_snapshot_unanswered_for_the_timeout_is_probed_again():
         net.tick(1)
         net.stabilize()
     assert p.state == ProgressState.SNAPSHOT
+    net.ignore(HeartbeatResp)   # no answer can resend it: the timeout alone acts
+    for _ in range(31):
+        net.tick(1)
+        net.stabilize()
+    assert p.state == ProgressState.PROBE and p.paused(net.nodes[1].cfg.max_inflight)
     net.recover()
-    net.tick(1)
-    net.stabilize()
-    assert p.state != ProgressState.SNAPSHOT or net.nodes[3].commit == net.nodes[1].commit
+    for _ in range(4):
+        net.heartbeat(1)
+    assert net.nodes[3].commit == net.nodes[1].commit
 
 
 def test_snapshot_at_or_below_the_followers_commit_is_acknowledged_and_ignored():
