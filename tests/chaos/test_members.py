@@ -391,3 +391,31 @@ def test_cli_membership_usage_errors(tmp_path, capsys):
     assert "3..4" in capsys.readouterr().err
     main(["--help"])
     assert "membership" in capsys.readouterr().out
+
+
+def test_a_failed_change_is_reported_but_fails_no_check(tmp_path):
+    from josefine.chaos.checks import CheckOutcome
+    from josefine.chaos.report import ChaosReport
+    cfg = ChaosConfig(out=tmp_path, nodes=3, faults=["kill", "membership"])
+    report = ChaosReport(config=cfg.describe(), out_dir=str(tmp_path))
+    report.checks.append(CheckOutcome("converged", True, "ok"))
+    faults = [{"id": 1, "kind": "membership", "variant": "add", "nodes": [], "leader": 1,
+               "start": 1.0, "end": 2.0, "voters_before": [1, 2, 3],
+               "voters_after": [1, 2, 3], "seconds": 30.0, "retries": 40,
+               "error": "no node of the cluster is leading right now; retry in a moment "
+                        "(retried until the 30 s deadline)"},
+              {"id": 2, "kind": "membership", "variant": "remove", "nodes": [2], "leader": 1,
+               "picked": "random", "start": 3.0, "end": 3.1, "removed": [2],
+               "voters_before": [1, 2, 3, 4], "voters_after": [1, 3, 4], "seconds": 0.1}]
+    report.faults = faults
+    harness._membership_summary(cfg, report, faults, [1, 3, 4], [1, 3, 4],
+                                {2: tmp_path / "node-2.log"}, None)
+    assert report.passed   # a failed change is a finding about the change, not a check
+    text = report.format()
+    assert "membership: 2 change(s) (remove 1; 1 failed)" in text
+    assert "FAILED: no node of the cluster is leading" in text
+    assert report.to_dict()["membership"]["failed"][0]["op"] == "add"
+    # the launcher and the cluster disagreeing is said out loud
+    harness._membership_summary(cfg, report, faults, [1, 3], [1, 3, 4], {}, None)
+    assert report.membership["mismatch"] == [4]
+    assert "MISMATCH" in report.format() and any("differ" in n for n in report.notes)
