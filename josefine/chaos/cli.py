@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="josefine chaos",
         description="Start a local cluster, run a recorded key-value workload while killing, "
-                    "pausing and partitioning nodes, then heal and check linearizability, "
+                    "pausing and partitioning nodes (and, if asked, cutting their power or "
+                    "adding, removing and replacing them), then heal and check "
+                    "linearizability, "
                     "identical committed chains, monotonic commit, one leader per term and "
                     "that no acknowledged write was lost.")
     p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
@@ -39,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
                    help=f"comma-separated subset of {','.join(FAULT_KINDS)} (default "
                         f"{','.join(DEFAULT_FAULTS)}; powerloss puts every node's data dir on "
-                        "a FUSE layer that drops unsynced writes: root and /dev/fuse); "
+                        "a FUSE layer that drops unsynced writes: root and /dev/fuse; "
+                        "membership adds a fresh node, removes a voter (often the leader) or "
+                        "replaces one by a fresh node, keeping 3..--max-voters voters; it "
+                        "cannot be combined with powerloss or --netns); "
                         "'none' for no faults")
+    p.add_argument("--max-voters", type=int, default=5,
+                   help="with membership faults: never more voters than this (default 5; "
+                        "never fewer than 3)")
     p.add_argument("--out", default=None,
                    help="run directory (history.jsonl, node logs, report); default: a new temp dir")
     p.add_argument("--base-port", type=int, default=None, help="default: a free block")
@@ -78,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           fault_gap=args.fault_gap, fault_hold=args.fault_hold,
                           check_time_limit=args.check_time_limit, fsync=not args.no_fsync,
                           verbose=args.verbose, netns=args.netns,
-                          netns_subnet=args.netns_subnet)
+                          netns_subnet=args.netns_subnet, max_voters=args.max_voters)
     except ValueError as exc:
         print(f"josefine chaos: {exc}", file=sys.stderr)
         return 2

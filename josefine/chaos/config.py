@@ -15,10 +15,11 @@ from typing import Any
 
 __all__ = ["ChaosConfig", "DEFAULT_FAULTS", "FAULT_KINDS", "find_free_ports"]
 
-FAULT_KINDS = ("kill", "pause", "partition", "powerloss")
+FAULT_KINDS = ("kill", "pause", "partition", "powerloss", "membership")
 """Fault families: SIGKILL + restart, SIGSTOP/SIGCONT, network partitions (fault rules),
-and power loss (SIGKILL, then the node's disk drops every write it was not told to sync;
-docs/powerloss.md)."""
+power loss (SIGKILL, then the node's disk drops every write it was not told to sync;
+docs/powerloss.md), and membership changes (a node added, a voter removed, or a voter
+replaced by a fresh node, through the launcher; `josefine.chaos.members`)."""
 DEFAULT_FAULTS = ("kill", "pause", "partition")
 """What a run uses unless told otherwise: power loss needs FUSE (root, /dev/fuse)."""
 
@@ -65,6 +66,18 @@ class ChaosConfig:
     netns: bool = False
     """Each node in its own network namespace (root only); partitions made by the kernel."""
     netns_subnet: str | None = None
+    min_voters: int = 3
+    """Membership changes never leave fewer voters than this (at least 3: with two, any
+    later kill or pause of one node costs the quorum)."""
+    max_voters: int = 5
+    """Membership changes never make more voters than this."""
+    member_timeout: float = 30.0
+    """Deadline of one membership change, retries included (a change refused while the
+    cluster has no leader is retried until then)."""
+    membership_ops: Sequence[str] | None = None
+    """Force the order of the membership changes (cycled, e.g. ("add", "replace",
+    "remove")); an op the voter bounds forbid at its turn is replaced by a seeded choice
+    among those they allow. None: every change is a seeded choice."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -72,12 +85,7 @@ class ChaosConfig:
         bad = sorted(set(self.faults) - set(FAULT_KINDS))
         if bad:
             raise ValueError(f"unknown fault kind(s) {bad}; choose from {', '.join(FAULT_KINDS)}")
-        if "powerloss" in self.faults:
-            from josefine.chaos.powerfs import unavailable
-            why = unavailable()
-            if why:
-                raise ValueError(f"fault 'powerloss' needs the power-loss filesystem: {why}")
-        for name in ("nodes", "clients", "keys"):
+        for name in ("nodes", "clients", "keys", "min_voters", "max_voters"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -89,6 +97,39 @@ class ChaosConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be (lo, hi) with 0 <= lo <= hi")
+        if self.membership_ops is not None:
+            from josefine.chaos.members import MEMBERSHIP_OPS
+            self.membership_ops = tuple(self.membership_ops)
+            wrong = sorted(set(self.membership_ops) - set(MEMBERSHIP_OPS))
+            if wrong or not self.membership_ops:
+                raise ValueError(f"membership_ops must be a non-empty sequence of "
+                                 f"{', '.join(MEMBERSHIP_OPS)}; got {list(self.membership_ops)}")
+        if "membership" in self.faults:
+            self._check_membership()
+        if "powerloss" in self.faults:
+            from josefine.chaos.powerfs import unavailable
+            why = unavailable()
+            if why:
+                raise ValueError(f"fault 'powerloss' needs the power-loss filesystem: {why}")
+
+    def _check_membership(self) -> None:
+        """Raise ValueError when this run cannot have membership faults."""
+        if not 3 <= self.min_voters < self.max_voters:
+            raise ValueError(f"membership faults need 3 <= min_voters < max_voters, got "
+                             f"min_voters={self.min_voters}, max_voters={self.max_voters}")
+        if not self.min_voters <= self.nodes <= self.max_voters:
+            raise ValueError(f"membership faults keep {self.min_voters}..{self.max_voters} "
+                             f"voters, so nodes must lie in that range, got {self.nodes}")
+        if "powerloss" in self.faults:
+            # A node added during the run would need its own power-loss mount before its
+            # first write, and the launcher creates and starts it in one step.
+            raise ValueError("fault kinds 'membership' and 'powerloss' cannot be combined: "
+                             "a node added during the run would have no power-loss disk")
+        if self.netns:
+            raise ValueError("fault kind 'membership' is not supported with netns (the "
+                             "launcher makes no namespace for a node added at run time)")
+        if not self.member_timeout > 0:
+            raise ValueError(f"member_timeout must be > 0, got {self.member_timeout!r}")
 
     def describe(self) -> dict[str, Any]:
         """The plain-data part of the config, for the report."""
@@ -100,6 +141,11 @@ class ChaosConfig:
                 "fault_gap": list(self.fault_gap), "fault_hold": list(self.fault_hold),
                 "fsync": self.fsync, "custom_node_cmd": self.node_cmd is not None,
                 "netns": self.netns,
+                **({"voters": [self.min_voters, self.max_voters],
+                    "member_timeout": self.member_timeout,
+                    "membership_ops": None if self.membership_ops is None
+                    else list(self.membership_ops)}
+                   if "membership" in self.faults else {}),
                 "out": str(self.out)}
 
 

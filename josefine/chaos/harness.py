@@ -10,6 +10,12 @@ Steps of one run (all files in ``cfg.out``):
    applied block and state-machine digest, read every key once more;
 4. stop the cluster, read every node's committed path from its LevelDB, run the checks,
    write ``report.json`` / ``report.txt``.
+
+With membership faults the node set changes during the run: the sampler, the clients and
+the nemesis follow a `MemberView`; convergence and the chain checks cover the members at
+the end (the leader's configuration), so a removed node's store is not counted as a
+diverging replica, while its samples and its log (kept under ``departed/`` when its
+directory was wiped) still feed the commit, leader and crash checks.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import zmq
 
 from josefine.chaos import checks
 from josefine.chaos.config import ChaosConfig, find_free_ports
+from josefine.chaos.members import MemberView
 from josefine.chaos.nemesis import Nemesis
 from josefine.chaos.powerfs import PowerLossFS
 from josefine.chaos.netns_faults import KernelPartitioner
@@ -33,7 +40,11 @@ from josefine.launch.cluster import Launcher
 from josefine.runtime.snapshots import SNAPSHOT_DIR
 from josefine.types import BlockId
 
-__all__ = ["run_chaos", "wait_converged"]
+__all__ = ["MEMBER_PORTS", "run_chaos", "wait_converged"]
+
+MEMBER_PORTS = 32
+"""Ports kept free above the initial nodes' when membership faults may add nodes (node i
+listens on base_port + i - 1, and ids are never reused)."""
 
 
 def _say(cfg: ChaosConfig, msg: str) -> None:
@@ -43,10 +54,13 @@ def _say(cfg: ChaosConfig, msg: str) -> None:
 
 def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float,
                    credentials: Any = None) -> tuple[bool, dict[int, dict[str, Any] | None], float]:
-    """Wait until every node answers, one leader leads, and all applied the same blocks.
+    """Wait until every member answers, one leader leads, and all applied the same blocks.
 
     "Same" means equal applied id and state-machine digest, equal to the leader's commit,
-    seen in two consecutive polls. Returns (converged, last statuses, seconds waited).
+    seen in two consecutive polls. The members are those of the leader's configuration: a
+    node of `addresses` outside it (it left the cluster) is not compared, and a member
+    missing from `addresses` never answers. Returns (converged, last statuses of the
+    members, seconds waited); before a leader is known, the statuses of all `addresses`.
     """
     started = time.monotonic()
     ctx = zmq.Context()
@@ -55,9 +69,12 @@ def wait_converged(addresses: dict[int, str], cluster_id: str, timeout: float,
     try:
         while time.monotonic() - started < timeout:
             st = poll_status(ctx, addresses, cluster_id, timeout=1.0, credentials=credentials)
+            leaders = [s for s in st.values() if s and s.get("role") == "leader"]
+            if len(leaders) == 1 and leaders[0].get("members"):
+                ids = sorted(int(m["id"]) for m in leaders[0]["members"])
+                st = {i: st.get(i) for i in ids}
             good = None not in st.values()
             if good:
-                leaders = [s for s in st.values() if s and s.get("role") == "leader"]
                 applied = {tuple(s["applied"]) for s in st.values() if s}
                 digests = {s.get("sm_digest") for s in st.values() if s}
                 good = (len(leaders) == 1 and len(applied) == 1 and len(digests) == 1
@@ -101,7 +118,9 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     history_path = out / "history.jsonl"
     if history_path.exists():
         raise FileExistsError(f"{history_path} exists: use a fresh --out directory per run")
-    base_port = cfg.base_port or find_free_ports(cfg.nodes)
+    # Nodes added during the run listen on base_port + id - 1: keep a block free for them.
+    spare = MEMBER_PORTS if "membership" in cfg.faults else 0
+    base_port = cfg.base_port or find_free_ports(cfg.nodes + spare)
     launcher = Launcher(cfg.nodes, out, base_port, restart=True, fault_injection=True,
                         fsync=cfg.fsync, node_cmd=cfg.node_cmd, env=cfg.env,
                         out=None, netns=cfg.netns, netns_subnet=cfg.netns_subnet,
@@ -142,14 +161,17 @@ def _run(cfg: ChaosConfig, launcher: Launcher, power: dict[int, PowerLossFS],
     sampler: StatusSampler | None = None
     nemesis: Nemesis | None = None
     workload: Workload | None = None
+    view: MemberView | None = None
+    members: list[int] | None = None
     t0 = t_end = time.monotonic_ns()
     converge: checks.CheckOutcome | None = None
     applied: dict[int, BlockId] = {}
     try:
         launcher.start()
-        addresses = {i: launcher.address(i) for i in launcher.node_ids}
+        view = MemberView(launcher)
+        addresses = view.addresses()
         _say(cfg, f"cluster {launcher.cluster_id} on ports {base_port}..; waiting for a leader")
-        creds = launcher.credentials()
+        creds = view.credentials()
         sampler = StatusSampler(addresses, launcher.cluster_id, out / "status.jsonl",
                                 interval=cfg.sample_interval, credentials=creds)
         sampler.start()
@@ -158,11 +180,11 @@ def _run(cfg: ChaosConfig, launcher: Launcher, power: dict[int, PowerLossFS],
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no leader within {cfg.startup_timeout} s of the start")
             time.sleep(0.1)
-        workload = Workload(recorder, addresses, launcher.cluster_id, cfg, creds)
+        workload = Workload(recorder, addresses, launcher.cluster_id, cfg, creds, view)
         plan = launcher.netns_plan
         partitioner = None if plan is None else KernelPartitioner(
             plan, {i: launcher.node_config(i).port for i in launcher.node_ids})
-        nemesis = Nemesis(launcher, sampler, recorder, cfg, partitioner, power)
+        nemesis = Nemesis(launcher, sampler, recorder, cfg, partitioner, power, view)
         _say(cfg, f"running {cfg.duration} s of workload and faults")
         t0 = time.monotonic_ns()
         workload.start()
@@ -172,8 +194,12 @@ def _run(cfg: ChaosConfig, launcher: Launcher, power: dict[int, PowerLossFS],
         t_end = time.monotonic_ns()
         _say(cfg, "healing and waiting for convergence")
         nemesis.stop()
+        view.refresh()   # (the nemesis did after each change; this is cheap and certain)
+        addresses, creds = view.addresses(), view.credentials()
         ok, st, waited = wait_converged(addresses, launcher.cluster_id, cfg.converge_timeout,
                                         creds)
+        if ok:
+            members = sorted(st)
         applied = {i: BlockId(*s["applied"]) for i, s in st.items() if s and s.get("applied")}
         final: dict[str, Any] = {}
         if ok:
@@ -207,7 +233,7 @@ def _run(cfg: ChaosConfig, launcher: Launcher, power: dict[int, PowerLossFS],
         t_end = time.monotonic_ns()
     try:
         _analyse(cfg, launcher, report, converge, sampler, nemesis, workload, restart_events,
-                 applied, t0, t_end)
+                 applied, t0, t_end, members)
     except Exception as exc:  # noqa: BLE001 - a broken analysis must still produce a report
         report.error = report.error or f"analysis failed: {type(exc).__name__}: {exc}"
         report.notes.append(traceback.format_exc(limit=8))
@@ -218,7 +244,8 @@ def _run(cfg: ChaosConfig, launcher: Launcher, power: dict[int, PowerLossFS],
 def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
              converge: checks.CheckOutcome | None, sampler: StatusSampler | None,
              nemesis: Nemesis | None, workload: Workload | None, restart_events: list,
-             applied: dict[int, BlockId], t0: int, t_end: int) -> None:
+             applied: dict[int, BlockId], t0: int, t_end: int,
+             members: list[int] | None = None) -> None:
     history = load_history(Path(cfg.out) / "history.jsonl")
     report.workload_seconds = (t_end - t0) / 1e9
     report.operations = operation_counts(history)
@@ -236,14 +263,20 @@ def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
     lin, _ = checks.check_linearizable(history, cfg.check_time_limit)
     report.checker_seconds = lin.elapsed
     report.checks.append(lin)
-    data_dirs = {i: Path(launcher.node_config(i).data_dir) for i in launcher.node_ids}
+    run_by_launcher = sorted(launcher.node_ids)
+    if members is None:   # no convergence: compare what the launcher runs
+        members = run_by_launcher
+    departed = dict(nemesis.departed) if nemesis is not None else {}
+    _membership_summary(cfg, report, faults, members, run_by_launcher, departed, workload)
+    data_dirs = {i: Path(launcher.node_config(i).data_dir) for i in members
+                 if i in run_by_launcher}
     base_states: dict[int, checks.BaseState] = {}
     paths, errors = checks.load_committed_paths(data_dirs, launcher.cluster_id, applied,
                                                 base_states)
     report.checks.append(checks.check_same_sequence(paths, errors))
     samples = sampler.samples if sampler is not None else []
     report.checks.append(checks.check_commits(samples, paths))
-    logs = {i: launcher.log_path(i) for i in launcher.node_ids}
+    logs = {**departed, **{i: launcher.log_path(i) for i in run_by_launcher}}
     report.checks.append(checks.check_leaders(samples, logs))
     report.checks.append(checks.check_writes(history, paths, base_states))
     kills = sum(len(f["nodes"]) for f in faults if f["kind"] in ("kill", "powerloss"))
@@ -253,3 +286,30 @@ def _analyse(cfg: ChaosConfig, launcher: Launcher, report: ChaosReport,
         report.notes.extend(workload.errors)
     if nemesis is not None:
         report.notes.extend(f"nemesis: {e}" for e in nemesis.errors[:20])
+
+
+def _membership_summary(cfg: ChaosConfig, report: ChaosReport, faults: list[dict[str, Any]],
+                        members: list[int], run_by_launcher: list[int],
+                        departed: dict[int, Path], workload: Workload | None) -> None:
+    """What the membership faults did, for the report: the changes by op, the failures
+    (each also a note), the members at the start and the end. A disagreement between the
+    cluster's members and the nodes the launcher runs is reported, never hidden."""
+    if "membership" not in cfg.faults:
+        return
+    changes = [f for f in faults if f["kind"] == "membership"]
+    done = [f for f in changes if not f.get("error")]
+    by_op: dict[str, int] = {}
+    for f in done:
+        by_op[f["variant"]] = by_op.get(f["variant"], 0) + 1
+    report.membership = {
+        "changes": len(changes), "by_op": by_op,
+        "failed": [{"id": f["id"], "op": f["variant"], "error": f["error"]}
+                   for f in changes if f.get("error")],
+        "initial": list(range(1, cfg.nodes + 1)), "final": members,
+        "departed": sorted(departed),
+        "client_rebuilds": workload.rebuilds if workload is not None else 0}
+    strangers = sorted(set(run_by_launcher) ^ set(members))
+    if strangers:
+        report.membership["mismatch"] = strangers
+        report.notes.append(f"membership: the cluster's members {members} differ from the "
+                            f"nodes the launcher runs {run_by_launcher}")

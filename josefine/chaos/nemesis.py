@@ -18,9 +18,23 @@ power loss):
                that can only send or only receive);
 * powerloss  — SIGKILL and a power cut of the node's disk (a FUSE layer that then drops
                every write not yet fsynced, docs/powerloss.md), for a minority or, half
-               of the time, the whole cluster at once; restarted from what survived.
+               of the time, the whole cluster at once; restarted from what survived;
+* membership — one membership change through the launcher (`josefine.chaos.members`):
+               add a fresh node (learner, then voter), remove a voter (often the leader),
+               or replace one (removed with its directory wiped, then a fresh node under a
+               new id); the voter count stays within ``min_voters..max_voters``. A change
+               refused while the cluster has no leader is retried until
+               ``member_timeout``; one that still fails is recorded (``error``) and
+               reported, and the run goes on: a failed change is a finding about the
+               change, not a failed check.
 
-Every fault records its ``mechanism`` (signal, transport fault rules, or kernel).
+Every fault records its ``mechanism`` (signal, transport fault rules, kernel, or
+"membership").
+
+Every fault picks its targets among the current members (`MemberView`): after a
+membership change the nemesis refreshes the view and the status sampler, so a removed node
+is never targeted again and an added one can be. A node that left keeps its log for the
+checks (`departed`; a wiped node's log is copied out before its directory goes).
 
 No fault starts before every node answers status polls again: a restarted node can take
 seconds to load its chain, and without this wait the next kill could take a majority down.
@@ -36,18 +50,25 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from josefine.chaos.config import ChaosConfig
+from josefine.chaos.members import MemberView, choose_change
 from josefine.chaos.netns_faults import KernelPartitioner
 from josefine.chaos.powerfs import PowerLossFS
 from josefine.chaos.sampler import StatusSampler
 from josefine.check.history import HistoryRecorder
 from josefine.client import admin_request
-from josefine.launch.cluster import Launcher
+from josefine.launch.cluster import LaunchError, Launcher
 
 __all__ = ["Nemesis", "partition_rules"]
+
+_RETRIABLE = ("retry in a moment", "is in progress", "not committed yet",
+              "no node of the cluster is leading", "not confirmed within", "timed out")
+"""Parts of launcher errors after which nothing changed and the same change may be tried
+again (no leader, another change or a transfer in flight, no answer in time)."""
 
 Cut = set[tuple[int, int]]
 """Directed links (src, dst) whose messages are dropped."""
@@ -73,8 +94,13 @@ class Nemesis:
 
     def __init__(self, launcher: Launcher, sampler: StatusSampler, recorder: HistoryRecorder,
                  cfg: ChaosConfig, partitioner: KernelPartitioner | None = None,
-                 power: Mapping[int, PowerLossFS] | None = None) -> None:
+                 power: Mapping[int, PowerLossFS] | None = None,
+                 view: MemberView | None = None) -> None:
         self.launcher = launcher
+        self.view = view if view is not None else MemberView(launcher)
+        """The current members; refreshed after every membership change."""
+        self.departed: dict[int, Path] = {}
+        """Nodes that left the cluster during the run: their logs (kept for the checks)."""
         self.power = dict(power or {})
         """Each node's power-loss filesystem (its data dir), for the powerloss fault."""
         self.partitioner = partitioner
@@ -82,12 +108,13 @@ class Nemesis:
         self.sampler = sampler
         self.recorder = recorder
         self.cfg = cfg
-        self.nodes = list(launcher.node_ids)
         # Separate streams: which kinds come when, and for how long, follow from the seed
         # alone; target choices (self.rng) may also depend on who leads at that moment.
         self.kind_rng = random.Random(f"{cfg.seed}/nemesis/kinds")
         self.timing = random.Random(f"{cfg.seed}/nemesis/timing")
         self.rng = random.Random(f"{cfg.seed}/nemesis/targets")
+        self.member_rng = random.Random(f"{cfg.seed}/nemesis/members")
+        self._member_turns = 0
         self.faults: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -96,6 +123,11 @@ class Nemesis:
         self._down: set[int] = set()
         self._paused: set[int] = set()
         self._lock = threading.Lock()
+
+    @property
+    def nodes(self) -> list[int]:
+        """The current members: the only nodes a fault may target."""
+        return self.view.ids()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -109,7 +141,11 @@ class Nemesis:
         self._stopped = True
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(30)
+            # a membership change in flight is finished, not abandoned half-way
+            self._thread.join(30 + (2 * self.cfg.member_timeout
+                                    if "membership" in self.cfg.faults else 0))
+        if self._thread.is_alive():
+            self.errors.append("the fault schedule did not stop in time")
         self.heal_all()
 
     def _run(self) -> None:
@@ -182,13 +218,16 @@ class Nemesis:
             return "signal: SIGKILL + power cut (FUSE: unsynced writes dropped)"
         if kind == "pause":
             return "signal: SIGSTOP/SIGCONT"
+        if kind == "membership":
+            return "membership"
         return self.partitioner.mechanism if self.partitioner is not None else "transport fault rules"
 
-    def _end(self, fault: dict[str, Any]) -> None:
+    def _end(self, fault: dict[str, Any], **details: Any) -> None:
         fault["end"] = time.monotonic()
         self.recorder.nemesis(fault["kind"], phase="end", id=fault["id"],
                               variant=fault["variant"], nodes=fault["nodes"],
-                              wall=round(time.time(), 3))
+                              wall=round(time.time(), 3), mechanism=fault["mechanism"],
+                              **details)
 
     def _hold(self, seconds: float) -> None:
         self._stop.wait(seconds)
@@ -296,6 +335,180 @@ class Nemesis:
             self._clear_faults()
         self._end(fault)
 
+    # ------------------------------------------------------------------ membership
+    def _membership(self, hold: float) -> None:
+        """One membership change, chosen by `members.choose_change` from the configuration
+        the leader reports. `hold` is unused: a change is not healed; the faults after it
+        meet the new membership."""
+        cfg = self.cfg
+        t0 = time.monotonic()
+        deadline = t0 + cfg.member_timeout
+        config = self._member_config(deadline)
+        leader = self._leader()
+        run = self.view.ids()
+        if config is None or sorted(config[0] + config[1]) != run:
+            # Nothing is changed on a view we cannot trust; say so in the report.
+            why = ("no leader reported its configuration within "
+                   f"{cfg.member_timeout:g} s" if config is None else
+                   f"the leader's members (voters {config[0]}, learners {config[1]}) are not "
+                   f"the nodes the launcher runs {run}")
+            fault = self._begin("membership", "skipped", [], leader, op=None)
+            self._finish_change(fault, t0, {}, why)
+            return
+        voters, learners = config
+        wanted = None
+        if cfg.membership_ops:
+            wanted = cfg.membership_ops[self._member_turns % len(cfg.membership_ops)]
+        self._member_turns += 1
+        change = choose_change(self.member_rng, voters, learners, leader, cfg.min_voters,
+                               cfg.max_voters, wanted)
+        target = change.target
+        fault = self._begin("membership", change.op, [] if target is None else [target],
+                            leader, op=change.op, picked=change.mode, voters_before=voters)
+        done: dict[str, Any] = {"added": [], "removed": [], "promoted": []}
+        error: str | None = None
+        try:
+            if change.op == "promote":
+                assert target is not None
+                done["members"] = self._retry(
+                    fault, deadline, lambda t: self.launcher.promote_member(target, timeout=t))
+                done["promoted"].append(target)
+            if change.op in ("remove", "replace"):
+                assert target is not None
+                done["members"] = self._remove(fault, target, change.op == "replace",
+                                               deadline)
+                done["removed"].append(target)
+                self._sync_members()
+            if change.op in ("add", "replace"):
+                self._add(fault, deadline, done)
+        except Exception as exc:  # noqa: BLE001 - a failed change is reported, not fatal
+            error = str(exc) if isinstance(exc, LaunchError) else f"{type(exc).__name__}: {exc}"
+        finally:
+            self._sync_members()
+        self._finish_change(fault, t0, done, error)
+
+    def _finish_change(self, fault: dict[str, Any], t0: float, done: dict[str, Any],
+                       error: str | None) -> None:
+        """Record what a membership change did (also when it failed) on the fault and its
+        end line; a failure also goes to `errors`, so the report shows it."""
+        members = done.pop("members", None)
+        voters: list[int] | None
+        if members is not None:
+            voters = sorted(int(m["id"]) for m in members if m.get("role") == "voter")
+        else:   # (the launcher's answer is the committed configuration; else the sampler's)
+            now = self.sampler.members()
+            voters = now[0] if now is not None else None
+        changed = sorted(set(fault["nodes"]) | set(done.get("added", []))
+                         | set(done.get("removed", [])))
+        outcome = {**{k: v for k, v in done.items() if v}, "seconds": round(
+            time.monotonic() - t0, 3), "voters_after": voters, "members_after": self.view.ids()}
+        if fault.get("retries"):
+            outcome["retries"] = fault["retries"]
+            outcome["retried_on"] = fault["retried_on"]
+        if error is not None:
+            outcome["error"] = error
+            self.errors.append(f"membership change #{fault['id']} ({fault['variant']}) "
+                               f"failed: {error}")
+        fault["nodes"] = changed
+        fault.update(outcome)
+        self._end(fault, **outcome)
+        if self.cfg.verbose:
+            print(f"nemesis: membership #{fault['id']} done: {outcome}", flush=True)
+
+    def _member_config(self, deadline: float) -> tuple[list[int], list[int]] | None:
+        """(voters, learners) as the leader reports them; waits for a leader until
+        `deadline` (None: none, or the run is stopping). A configuration that does not
+        match the nodes the launcher runs is waited out for a few seconds (a sample
+        older than the last change), then returned as it is."""
+        settle = min(deadline, time.monotonic() + 5.0)
+        config = None
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            config = self.sampler.members()
+            if config is not None and (sorted(config[0] + config[1]) == self.view.ids()
+                                       or time.monotonic() >= settle):
+                return config
+            self._stop.wait(0.1)
+        return config
+
+    def _sync_members(self) -> None:
+        """After a change: the view, and with it the sampler, follow the launcher."""
+        self.view.refresh()
+        self.sampler.set_nodes(self.view.addresses(), self.view.credentials())
+
+    def _retry(self, fault: dict[str, Any], deadline: float,
+               call: Callable[[float], Any]) -> Any:
+        """`call(timeout)` until it succeeds, retrying the refusals after which nothing
+        changed (no leader yet, a change or transfer in flight, a leader's first moments)
+        until `deadline`, or until the run stops; anything else propagates."""
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return call(max(1.0, remaining))
+            except LaunchError as exc:
+                msg = str(exc)
+                if "joined as a learner" in msg or not any(f in msg for f in _RETRIABLE):
+                    raise
+                if self._stop.is_set():
+                    raise LaunchError(f"{msg} (not retried: the run ended)") from None
+                if deadline - time.monotonic() < 1.0:
+                    raise LaunchError(f"{msg} (retried until the {self.cfg.member_timeout:g} s "
+                                      "deadline)") from None
+                fault["retries"] = fault.get("retries", 0) + 1
+                fault["retried_on"] = msg
+                self._stop.wait(0.3)
+
+    def _add(self, fault: dict[str, Any], deadline: float, done: dict[str, Any]) -> None:
+        """A fresh node joins as a learner and is promoted. If only its promotion fails, it
+        is promoted again until the deadline (it stays a learner if that fails too, and the
+        next membership turn promotes it)."""
+        before = set(self.launcher.node_ids)
+        try:
+            result = self._retry(fault, deadline,
+                                 lambda t: self.launcher.add_member(timeout=t))
+        except LaunchError as exc:
+            new = sorted(set(self.launcher.node_ids) - before)
+            if not new or "joined as a learner" not in str(exc):
+                raise
+            done["added"].extend(new)
+            done["learner"] = new[0]
+            self.errors.append(f"membership change #{fault['id']}: node {new[0]} joined as "
+                               f"a learner, promotion retried: {exc}")
+            done["members"] = self._retry(
+                fault, deadline, lambda t: self.launcher.promote_member(new[0], timeout=t))
+            done["promoted"].append(new[0])
+            done.pop("learner")
+            return
+        done["added"].append(int(result["id"]))
+        done["members"] = result["members"]
+        done["voter_s"] = result.get("voter_s")
+
+    def _remove(self, fault: dict[str, Any], node: int, wipe: bool,
+                deadline: float) -> list[dict[str, Any]]:
+        """Remove voter `node` (with `wipe`, its directory goes too: a lost disk). Its log
+        is kept for the checks: a wiped node's is copied out of the open file once the
+        process is gone."""
+        log = self.launcher.log_path(node)
+        keep: Any = None
+        if wipe:
+            try:
+                keep = open(log, "rb")   # noqa: SIM115 - read after the unlink, closed below
+            except OSError:
+                keep = None
+        try:
+            result = self._retry(fault, deadline,
+                                 lambda t: self.launcher.remove_member(node, wipe=wipe,
+                                                                       timeout=t))
+            if keep is not None:
+                dest = Path(self.cfg.out) / "departed" / f"node-{node}.log"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(keep.read())
+                log = dest
+            self.departed[node] = log
+            return list(result["members"])
+        finally:
+            if keep is not None:
+                keep.close()
+
     # ------------------------------------------------------------------ healing
     def _admin(self, node: int, op: str, args: dict[str, Any] | None,
                attempts: int = 3) -> bool:
@@ -304,7 +517,7 @@ class Nemesis:
             try:
                 admin_request(self.launcher.address(node), self.launcher.cluster_id, op,
                               args, timeout=1.0,
-                              credentials=self.launcher.credentials(admin=True))
+                              credentials=self.view.credentials(admin=True))
                 return True
             except Exception as exc:  # noqa: BLE001 - node down, paused or restarting
                 last = exc
@@ -351,7 +564,7 @@ class Nemesis:
         try:
             admin_request(self.launcher.address(node), self.launcher.cluster_id,
                           "clear_faults", None, timeout=1.0,
-                          credentials=self.launcher.credentials(admin=True))
+                          credentials=self.view.credentials(admin=True))
             return True
         except Exception:  # noqa: BLE001
             return False

@@ -16,7 +16,8 @@ from typing import Any
 
 from josefine.chaos.checks import CheckOutcome
 
-__all__ = ["ChaosReport", "operation_counts", "longest_unavailability"]
+__all__ = ["ChaosReport", "describe_membership_change", "longest_unavailability",
+           "membership_line", "operation_counts"]
 
 
 def operation_counts(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
@@ -69,6 +70,43 @@ def longest_unavailability(history: Sequence[Mapping[str, Any]], start_ns: int, 
             "causes": causes or ["no fault overlaps it (election, restart or load)"]}
 
 
+def describe_membership_change(f: Mapping[str, Any]) -> str:
+    """One fault line's tail for a membership change: what it did, how long it took, and
+    its error if it failed."""
+    parts = []
+    if f.get("removed"):
+        how = "wiped" if f["variant"] == "replace" else "kept its dir"
+        lead = (", the leader on purpose" if f.get("picked") == "leader" else
+                ", the leader" if f.get("leader") in f["removed"] else "")
+        parts.append(f"removed {', '.join(map(str, f['removed']))} ({how}{lead})")
+    if f.get("added"):
+        parts.append(f"added {', '.join(map(str, f['added']))}")
+    if f.get("promoted"):
+        parts.append(f"promoted {', '.join(map(str, f['promoted']))}")
+    if f.get("learner") is not None:
+        parts.append(f"node {f['learner']} left a learner")
+    done = "; ".join(parts) or "nothing changed"
+    voters = f"voters {f.get('voters_before')} -> {f.get('voters_after')}"
+    n = f.get("retries") or 0
+    retries = f", {n} retr{'y' if n == 1 else 'ies'}" if n else ""
+    tail = f" FAILED: {f['error']}" if f.get("error") else ""
+    return (f"leader {f.get('leader')}: {done}; {voters}; {f.get('seconds', 0):.2f} s"
+            f"{retries}{tail}")
+
+
+def membership_line(m: Mapping[str, Any]) -> str:
+    """The report's summary of the membership changes of a run."""
+    ops = ", ".join(f"{op} {n}" for op, n in sorted(m.get("by_op", {}).items())) or "none"
+    failed = m.get("failed") or []
+    text = (f"membership: {m.get('changes', 0)} change(s) ({ops}; {len(failed)} failed); "
+            f"members {m.get('initial')} -> {m.get('final')}")
+    if m.get("departed"):
+        text += f"; left (stores not compared): {m['departed']}"
+    if m.get("mismatch"):
+        text += f"; MISMATCH with the launcher's nodes: {m['mismatch']}"
+    return text
+
+
 @dataclass
 class ChaosReport:
     config: dict[str, Any]
@@ -81,6 +119,9 @@ class ChaosReport:
     checker_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    membership: dict[str, Any] = field(default_factory=dict)
+    """With membership faults: {"changes", "by_op", "failed", "initial", "final",
+    "departed", "client_rebuilds"[, "mismatch"]}."""
 
     @property
     def passed(self) -> bool:
@@ -114,7 +155,8 @@ class ChaosReport:
                 "faults_per_minute": round(self.faults_per_minute, 2),
                 "faults": self.faults, "longest_unavailability": self.unavailability,
                 "checker_seconds": round(self.checker_seconds, 3),
-                "checks": [c.to_dict() for c in self.checks], "notes": self.notes}
+                "checks": [c.to_dict() for c in self.checks], "notes": self.notes,
+                **({"membership": self.membership} if self.membership else {})}
 
     def format(self) -> str:
         cfg = self.config
@@ -131,11 +173,17 @@ class ChaosReport:
         lines.append(f"faults: {len(self.faults)} ({self.faults_per_minute:.1f}/min)")
         for f in self.faults:
             end = f"{f['end']:.1f}" if f["end"] is not None else "?"
+            if f["kind"] == "membership":
+                lines.append(f"  #{f['id']:<3} {f['start']:6.1f}-{end:>6} s  {f['kind']:<9} "
+                             f"{f['variant']:<14} " + describe_membership_change(f))
+                continue
             extra = {k: v for k, v in f.items()
                      if k not in ("id", "kind", "variant", "nodes", "leader", "start", "end")}
             lines.append(f"  #{f['id']:<3} {f['start']:6.1f}-{end:>6} s  {f['kind']:<9} "
                          f"{f['variant']:<14} nodes {f['nodes']} leader {f['leader']}"
                          + (f" {extra}" if extra else ""))
+        if self.membership:
+            lines.append(membership_line(self.membership))
         u = self.unavailability
         if u:
             lines.append(f"longest window without a successful operation: {u['duration']:.2f} s "

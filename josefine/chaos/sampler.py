@@ -8,6 +8,11 @@ new incarnation: its commit may briefly lag what the old process reported, becau
 commit marker is persisted lazily).
 
 Samples are kept in memory and appended to ``status.jsonl`` in the run directory.
+
+The node set may change during a run (membership faults): `set_nodes` starts polling a
+node that joined and stops polling one that left; a node that left keeps its past samples
+(the checks still read them) but no longer counts in `snapshot` or `leader`. Each sample
+also records the members the node believes in (``voters``, ``learners``).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ __all__ = ["StatusSampler", "Sample", "poll_status"]
 
 Sample = dict[str, Any]
 """{"t": monotonic s, "node": id, "pid", "role", "term", "leader", "commit": [t, h],
-"applied": [t, h], "head": [t, h], "sm_digest"}"""
+"applied": [t, h], "head": [t, h], "sm_digest", "voters": [ids], "learners": [ids]}"""
 
 _KEEP = ("pid", "role", "term", "leader", "commit", "applied", "head", "sm_digest",
          "follower_reads", "forwarded_writes")
@@ -94,31 +99,79 @@ class StatusSampler:
         self.latest: dict[int, Sample | None] = {i: None for i in addresses}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._started = False
         self._ctx = zmq.Context()
         self._file = open(path, "a", encoding="utf-8")
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
-                                          name=f"chaos-sampler-{i}") for i in addresses]
+        self._node_stop: dict[int, threading.Event] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._retired: list[threading.Thread] = []
+        for i in addresses:
+            self._make_thread(i, credentials)
+
+    def _make_thread(self, node: int, credentials: ClientCredentials | None) -> threading.Thread:
+        self._node_stop[node] = threading.Event()
+        t = threading.Thread(target=self._run, args=(node, self.addresses[node], credentials),
+                             daemon=True, name=f"chaos-sampler-{node}")
+        self._threads[node] = t
+        return t
 
     def start(self) -> None:
-        for t in self._threads:
+        with self._lock:
+            self._started = True
+            threads = list(self._threads.values())
+        for t in threads:
             t.start()
 
     def stop(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(self.timeout + 5)
+        with self._lock:
+            threads = list(self._threads.values()) + self._retired
+        for t in threads:
+            if t.is_alive():
+                t.join(self.timeout + 5)
         with self._lock:
             self._file.close()
         self._ctx.term()
 
-    def _run(self, node: int) -> None:
-        poller = _Poller(self._ctx, self.addresses[node], self.cluster_id, self.credentials)
+    def set_nodes(self, addresses: dict[int, str],
+                  credentials: ClientCredentials | None = None) -> tuple[list[int], list[int]]:
+        """Follow a membership change: poll the nodes of `addresses` that are new (with
+        `credentials`, which must know their server keys) and stop polling the ones not in
+        it. Returns (added ids, removed ids)."""
+        with self._lock:
+            if self._stop.is_set():
+                return [], []
+            added = sorted(set(addresses) - set(self._threads))
+            removed = sorted(set(self._threads) - set(addresses))
+            for i in removed:
+                self._node_stop.pop(i).set()
+                self._retired.append(self._threads.pop(i))
+                self.latest.pop(i, None)
+                self.addresses.pop(i, None)
+            if credentials is not None:
+                self.credentials = credentials
+            fresh = []
+            for i in added:
+                self.addresses[i] = addresses[i]
+                self.latest[i] = None
+                fresh.append(self._make_thread(i, credentials))
+            started = self._started
+        if started:
+            for t in fresh:
+                t.start()
+        return added, removed
+
+    def _run(self, node: int, address: str, credentials: ClientCredentials | None) -> None:
+        poller = _Poller(self._ctx, address, self.cluster_id, credentials)
+        gone = self._node_stop[node]
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not gone.is_set():
                 started = time.monotonic()
                 st = poller.poll(self.timeout)
+                if gone.is_set():
+                    break
                 self._record(node, st)
-                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+                gone.wait(max(0.0, self.interval - (time.monotonic() - started)))
         finally:
             poller.close()
 
@@ -126,13 +179,20 @@ class StatusSampler:
         now = time.monotonic()
         if st is None:
             with self._lock:
-                self.latest[node] = None
+                if node in self.latest:
+                    self.latest[node] = None
             return
         s: Sample = {"t": now, "node": node}
         for k in _KEEP:
             v = st.get(k)
             s[k] = list(v) if isinstance(v, tuple) else v
+        members = st.get("members")
+        if isinstance(members, list):
+            s["voters"] = sorted(int(m["id"]) for m in members if m.get("role") == "voter")
+            s["learners"] = sorted(int(m["id"]) for m in members if m.get("role") == "learner")
         with self._lock:
+            if node not in self._threads:   # left the cluster while this poll ran
+                return
             self.samples.append(s)
             self.latest[node] = s
             if not self._file.closed:
@@ -140,16 +200,27 @@ class StatusSampler:
                 self._file.flush()
 
     def snapshot(self) -> dict[int, Sample | None]:
-        """The most recent answer of each node (None while it does not answer)."""
+        """The most recent answer of each current node (None while it does not answer)."""
         with self._lock:
             return dict(self.latest)
 
     def leader(self) -> int | None:
         """The node that most recently claimed leadership in the highest term, if any."""
-        snap = self.snapshot()
-        best: tuple[int, int] | None = None
-        for i, s in snap.items():
+        best = self._leader_sample()
+        return None if best is None else int(best["node"])
+
+    def _leader_sample(self) -> Sample | None:
+        best: Sample | None = None
+        for s in self.snapshot().values():
             if s is not None and s.get("role") == "leader":
-                if best is None or s["term"] > best[0]:
-                    best = (s["term"], i)
-        return None if best is None else best[1]
+                if best is None or s["term"] > best["term"]:
+                    best = s
+        return best
+
+    def members(self) -> tuple[list[int], list[int]] | None:
+        """(voters, learners) in the configuration of the current leader's latest sample;
+        None while no node leads."""
+        best = self._leader_sample()
+        if best is None or "voters" not in best:
+            return None
+        return list(best["voters"]), list(best.get("learners") or [])

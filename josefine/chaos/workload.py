@@ -28,6 +28,12 @@ happened) therefore cannot be written as `fail`; it is written as `info` with
 ``"refused": true``. `info` is always sound (the checker lets it take effect or not);
 the harness's own check drops refused operations entirely (see `checks.drop_refused`).
 Non-ok completions also carry ``"error"``: the exception's class name.
+
+When the node set changes during the run (membership faults), the clients follow a
+`MemberView`: before each operation a client thread checks the view's version and, if the
+members changed, closes its clients and builds new ones for the current members (a `Client`
+has a fixed address list: it would never find a leader among added nodes, and would keep
+trying a removed one). The rebuild happens between operations, so no operation spans it.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from typing import Any
 import zmq
 
 from josefine.chaos.config import ChaosConfig
+from josefine.chaos.members import MemberView
 from josefine.check.history import HistoryRecorder, OpHandle
 from josefine.client import Client
 from josefine.errors import (AbortedError, BusyError, NotLeaderError, RejectedError,
@@ -83,10 +90,16 @@ class Workload:
     """`clients` threads, each with its own `Client`, until `stop()`."""
 
     def __init__(self, recorder: ChaosRecorder, addresses: dict[int, str], cluster_id: str,
-                 cfg: ChaosConfig, credentials: ClientCredentials | None = None) -> None:
+                 cfg: ChaosConfig, credentials: ClientCredentials | None = None,
+                 view: MemberView | None = None) -> None:
         self.recorder = recorder
         self.credentials = credentials
         self.addresses = dict(addresses)
+        self.view = view
+        """The current members, when they may change during the run (else `addresses`)."""
+        self.rebuilds = 0
+        """How many times a client thread rebuilt its clients after a membership change."""
+        self._count_lock = threading.Lock()
         self.cluster_id = cluster_id
         self.cfg = cfg
         self._stop = threading.Event()
@@ -108,34 +121,55 @@ class Workload:
             if t.is_alive():
                 self.errors.append(f"{t.name} did not finish its last operation")
 
+    def _members(self) -> tuple[int, dict[int, str], ClientCredentials | None]:
+        """(version, addresses, credentials) of the current members."""
+        if self.view is None:
+            return 0, self.addresses, self.credentials
+        return self.view.snapshot()
+
     def _client(self, first: int, timeout: float, request_timeout: float,
                 read_from: str = "leader") -> Client:
+        _, addresses, credentials = self._members()
         # Rotate the address map so the clients do not all start at node 1.
-        ids = sorted(self.addresses)
+        ids = sorted(addresses)
         k = (first - 1) % len(ids)
         order = ids[k:] + ids[:k]
-        return Client({n: self.addresses[n] for n in order}, self.cluster_id,
+        return Client({n: addresses[n] for n in order}, self.cluster_id,
                       timeout=timeout, request_timeout=request_timeout,
-                      credentials=self.credentials, read_from=read_from)
+                      credentials=credentials, read_from=read_from)
 
     def _run(self, proc: int) -> None:
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}/client/{proc}")
+        version, addresses, credentials = self._members()
         client = self._client(proc, cfg.op_timeout, cfg.request_timeout)
         # writes through whichever node it meets first, followers forwarding them
         forwarding = self._client(proc + 1, cfg.op_timeout, cfg.request_timeout, "any")
-        direct = _DirectReader(self.addresses, self.cluster_id, f"chaos-direct-{proc}",
-                               self.credentials)
+        direct = _DirectReader(addresses, self.cluster_id, f"chaos-direct-{proc}",
+                               credentials)
         known: dict[str, Any] = {}
         n = 0
         try:
             while not self._stop.is_set():
+                if self.view is not None and self.view.version != version:
+                    # members changed: clients for the current members, between operations
+                    client.close()
+                    forwarding.close()
+                    direct.close()
+                    version, addresses, credentials = self._members()
+                    client = self._client(proc, cfg.op_timeout, cfg.request_timeout)
+                    forwarding = self._client(proc + 1, cfg.op_timeout, cfg.request_timeout,
+                                              "any")
+                    direct = _DirectReader(addresses, self.cluster_id,
+                                           f"chaos-direct-{proc}", credentials)
+                    with self._count_lock:
+                        self.rebuilds += 1
                 key = key_name(rng.randrange(cfg.keys))
                 r = rng.random()
                 if r < cfg.read_ratio:
                     node = None
                     if rng.random() < cfg.any_node_reads:
-                        node = rng.choice(sorted(self.addresses))
+                        node = rng.choice(sorted(addresses))
                     self._read(client, proc, key, known, direct if node else None, node)
                 else:
                     n += 1
