@@ -48,6 +48,9 @@ class TakeSnapshot:
     is called once the file is durable (result: its base as [term, height])."""
 
     reply: Any
+    min_blocks: int = 0
+    """Snapshot only if at least this many blocks were applied since the last one (a stop
+    snapshot); otherwise `reply(True, None, "")` at once, nothing written."""
 
 
 class FsmActor(NodeActor):
@@ -80,6 +83,10 @@ class FsmActor(NodeActor):
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
         t = type(message)
         if t is TakeSnapshot:
+            busy = self.taker is not None and self.taker.busy
+            if self.since_blocks < message.min_blocks and not busy:
+                message.reply(True, None, "")   # (a running one is waited for instead)
+                return
             self._take_now(message.reply)
             return
         if t is not ApplyWork:
