@@ -104,8 +104,11 @@ class FsmActor(NodeActor):
         p = self.policy
         if p is None or self.taker is None or self.taker.busy:
             return
+        # Never more snapshot bytes than applied bytes: a large state is snapshotted less
+        # often (write amplification at most 2x), and its restart then replays at most
+        # about what it restores.
         if (p.every_blocks and self.since_blocks >= p.every_blocks) or \
-                (p.every_bytes and self.since_bytes >= p.every_bytes):
+                (p.every_bytes and self.since_bytes >= max(p.every_bytes, self.stats.last_bytes)):
             self._start_snapshot()
 
     def _start_snapshot(self) -> bool:
@@ -145,7 +148,9 @@ class FsmActor(NodeActor):
 
     def _restore(self, base: Any) -> None:
         assert self.policy is not None, "a node without snapshots cannot install one"
-        meta = restore_from(self.applier, self.policy.directory / name_for(base))
+        path = self.policy.directory / name_for(base)
+        meta = restore_from(self.applier, path)
+        self.stats.last_bytes = path.stat().st_size
         self.applied_digest = meta.base_digest
         self.since_blocks = self.since_bytes = 0
         self.stats.installed += 1

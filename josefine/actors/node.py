@@ -230,6 +230,7 @@ class Node:
             applied_digest = meta.base_digest
             snapshot = (meta.base, meta.base_digest)
             base_config = self.applier.config   # the snapshot's membership, as of its base
+            self.snapshot_stats.last_bytes = chosen.path.stat().st_size
             log.info("node %d: restored snapshot %s (%s)", self.id, meta.base,
                      chosen.path.name)
         core = RaftCore(
