@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -137,6 +138,13 @@ def _expect_int(source: str, key: str, value: Any, lo: int | None = None, hi: in
         raise _fail(source, key, f"must be <= {hi}, got {value}")
 
 
+def _expect_seconds(source: str, key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _fail(source, key, f"expected a number of seconds, got {value!r} ({_kind(value)})")
+    if not 0 <= value < float("inf"):
+        raise _fail(source, key, f"must be a finite number >= 0, got {value}")
+
+
 def _expect_bool(source: str, key: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise _fail(source, key, f"expected true or false, got {value!r} ({_kind(value)})")
@@ -224,6 +232,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)   # e.g. 3.0, 1e-05: both TOML floats
     if isinstance(value, str):
         return _toml_str(value)
     if isinstance(value, (list, tuple)):
@@ -277,6 +287,12 @@ class NodeConfig:
     snapshot (0: never by count). Snapshots bound disk use and restart time (A.14)."""
     snapshot_bytes: int = 32 * _MIB
     """... or once the payloads applied since then reach this many bytes (0: never)."""
+    snapshot_on_stop_blocks: int = 64
+    """On a planned stop (SIGTERM), snapshot first if at least this many blocks were
+    applied since the last snapshot (0: never), so the restart replays almost nothing."""
+    snapshot_on_stop_timeout_s: float = 3.0
+    """Longest a planned stop waits for that snapshot; past it the node stops without it
+    (the restart then replays the blocks since the previous snapshot)."""
     log_level: str = "INFO"
     """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (case-insensitive)."""
     seed: int | None = None
@@ -480,6 +496,10 @@ def _check_node(v: Mapping[str, Any], source: str) -> None:
     _expect_int(source, "max_uncommitted_bytes", v.get("max_uncommitted_bytes", _default("max_uncommitted_bytes")), lo=1)
     _expect_int(source, "snapshot_blocks", v.get("snapshot_blocks", _default("snapshot_blocks")), lo=0)
     _expect_int(source, "snapshot_bytes", v.get("snapshot_bytes", _default("snapshot_bytes")), lo=0)
+    _expect_int(source, "snapshot_on_stop_blocks",
+                v.get("snapshot_on_stop_blocks", _default("snapshot_on_stop_blocks")), lo=0)
+    _expect_seconds(source, "snapshot_on_stop_timeout_s",
+                    v.get("snapshot_on_stop_timeout_s", _default("snapshot_on_stop_timeout_s")))
     level = v.get("log_level", _default("log_level"))
     _expect_str(source, "log_level", level)
     if level.upper() not in _LOG_LEVELS:

@@ -48,6 +48,9 @@ class TakeSnapshot:
     is called once the file is durable (result: its base as [term, height])."""
 
     reply: Any
+    min_blocks: int = 0
+    """Snapshot only if at least this many blocks were applied since the last one (a stop
+    snapshot); otherwise `reply(True, None, "")` at once, nothing written."""
 
 
 class FsmActor(NodeActor):
@@ -80,6 +83,10 @@ class FsmActor(NodeActor):
     def on_receive(self, message):  # noqa: ANN001 - pykka hook
         t = type(message)
         if t is TakeSnapshot:
+            busy = self.taker is not None and self.taker.busy
+            if self.since_blocks < message.min_blocks and not busy:
+                message.reply(True, None, "")   # (a running one is waited for instead)
+                return
             self._take_now(message.reply)
             return
         if t is not ApplyWork:
@@ -97,8 +104,11 @@ class FsmActor(NodeActor):
         p = self.policy
         if p is None or self.taker is None or self.taker.busy:
             return
+        # Never more snapshot bytes than applied bytes: a large state is snapshotted less
+        # often (write amplification at most 2x), and its restart then replays at most
+        # about what it restores.
         if (p.every_blocks and self.since_blocks >= p.every_blocks) or \
-                (p.every_bytes and self.since_bytes >= p.every_bytes):
+                (p.every_bytes and self.since_bytes >= max(p.every_bytes, self.stats.last_bytes)):
             self._start_snapshot()
 
     def _start_snapshot(self) -> bool:
@@ -138,7 +148,9 @@ class FsmActor(NodeActor):
 
     def _restore(self, base: Any) -> None:
         assert self.policy is not None, "a node without snapshots cannot install one"
-        meta = restore_from(self.applier, self.policy.directory / name_for(base))
+        path = self.policy.directory / name_for(base)
+        meta = restore_from(self.applier, path)
+        self.stats.last_bytes = path.stat().st_size
         self.applied_digest = meta.base_digest
         self.since_blocks = self.since_bytes = 0
         self.stats.installed += 1

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--snapshot-bytes", type=int, default=None, metavar="N",
                       help="node setting snapshot_bytes with snapshots on (default: the "
                            "node's default)")
+    snap.add_argument("--workdir", default=None, metavar="DIR",
+                      help="keep every cluster's directory (node logs, data) under DIR "
+                           "instead of deleting it")
     return ap
 
 
@@ -321,7 +325,8 @@ def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int
     doc = run_snapshot_bench(a.nodes, Load(clients, pipeline, a.payload), tuple(a.minutes_at),
                              a.follower_down_minutes, a.catchup_seconds, a.on_off_seconds,
                              warm, not a.no_fsync, settings,
-                             say=say_to_stderr(not a.no_progress))
+                             say=say_to_stderr(not a.no_progress),
+                             workdir=None if a.workdir is None else Path(a.workdir))
     print(json.dumps(doc, indent=1) if a.json else format_report(doc))
     return 0
 

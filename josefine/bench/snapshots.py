@@ -25,6 +25,7 @@ Nothing here judges the figures against targets: it measures and reports.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import re
@@ -36,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from josefine.bench.runner import (BenchResult, ProcSampler, _get_result, _split, _wait_leader,
                                    percentile, summarize)
@@ -402,15 +403,24 @@ def measure_follower(cluster: Cluster, load: Load, down_minutes: float, catchup_
     return out
 
 
+def cluster_dir(prefix: str, workdir: Path | None) -> ContextManager[str]:
+    """A temporary directory for one cluster, deleted afterwards; under `workdir`, a new
+    directory that is kept (its node logs and data, to look into a run afterwards)."""
+    if workdir is None:
+        return tempfile.TemporaryDirectory(prefix=prefix)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+
+
 def measure_on_off(nodes: int, load: Load, seconds: float, warmup: float, fsync: bool,
                    on_settings: dict[str, Any], say: Callable[[str], None],
-                   pids: set[int]) -> dict[str, Any]:
+                   pids: set[int], workdir: Path | None = None) -> dict[str, Any]:
     """Part 3: the same load on two fresh clusters, snapshots on and off."""
     out: dict[str, Any] = {}
-    for mode, settings in (("on", on_settings), ("off", {"snapshot_blocks": 0,
-                                                         "snapshot_bytes": 0})):
+    off = {"snapshot_blocks": 0, "snapshot_bytes": 0, "snapshot_on_stop_blocks": 0}
+    for mode, settings in (("on", on_settings), ("off", off)):
         say(f"on/off: {seconds:g} s with snapshots {mode}")
-        with tempfile.TemporaryDirectory(prefix=f"josefine-snap-{mode}-") as d:
+        with cluster_dir(f"josefine-snap-{mode}-", workdir) as d:
             cluster = Cluster(nodes, Path(d), fsync, settings)
             try:
                 cluster.launch()
@@ -440,13 +450,15 @@ def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
                        minutes_at: tuple[float, ...] = (1, 5, 10), follower_down: float = 5,
                        catchup_s: float = 30, on_off_s: float = 60, warmup: float = 2,
                        fsync: bool = True, settings: dict[str, Any] | None = None,
-                       say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+                       say: Callable[[str], None] = lambda _: None,
+                       workdir: Path | None = None) -> dict[str, Any]:
     """All four measurements; `settings` are NodeConfig keys for every cluster with snapshots
-    on (e.g. snapshot_blocks), the node defaults if None. The JSON `--snapshots --json` prints."""
+    on (e.g. snapshot_blocks), the node defaults if None; `workdir`: keep the clusters'
+    directories there. The JSON `--snapshots --json` prints."""
     load = load or Load()
     settings = dict(settings or {})
     pids: set[int] = set()
-    with tempfile.TemporaryDirectory(prefix="josefine-snap-uptime-") as d:
+    with cluster_dir("josefine-snap-uptime-", workdir) as d:
         cluster = Cluster(nodes, Path(d), fsync, settings)
         try:
             checkpoints, rss, relaunched_at = measure_uptime(cluster, load, list(minutes_at), say)
@@ -455,7 +467,7 @@ def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
         finally:
             cluster.stop()
             pids |= cluster.pids_seen
-    on_off = measure_on_off(nodes, load, on_off_s, warmup, fsync, settings, say, pids)
+    on_off = measure_on_off(nodes, load, on_off_s, warmup, fsync, settings, say, pids, workdir)
     # the last relaunch has no samples after it (part 2 is not sampled): not a segment
     memory = {name: {**memory_stats(tl, relaunched_at[:-1]), "samples": len(tl)}
               for name, tl in sorted(rss.items())}

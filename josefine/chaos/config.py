@@ -6,12 +6,12 @@ the *schedule*, not the exact interleaving.
 """
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from josefine.launch.ports import free_port_block
 
 __all__ = ["ChaosConfig", "DEFAULT_FAULTS", "FAULT_KINDS", "find_free_ports"]
 
@@ -149,21 +149,7 @@ class ChaosConfig:
                 "out": str(self.out)}
 
 
-def find_free_ports(count: int, lo: int = 21000, hi: int = 59000) -> int:
-    """A base port p such that p .. p+count-1 can all be bound on 127.0.0.1 right now."""
-    rng = random.Random()
-    for _ in range(300):
-        base = rng.randrange(lo, hi - count)
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return base
-    raise RuntimeError(f"found no block of {count} free ports on 127.0.0.1")
+def find_free_ports(count: int) -> int:
+    """A base port p such that p .. p+count-1 can all be bound on 127.0.0.1 right now, below
+    the ephemeral port range (`josefine.launch.ports`)."""
+    return free_port_block(count)

@@ -455,6 +455,15 @@ def _launch(args: argparse.Namespace) -> int:
                 check_privileges()
             except NetnsError as exc:
                 raise LaunchError(str(exc)) from None
+        if not args.netns and isinstance(args.base_port, int) and isinstance(args.nodes, int):
+            from josefine.launch.ports import ephemeral_range, in_ephemeral_range
+            top = args.base_port + args.nodes - 1
+            if in_ephemeral_range(args.base_port) or in_ephemeral_range(top):
+                lo, hi = ephemeral_range()
+                print(f"josefine launch: warning: ports {args.base_port}..{top} lie in the "
+                      f"kernel's ephemeral range {lo}..{hi}: while a node is down, an "
+                      "outgoing connection may take its port and keep it from restarting; "
+                      "pick a --base-port below it", file=sys.stderr)
         launcher = Launcher(
             nodes=args.nodes,
             data_dir=args.data_dir,

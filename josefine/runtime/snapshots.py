@@ -52,6 +52,9 @@ class SnapshotStats:
     """Snapshot writes that failed (the node goes on and tries again later)."""
     last_seconds: float = 0.0
     """How long the last snapshot write took (capture to durable file)."""
+    last_bytes: int = 0
+    """Size of the newest snapshot file this node wrote or restored (it paces the next
+    one: see `FsmActor._maybe_snapshot`)."""
     installed: int = 0
     """Snapshots received from a leader and restored into the state machine."""
     sent: int = 0
@@ -168,6 +171,7 @@ class SnapshotTaker:
                                 self.node_id)
             with SnapshotWriter(self.directory, meta) as w:
                 job.write(cast(BinaryIO, w))   # it writes like a binary file
+            size = w.path.stat().st_size
             prune(self.directory, KEEP_SNAPSHOTS, trusted=[w.path], node_id=self.node_id)
         except BaseException as exc:   # a full disk must not stop the node
             self.stats.failed += 1
@@ -179,6 +183,7 @@ class SnapshotTaker:
             return
         self.stats.last_seconds = elapsed = time.monotonic() - t0
         self.stats.taken += 1
+        self.stats.last_bytes = size
         log.info("node %d: snapshot of %s written in %.3f s (%s)", self.node_id,
                  info.applied, elapsed, name_for(info.applied))
         self._busy.clear()

@@ -4,6 +4,9 @@ previous one; with no usable file left above a compacted chain it refuses to sta
 a message that says what to do. Embedded single-node clusters, real files."""
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import pytest
 
 from josefine import KVStateMachine, Node, NodeConfig
@@ -93,3 +96,40 @@ def test_no_usable_snapshot_above_a_compacted_chain_refuses_to_start(tmp_path):
         p.write_bytes(bytes(raw))
     with pytest.raises(NoUsableSnapshotError, match="no valid snapshot at or above it.*wipe"):
         Node.start(cfg, KVStateMachine())
+
+
+def _taken(node: Node) -> int:
+    return node.status().snapshots["taken"]
+
+
+def test_snapshot_bytes_is_paced_by_the_last_snapshot_size(tmp_path):
+    """`snapshot_bytes` triggers a snapshot, but never before as many payload bytes as
+    the last snapshot file holds were applied: a large state is not rewritten for every
+    small stretch of log (at most 2x write amplification)."""
+    value = "x" * 10_000
+    cfg = dataclasses.replace(_config(tmp_path), snapshot_blocks=0, snapshot_bytes=20_000,
+                              snapshot_on_stop_blocks=0)
+    node = Node.start(cfg, KVStateMachine())
+    try:
+        node.wait_for_leader(10)
+        for i in range(50):                       # a state of ~500 KB, grown 10 KB a time
+            node.propose(kv_put(f"k{i}", value)).result(10)
+        node.take_snapshot()
+        size = node.status().snapshots["last_bytes"]
+        assert size > 400_000, size
+        taken = _taken(node)
+        assert taken < 10, f"{taken} snapshots while growing: not paced by their size"
+        for _ in range(30):                       # 300 KB more: under the file's size
+            node.propose(kv_put("k0", value)).result(10)
+        assert _taken(node) == taken, "snapshot_bytes (20 KB) alone would have fired"
+        for _ in range(30):                       # 600 KB in all: past it
+            node.propose(kv_put("k0", value)).result(10)
+
+        def one_more() -> bool:
+            return _taken(node) == taken + 1
+        deadline = time.monotonic() + 30
+        while not one_more() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert one_more()
+    finally:
+        node.stop()

@@ -106,3 +106,43 @@ def test_snapshot_cli_on_one_node_and_on_every_node(tmp_path):
             [f"node {i}" for i in sorted(rc.addrs)]
         out = _cli(rc.launcher, "--node", "9")
         assert out.returncode != 0 and "not a member" in out.stderr
+
+
+def test_a_planned_stop_snapshots_so_the_relaunch_replays_almost_nothing(tmp_path):
+    """SIGTERM (the launcher's stop) runs the launched node's planned-stop path: with more
+    than `snapshot_on_stop_blocks` applied since the last snapshot, each node writes one
+    before exiting, and the relaunch restores it instead of replaying the blocks."""
+    settings = {"snapshot_blocks": 0, "snapshot_bytes": 0, "snapshot_on_stop_blocks": 10}
+    with running_cluster(tmp_path / "c", **settings) as rc:
+        with Client(rc.addrs, rc.launcher.cluster_id, timeout=30, credentials=rc.creds) as c:
+            for i in range(30):
+                c.put(f"k{i}", f"v{i}")
+        wait_for(lambda: len({tuple(s["applied"]) for s in statuses(
+            rc.addrs, rc.launcher.cluster_id, credentials=rc.creds).values()}) == 1,
+            30, "every node to apply the same")
+        before = statuses(rc.addrs, rc.launcher.cluster_id, credentials=rc.creds)
+        assert all(s["snapshot"] is None for s in before.values()), "thresholds 0: none yet"
+    launcher = rc.launcher
+    for i in rc.addrs:
+        snaps = list_snapshots(launcher.data_dir / f"node-{i}" / "data" / SNAPSHOT_DIR)
+        assert snaps, f"node {i} wrote no snapshot when it stopped"
+        base = verify(snaps[0]).meta.base
+        assert base.height >= before[i]["applied"][1], (i, base, before[i]["applied"])
+        assert "snapshot before stopping" in launcher.log_path(i).read_text()
+    with running_cluster(tmp_path / "c", **settings) as rc:
+        for i in rc.addrs:
+            log = rc.launcher.log_path(i).read_text().split("launcher (pid")[-1]
+            assert "restored snapshot" in log, log[-2000:]
+        with Client(rc.addrs, rc.launcher.cluster_id, timeout=30, credentials=rc.creds) as c:
+            assert c.get("k0") == "v0" and c.get("k29") == "v29"
+
+
+def test_no_snapshot_on_stop_when_it_is_off_or_not_worth_it(tmp_path):
+    settings = {"snapshot_blocks": 0, "snapshot_bytes": 0, "snapshot_on_stop_blocks": 1000}
+    with running_cluster(tmp_path / "c", **settings) as rc:
+        with Client(rc.addrs, rc.launcher.cluster_id, timeout=30, credentials=rc.creds) as c:
+            for i in range(5):
+                c.put(f"k{i}", f"v{i}")
+    for i in rc.addrs:
+        assert not list_snapshots(rc.launcher.data_dir / f"node-{i}" / "data" / SNAPSHOT_DIR)
+        assert "snapshot before stopping" not in rc.launcher.log_path(i).read_text()
