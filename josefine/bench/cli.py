@@ -19,6 +19,20 @@ rss_timeline{nodeN: [[t, MiB], ...]} (current RSS about once a second).
 measures what issue 11 asks of snapshots (josefine.bench.snapshots says how); its JSON is
 {"version": 1, "kind": "snapshots", "settings", "uptime": [checkpoint...], "follower",
 "on_off": {"on", "off", "throughput_on_over_off"}, "memory", "rss_timeline", "node_pids"}.
+
+    josefine bench --membership [--load-minutes 5] [--window-seconds 10] [--clients 8]
+                   [--pipeline 256] [--json]
+
+measures what a membership change costs (josefine.bench.membership says how, and documents
+its JSON: {"version": 1, "kind": "membership", "settings", "empty", "under_load",
+"node_pids"}).
+
+With --failover, "failover" holds the unplanned trials (SIGKILL of the leader) as always:
+{"trials", "samples_ms", "median_ms", "min_ms", "max_ms", "election_timeout_ms",
+"median_in_election_timeouts"}, and under "planned" the same trials with the leader
+stopped by SIGTERM (it hands leadership over first): {"samples_ms", "median_ms", "min_ms",
+"max_ms", "median_in_election_timeouts", "stopped", "successors", "handed_to"}
+(josefine.bench.failover).
 """
 from __future__ import annotations
 
@@ -148,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", metavar="FILE.png", default=None,
                     help="write throughput and p50 over time of every system run here")
     ap.add_argument("--failover", action="store_true",
-                    help="also measure leader-kill to first successor commit")
+                    help="also measure leader kill (SIGKILL) and planned leader stop "
+                         "(SIGTERM: it hands leadership over) to the first write committed "
+                         "by its successor")
     ap.add_argument("--trials", type=int, default=5, help="failover trials")
     ap.add_argument("--client-api", action="store_true",
                     help="drive Josefine through the public Client from --clients threads "
@@ -189,7 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "node's default)")
     snap.add_argument("--workdir", default=None, metavar="DIR",
                       help="keep every cluster's directory (node logs, data) under DIR "
-                           "instead of deleting it")
+                           "instead of deleting it (also with --membership)")
+    mem = ap.add_argument_group(
+        "membership", "--membership times member add until the new node is a voter, and "
+                      "member remove, on an idle cluster and under full load, with writes/s "
+                      "and latency before, during and after each change "
+                      "(josefine.bench.membership); it replaces the normal run")
+    mem.add_argument("--membership", action="store_true",
+                     help="run the membership measurements instead of the normal bench")
+    mem.add_argument("--load-minutes", type=float, default=5.0, metavar="M",
+                     help="minutes of full load before the add under load (default 5)")
+    mem.add_argument("--window-seconds", type=float, default=10.0, metavar="S",
+                     help="seconds of load compared before and after each change (default "
+                          "10)")
     return ap
 
 
@@ -207,8 +235,12 @@ def _minutes(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.snapshots and a.membership:
+        ap.error("--snapshots and --membership are separate runs: choose one")
     if a.snapshots:
         return run_snapshots_cli(ap, a)
+    if a.membership:
+        return run_membership_cli(ap, a)
     a.clients = 1 if a.clients is None else a.clients
     a.pipeline = 1 if a.pipeline is None else a.pipeline
     if a.nodes < 1 or a.clients < 1 or a.pipeline < 1 or a.duration <= 0 or a.payload < 0:
@@ -280,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"failover: median {failover['median_ms']} ms "
                   f"({failover['median_in_election_timeouts']} election timeouts), "
                   f"samples {failover['samples_ms']}")
+            planned = failover.get("planned")
+            if planned:
+                print(f"planned failover (SIGTERM, leadership handed over): median "
+                      f"{planned['median_ms']} ms "
+                      f"({planned['median_in_election_timeouts']} election timeouts), "
+                      f"samples {planned['samples_ms']}")
     return 0
 
 
@@ -331,9 +369,32 @@ def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int
     return 0
 
 
+def run_membership_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from josefine.bench.membership import format_report, run_membership_bench
+    from josefine.bench.snapshots import Load, say_to_stderr
+    others = [flag for flag, on in (("--compare", a.compare), ("--embedded", a.embedded),
+                                    ("--client-api", a.client_api), ("--failover", a.failover),
+                                    ("--floor", a.floor), ("--plot", a.plot),
+                                    ("--insecure", a.insecure)) if on]
+    if others:
+        ap.error(f"--membership runs on its own: drop {', '.join(others)}")
+    clients = 8 if a.clients is None else a.clients
+    pipeline = 256 if a.pipeline is None else a.pipeline
+    if a.nodes < 1 or clients < 1 or pipeline < 1 or a.payload < 0 or a.load_minutes <= 0 \
+            or a.window_seconds <= 0:
+        ap.error("--nodes, --clients, --pipeline must be >= 1, --payload >= 0, "
+                 "--load-minutes and --window-seconds > 0")
+    doc = run_membership_bench(a.nodes, Load(clients, pipeline, a.payload), a.load_minutes,
+                               a.window_seconds, not a.no_fsync,
+                               say=say_to_stderr(not a.no_progress),
+                               workdir=None if a.workdir is None else Path(a.workdir))
+    print(json.dumps(doc, indent=1) if a.json else format_report(doc))
+    return 0
+
+
 def run_failover_cli(a: argparse.Namespace, show: bool) -> dict:
     from josefine.bench.failover import run_failover
-    return run_failover(a.nodes, a.trials, progress=_Progress("failover", show))
+    return run_failover(a.nodes, a.trials, progress=_Progress("failover", show), planned=True)
 
 
 if __name__ == "__main__":

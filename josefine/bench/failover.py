@@ -1,14 +1,35 @@
-"""`josefine bench --failover`: time from SIGKILL of the leader to the first write
-committed by its successor, over repeated trials on a fresh durable cluster."""
+"""`josefine bench --failover`: how long clients wait for a new leader, over repeated trials
+on a fresh durable cluster.
+
+Unplanned: the leader is killed (SIGKILL); timed from the kill to the first write committed
+by its successor, so it includes an election timeout, the election and one commit.
+
+Planned (`planned=True`): the leader is stopped as an operator stops it (SIGTERM through
+`Launcher.stop_node`); a leader hands leadership to its most caught-up voter before it
+exits (`Node.hand_over_leadership`), so no election timeout is waited out. Timed from the
+SIGTERM to the first write committed by the successor. The trials alternate, one of each
+kind in turn, so both see the same machine and the same cluster.
+
+Result (the keys `josefine bench --failover --json` prints under "failover"): the unplanned
+trials at the top level, as always: "trials", "samples_ms", "median_ms", "min_ms",
+"max_ms", "election_timeout_ms", "median_in_election_timeouts"; with `planned`, also
+"planned": {"samples_ms", "median_ms", "min_ms", "max_ms", "median_in_election_timeouts",
+"stopped": [leader id per trial], "successors": [id of the node that committed the first
+write after it, per trial], "handed_to": [the id the stopped leader's log says it handed
+leadership to, or null, per trial]}. A trial in which no successor committed within
+`TRIAL_WAIT_S` has no sample (and null in "successors").
+"""
 from __future__ import annotations
 
+import re
 import signal
 import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from josefine.bench.runner import _wait_leader
 from josefine.launch.ports import free_port_block
@@ -16,11 +37,33 @@ from josefine.launch.ports import free_port_block
 if TYPE_CHECKING:
     from josefine.client import Client
 
+TRIAL_WAIT_S = 60.0
+"""Longest wait in one trial for the successor's first write."""
 
-def run_failover(nodes: int, trials: int, progress=None) -> dict:  # noqa: ANN001
-    from josefine.client import Client, query_status
+_HANDED = re.compile(rb"handed leadership to node (\d+)")
+
+
+@dataclass
+class Trial:
+    """One failover trial."""
+
+    took_ms: float | None
+    """From the signal to the successor's first committed write; None: none within
+    `TRIAL_WAIT_S`."""
+    leader: int
+    successor: int | None
+    handed_to: int | None = None
+    """Planned trials: whom the stopped leader's log says it handed leadership to."""
+
+
+def run_failover(nodes: int, trials: int, progress: Callable[[float], None] | None = None,
+                 planned: bool = False) -> dict[str, Any]:
+    """`trials` leader kills, and with `planned` as many planned stops (interleaved), on one
+    fresh durable cluster of `nodes`; the dict the module docstring describes."""
     from josefine.launch.cluster import Launcher
-    samples_ms: list[float] = []
+    kills: list[Trial] = []
+    stops: list[Trial] = []
+    steps = trials * (2 if planned else 1)
     with tempfile.TemporaryDirectory(prefix="josefine-failover-") as d:
         launcher = Launcher(nodes, Path(d), free_port_block(nodes), out=None)
         launcher.start()
@@ -29,43 +72,89 @@ def run_failover(nodes: int, trials: int, progress=None) -> dict:  # noqa: ANN00
             cfg = launcher.node_config(launcher.node_ids[0])
             et_ms = cfg.election_ticks * cfg.tick_ms
             for t in range(trials):
-                leader = _wait_leader(addrs, launcher.cluster_id, 60)
-                # everyone up and caught up before the next kill
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    try:
-                        sts = [query_status(a, launcher.cluster_id, 0.5,
-                                            credentials=launcher.credentials())
-                               for a in addrs.values()]
-                    except Exception:
-                        time.sleep(0.1)
-                        continue
-                    if len({tuple(s["applied"]) for s in sts}) == 1:
-                        break
-                    time.sleep(0.1)
-                with Client(addrs, launcher.cluster_id, timeout=30, request_timeout=0.05,
-                            credentials=launcher.credentials()) as c:
-                    c.put("warm", str(t))
-                    stop = threading.Event()
-                    first: list[float] = []
-                    t_kill = time.monotonic()
-                    launcher.kill(leader, signal.SIGKILL)
-                    w = threading.Thread(target=_write_until_new_leader,
-                                         args=(c, stop, addrs[leader], t, first), daemon=True)
-                    w.start()
-                    w.join(60)
-                    stop.set()
-                if first:
-                    samples_ms.append((first[0] - t_kill) * 1000)
-                if progress:
-                    progress((t + 1) / trials)
+                for kind in (False, True) if planned else (False,):
+                    (stops if kind else kills).append(_trial(launcher, addrs, t, planned=kind))
+                    if progress:
+                        progress((len(kills) + len(stops)) / steps)
         finally:
             launcher.stop()
-    med = statistics.median(samples_ms) if samples_ms else float("nan")
-    return {"trials": trials, "samples_ms": [round(x, 1) for x in samples_ms],
-            "median_ms": round(med, 1), "min_ms": round(min(samples_ms), 1) if samples_ms else None,
-            "max_ms": round(max(samples_ms), 1) if samples_ms else None,
-            "election_timeout_ms": et_ms, "median_in_election_timeouts": round(med / et_ms, 2)}
+    out: dict[str, Any] = {"trials": trials, **_stats(kills, et_ms),
+                           "election_timeout_ms": et_ms}
+    out["median_in_election_timeouts"] = out.pop("in_election_timeouts")
+    if planned:
+        stats = _stats(stops, et_ms)
+        stats["median_in_election_timeouts"] = stats.pop("in_election_timeouts")
+        out["planned"] = {**stats, "stopped": [s.leader for s in stops],
+                          "successors": [s.successor for s in stops],
+                          "handed_to": [s.handed_to for s in stops]}
+    return out
+
+
+def _stats(trials: list[Trial], et_ms: float) -> dict[str, Any]:
+    samples = [t.took_ms for t in trials if t.took_ms is not None]
+    med = statistics.median(samples) if samples else float("nan")
+    return {"samples_ms": [round(x, 1) for x in samples], "median_ms": round(med, 1),
+            "min_ms": round(min(samples), 1) if samples else None,
+            "max_ms": round(max(samples), 1) if samples else None,
+            "in_election_timeouts": round(med / et_ms, 2)}
+
+
+def _trial(launcher: Any, addrs: dict[int, str], t: int, planned: bool) -> Trial:
+    """One failover: SIGKILL of the leader, or with `planned` its graceful stop."""
+    from josefine.client import Client, query_status
+    leader = _wait_leader(addrs, launcher.cluster_id, launcher.credentials(), timeout=60)
+    # everyone up and caught up before the next kill
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            sts = [query_status(a, launcher.cluster_id, 0.5, credentials=launcher.credentials())
+                   for a in addrs.values()]
+        except Exception:
+            time.sleep(0.1)
+            continue
+        if len({tuple(s["applied"]) for s in sts}) == 1:
+            break
+        time.sleep(0.1)
+    log_path = launcher.log_path(leader) if planned else None
+    offset = log_path.stat().st_size if log_path is not None and log_path.exists() else 0
+    stopper: threading.Thread | None = None
+    with Client(addrs, launcher.cluster_id, timeout=30, request_timeout=0.05,
+                credentials=launcher.credentials()) as c:
+        c.put("warm", str(t))
+        stop = threading.Event()
+        first: list[float] = []
+        t_signal = time.monotonic()
+        if planned:
+            # stop_node returns once the process has exited (hand-over, snapshot, stop);
+            # the writer runs meanwhile.
+            stopper = threading.Thread(target=launcher.stop_node, args=(leader,), daemon=True)
+            stopper.start()
+        else:
+            launcher.kill(leader, signal.SIGKILL)
+        w = threading.Thread(target=_write_until_new_leader,
+                             args=(c, stop, addrs[leader], t, first), daemon=True)
+        w.start()
+        w.join(TRIAL_WAIT_S)
+        stop.set()
+        successor = (next((i for i, a in addrs.items() if a == c._leader), None)
+                     if first else None)
+    trial = Trial(None if not first else (first[0] - t_signal) * 1000, leader, successor)
+    if stopper is not None and log_path is not None:
+        stopper.join(TRIAL_WAIT_S)
+        trial.handed_to = _handed_to(log_path, offset)
+        launcher.start_node(leader)   # back for the next trial (a killed one restarts itself)
+    return trial
+
+
+def _handed_to(log_path: Path, offset: int) -> int | None:
+    """The node a stopped leader's log, from `offset` on, says it handed leadership to."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            m = _HANDED.search(f.read())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
 
 
 def _write_until_new_leader(c: Client, stop: threading.Event, old_leader: str, trial: int,

@@ -38,8 +38,12 @@ def _find_leader(addresses: dict[int, str], cluster_id: str, deadline: float,
 
 def josefine_worker(wid: int, addresses: dict[int, str], cluster_id: str, slots: int,
                     payload: int, t_start: float, t_end: float, out: Any,
-                    credentials: Any = None) -> None:
-    """Keep `slots` writes in flight until t_end; record completions after t_start."""
+                    credentials: Any = None, end_at: Any = None) -> None:
+    """Keep `slots` writes in flight until t_end; record completions after t_start.
+
+    `end_at`, a shared double (multiprocessing RawValue) holding a monotonic time, lets the
+    parent end the load earlier than `t_end` once it knows when it is done (a bench whose
+    phase ends when a membership change has completed)."""
     ctx = zmq.Context()
     leader = _find_leader(addresses, cluster_id, time.monotonic() + 30, credentials)
     sock = ctx.socket(zmq.DEALER)
@@ -85,7 +89,7 @@ def josefine_worker(wid: int, addresses: dict[int, str], cluster_id: str, slots:
     send(list(range(slots)), True)
     while True:
         now_m = time.monotonic()
-        if now_m >= t_end:
+        if now_m >= (t_end if end_at is None else min(t_end, end_at.value)):
             break
         if not poller.poll(500):
             # nothing for 500 ms (leader change?): find the leader, resend with the same seqs

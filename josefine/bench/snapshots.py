@@ -164,10 +164,12 @@ class Cluster:
 
 
 def run_load(cluster: Cluster, load: Load, seconds: float, warmup: float = 0.0,
-             during: Callable[[float, float], None] | None = None) -> LoadRun:
+             during: Callable[[float, float], float | None] | None = None) -> LoadRun:
     """Drive `cluster` with `load` for `seconds` (after `warmup`, plus one second for the
     worker processes to start), sampling every node's RSS; `during(t_start, t_end)` runs in
-    this thread once the measured window has begun."""
+    this thread once the measured window has begun. If it returns a monotonic time before
+    `t_end`, the load ends then instead (at once if that time has passed): a phase that
+    lasts until something under load has finished need not budget for its worst case."""
     from josefine.bench.load import josefine_worker
     launcher = cluster.launcher
     addrs = cluster.addresses()
@@ -176,12 +178,13 @@ def run_load(cluster: Cluster, load: Load, seconds: float, warmup: float = 0.0,
     q = ctx.Queue()
     t_start = time.monotonic() + 1.0 + warmup
     t_end = t_start + seconds
+    end_at = ctx.RawValue("d", t_end)
     ps = []
     for w, n in enumerate(_split(load.clients, load.procs or min(load.clients, 4))):
         if n:
             p = ctx.Process(target=josefine_worker,
                             args=(w, addrs, launcher.cluster_id, n * load.pipeline, load.payload,
-                                  t_start, t_end, q, creds))
+                                  t_start, t_end, q, creds, end_at))
             p.start()
             ps.append(p)
     run = LoadRun(t_start, t_end)
@@ -192,13 +195,19 @@ def run_load(cluster: Cluster, load: Load, seconds: float, warmup: float = 0.0,
         sampler.start()
         sampling = True
         if during is not None:
-            during(t_start, t_end)
-        _sleep_until(t_end)
+            try:
+                sooner = during(t_start, t_end)
+            except BaseException:
+                run.t_end = end_at.value = time.monotonic()   # the workers stop too
+                raise
+            if sooner is not None and sooner < t_end:
+                run.t_end = end_at.value = max(sooner, time.monotonic())
+        _sleep_until(run.t_end)
     finally:
         scratch = BenchResult("josefine", "", cluster.nodes, load.clients, load.pipeline,
-                              load.payload, seconds, cluster.fsync)
+                              load.payload, run.seconds, cluster.fsync)
         if sampling:
-            sampler.stop(seconds, scratch)
+            sampler.stop(run.seconds, scratch)
             run.rss = scratch.rss_timeline
         results = [_get_result(q, ps) for _ in ps]
         for p in ps:

@@ -801,13 +801,16 @@ class Launcher:
                       timeout: float = 30.0) -> dict[str, Any]:
         """Remove node `node_id` from the cluster; once that is committed, stop its process,
         drop it from cluster.toml (every remaining member reloads its keys), remember its id
-        as used, and with `wipe` delete its directory. Returns ``{"id", "members"}``.
+        as used, and with `wipe` delete its directory. Returns ``{"id", "members",
+        "committed_s", "done_s"}``: seconds until the removal was committed, and until all
+        of this was done (its process stopped, the files updated).
 
         Raises:
             LaunchError: the leader refused (not a member, the last voter, a change in
                 progress, ...) or did not answer; nothing was changed then.
         """
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         with self._membership_change("remove"):
             if wipe and node_id not in self._nodes:
                 raise LaunchError(f"node {node_id} is not run by this launcher: cannot wipe it")
@@ -815,11 +818,13 @@ class Launcher:
                 members = self._change("remove", node_id, None, deadline)
             except JosefineError as exc:
                 raise LaunchError(f"node {node_id} not removed: {_why(exc)}") from None
+            committed_s = time.monotonic() - t0
             self._say(f"josefine: node {node_id} removed from the cluster")
             self._remember_removed(node_id)
             if node_id in self._nodes:
                 self._forget_node(node_id, wipe=wipe)
-            return {"id": node_id, "members": members}
+            return {"id": node_id, "members": members, "committed_s": round(committed_s, 3),
+                    "done_s": round(time.monotonic() - t0, 3)}
 
     def serve_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one request of `josefine member` (``{"op": "add" | "remove" | "promote",
