@@ -81,13 +81,19 @@ class _Writer:
         return self.acked
 
 
-def test_grow_3_to_5_and_shrink_to_3_under_writes_then_relaunch(tmp_path):
+def test_grow_1_to_3_to_5_and_shrink_to_3_under_writes_then_relaunch(tmp_path):
     data = tmp_path / "c"
     cluster = data / "cluster.toml"
-    with running_cluster(data, fsync=False) as rc:
+    with running_cluster(data, nodes=1, fsync=False) as rc:
         base = rc.launcher.base_port
         writer = _Writer(cluster)
         wait_for(lambda: len(writer.acked) > 20, 30, "writes flowing")
+        for i in (2, 3):   # 1 -> 3: a single voter's quorum is itself until node 2 joins
+            out = _ok(cluster, "member", "add")
+            assert f"node {i}" in out and "is a voter" in out, out
+            assert _listed(cluster) == {j: "voter" for j in range(1, i + 1)}
+            n_before = len(writer.acked)
+            wait_for(lambda n=n_before: len(writer.acked) > n + 20, 30, f"writes on {i} nodes")
         out = _ok(cluster, "member", "add")
         assert "node 4" in out and "is a voter" in out
         assert _listed(cluster) == {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
