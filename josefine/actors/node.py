@@ -577,11 +577,27 @@ class Node:
         return {"nodes": len(trust.peers), "client_keys": len(trust.clients),
                 "admin_keys": len(trust.admins)}
 
+    def _sm_digest(self) -> str | None:
+        """The applier's digest for status, read on the role actor's thread while the FSM
+        driver may be applying: a read that overlaps a change (the tables mutate under it,
+        or `applied` moves) is retried, and after a few tries reported as None. Before, the
+        overlap raised in the role actor and stopped the node (seen right after a snapshot
+        install under full load)."""
+        for _ in range(5):
+            before = self.applier.applied
+            try:
+                digest = self.applier.sm_digest()
+            except RuntimeError:   # "... mutated/changed size during iteration"
+                continue
+            if self.applier.applied == before:
+                return digest.hex()
+        return None
+
     def _status_extra(self) -> dict:
         zs = self.zt.stats()
         return {"address": self.config.address, "pid": os.getpid(),
                 "applied": list(self.applier.applied),
-                "sm_digest": self.applier.sm_digest().hex(),
+                "sm_digest": self._sm_digest(),
                 "dropped_frames": zs.get("dropped_frames", 0),
                 "transport": zs, "fsync": self.config.fsync,
                 "waiting_proposals": len(self.proposals),
