@@ -343,16 +343,22 @@ def _floor_ratios(jose: BenchResult, floor: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
-def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
-    from josefine.bench.snapshots import Load, format_report, run_snapshot_bench, say_to_stderr
+def _standalone_load(ap: argparse.ArgumentParser, a: argparse.Namespace,
+                     mode: str) -> tuple[int, int]:
+    """For a mode that replaces the normal bench: refuse the flags of the normal one, and
+    return (clients, pipeline) with that mode's full-load defaults (8 x 256)."""
     others = [flag for flag, on in (("--compare", a.compare), ("--embedded", a.embedded),
                                     ("--client-api", a.client_api), ("--failover", a.failover),
                                     ("--floor", a.floor), ("--plot", a.plot),
                                     ("--insecure", a.insecure)) if on]
     if others:
-        ap.error(f"--snapshots runs on its own: drop {', '.join(others)}")
-    clients = 8 if a.clients is None else a.clients
-    pipeline = 256 if a.pipeline is None else a.pipeline
+        ap.error(f"{mode} runs on its own: drop {', '.join(others)}")
+    return (8 if a.clients is None else a.clients, 256 if a.pipeline is None else a.pipeline)
+
+
+def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from josefine.bench.snapshots import Load, format_report, run_snapshot_bench, say_to_stderr
+    clients, pipeline = _standalone_load(ap, a, "--snapshots")
     if a.nodes < 1 or clients < 1 or pipeline < 1 or a.payload < 0 or a.on_off_seconds <= 0 \
             or a.follower_down_minutes < 0 or a.catchup_seconds < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --payload >= 0, "
@@ -372,14 +378,7 @@ def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int
 def run_membership_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
     from josefine.bench.membership import format_report, run_membership_bench
     from josefine.bench.snapshots import Load, say_to_stderr
-    others = [flag for flag, on in (("--compare", a.compare), ("--embedded", a.embedded),
-                                    ("--client-api", a.client_api), ("--failover", a.failover),
-                                    ("--floor", a.floor), ("--plot", a.plot),
-                                    ("--insecure", a.insecure)) if on]
-    if others:
-        ap.error(f"--membership runs on its own: drop {', '.join(others)}")
-    clients = 8 if a.clients is None else a.clients
-    pipeline = 256 if a.pipeline is None else a.pipeline
+    clients, pipeline = _standalone_load(ap, a, "--membership")
     if a.nodes < 1 or clients < 1 or pipeline < 1 or a.payload < 0 or a.load_minutes <= 0 \
             or a.window_seconds <= 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --payload >= 0, "

@@ -137,7 +137,7 @@ def test_a_planned_stop_snapshots_so_the_relaunch_replays_almost_nothing(tmp_pat
             assert c.get("k0") == "v0" and c.get("k29") == "v29"
 
 
-def test_no_snapshot_on_stop_when_it_is_off_or_not_worth_it(tmp_path):
+def test_no_snapshot_on_stop_below_snapshot_on_stop_blocks(tmp_path):
     settings = {"snapshot_blocks": 0, "snapshot_bytes": 0, "snapshot_on_stop_blocks": 1000}
     with running_cluster(tmp_path / "c", **settings) as rc:
         with Client(rc.addrs, rc.launcher.cluster_id, timeout=30, credentials=rc.creds) as c:
