@@ -83,6 +83,9 @@ class Client:
         self._lock = threading.Lock()
         self._leader: str | None = None
         self._closed = False
+        self._cluster_file: str | None = None
+        self._key_args: dict[str, Any] = {}
+        self._next_discovery = 0.0
 
     @classmethod
     def from_cluster_file(cls, path: str | None = None, *, admin: bool = False,
@@ -93,8 +96,11 @@ class Client:
         path_ = resolve_cluster_path(path)
         cc = load_cluster_config(path_)
         creds = client_credentials(cc, admin=admin, key_file=key_file, source=str(path_))
-        return cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id,
-                   credentials=creds, **kw)
+        client = cls({i: n.address for i, n in cc.nodes.items()}, cc.cluster_id,
+                     credentials=creds, **kw)
+        client._cluster_file = str(path_)   # re-read when the members change (_discover)
+        client._key_args = {"admin": admin, "key_file": key_file}
+        return client
 
     # ------------------------------------------------------------------ key-value API
     def put(self, key: str, value: Any) -> None:
@@ -328,6 +334,8 @@ class Client:
     def _next(self, addr: str) -> str:
         if self._leader == addr:
             self._leader = None
+            if self._cluster_file is not None:   # (a file read: no network wait)
+                self._discover()   # it may have left the cluster, and others joined
         others = [a for a in self.addresses if a != addr] or self.addresses
         return random.choice(others)
 
@@ -336,9 +344,53 @@ class Client:
             if not self._by_id:
                 self._learn_ids()
             a = self._by_id.get(int(hint))
+            if a is None:      # a node that joined after this client was made
+                self._discover(addr)
+                a = self._by_id.get(int(hint))
             if a is not None:
                 return a
         return self._next(addr)
+
+    def _discover(self, source: str | None = None) -> None:
+        """Learn the current members, at most twice a second: from the cluster file this
+        client was made from (its addresses and server keys: the launcher and `josefine
+        member` keep it true), else from the members node `source` reports (an insecure
+        cluster's, or those whose server keys are known). Without this, a client made
+        before a membership change keeps asking the nodes it knew: it could not follow a
+        leader hint to a node that joined later, nor find the cluster once every node it
+        knew was replaced."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_discovery:
+                return
+            self._next_discovery = now + 0.5
+        found: dict[int, str] = {}
+        creds = self.credentials
+        if self._cluster_file is not None:
+            from josefine.config import load_cluster_config
+            try:
+                cc = load_cluster_config(self._cluster_file)
+                creds = client_credentials(cc, source=self._cluster_file, **self._key_args)
+            except Exception:   # noqa: BLE001 - a file being rewritten: the next try reads it
+                return
+            found = {i: n.address for i, n in cc.nodes.items()}
+        elif source is not None:
+            try:
+                st = query_status(source, self.cluster_id, credentials=creds,
+                                  timeout=min(0.5, self.request_timeout))
+            except Exception:   # noqa: BLE001 - no answer: the next hint asks again
+                return
+            found = {int(m["id"]): str(m["address"]) for m in st.get("members") or []
+                     if m.get("address") and (creds is None
+                                              or m["address"] in creds.server_keys)}
+            if found:
+                found = {**self._by_id, **found}   # (keep what we knew: it may come back)
+        if not found:
+            return
+        with self._lock:
+            self.credentials = creds
+            self._by_id = found
+            self.addresses = list(found.values())
 
     def _learn_ids(self) -> None:
         for a in self.addresses:

@@ -15,6 +15,7 @@ import pytest
 from josefine.client import Client
 from josefine.config import load_cluster_config
 from josefine.launch.cluster import Launcher
+from josefine.security import client_credentials
 from tests.cluster.helpers import leader_of, running_cluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -234,3 +235,47 @@ def _listed_roles(cluster: Path) -> dict[int, str]:
     r = _cli(cluster, "member", "list", "--json")
     assert r.returncode == 0, r.stderr
     return {m["id"]: m["role"] for m in json.loads(r.stdout)["members"]}
+
+
+def test_a_client_made_before_a_node_joined_follows_the_leader_to_it(tmp_path):
+    """A Client keeps working across membership changes: made when nodes 1..3 were the
+    cluster, it follows a leader hint naming node 4, which joined later, by re-reading its
+    cluster file; a Client made from bare addresses learns node 4's address from the
+    hinting node's member list. Without that discovery both bounce among nodes 1..3 until
+    they time out."""
+    with running_cluster(tmp_path / "c") as rc:
+        launcher, cid = rc.launcher, rc.launcher.cluster_id
+        path = launcher.cluster_path
+        old_file = Client.from_cluster_file(str(path), timeout=30)
+        old_addrs: Client | None = None
+        try:
+            old_file.put("a", "1")
+            launcher.add_member(4)
+            all_addrs = {**rc.addrs, 4: launcher.address(4)}
+            # (launcher.credentials() is cached from before node 4: read the file again)
+            creds = client_credentials(load_cluster_config(path))   # trusts node 4
+            # Given only nodes 1..3's addresses (and keys that trust node 4).
+            old_addrs = Client(dict(rc.addrs), cid, timeout=30, credentials=creds)
+            with Client.from_cluster_file(str(path), admin=True, timeout=30) as admin:
+                wait_for(lambda: _transferred(admin, all_addrs, cid, creds), 60,
+                         "node 4 to lead")
+            old_file.put("b", "2")
+            assert old_file.get("b") == "2" and old_file.get("a") == "1"
+            assert all_addrs[4] in old_file.addresses
+            old_addrs.put("c", "3")
+            assert old_addrs.get("c") == "3"
+            assert all_addrs[4] in old_addrs.addresses
+        finally:
+            old_file.close()
+            if old_addrs is not None:
+                old_addrs.close()
+
+
+def _transferred(admin: Client, addrs: dict[int, str], cid: str, creds: object) -> bool:
+    if leader_of(addrs, cid, creds) == 4:
+        return True
+    try:
+        admin.transfer_leadership(4)
+    except Exception:  # noqa: BLE001 - a learner not yet promoted, an election: retried
+        pass
+    return leader_of(addrs, cid, creds) == 4

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,8 @@ from josefine.client import Client, admin_request
 from josefine.config import ClusterNode, NodeConfig, load_cluster_config
 from josefine.errors import RejectedError
 from josefine.security import client_credentials, generate_keypair, write_keypair
-from tests.cluster.helpers import free_port_block, running_cluster, statuses, wait_for
+from tests.cluster.helpers import (free_port_block, leader_of, running_cluster, statuses,
+                                   wait_for)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -122,3 +124,94 @@ def test_a_fourth_node_started_by_hand_joins_as_learner_and_is_promoted(tmp_path
                 proc.kill()
                 proc.wait(10)
             log.close()
+
+
+def _start_node(config: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "josefine.launch.cli", "node",
+                                 "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+def test_member_add_with_address_for_a_node_the_operator_runs(tmp_path):
+    """`josefine member add ID --address ADDR --node-key FILE` on a cluster whose nodes the
+    operator runs (no launcher): the CLI makes the key pair, puts it into cluster.toml, has
+    every member reload its keys, asks the leader to add the node as a learner and waits
+    for it to catch up; the operator starts the node meanwhile (join = true), and the
+    command returns once it is a voter. On a launched cluster the same command is refused
+    (the launcher runs the nodes: `member add` without --address)."""
+    from josefine.launch.cluster import Launcher
+    files = Launcher(3, tmp_path / "c", free_port_block(3), out=None)
+    files.write_configs()      # node.toml and cluster.toml, as an operator would have them
+    cluster_path, cid = files.cluster_path, files.cluster_id
+    addrs = {i: files.address(i) for i in files.node_ids}
+    procs = [_start_node(files.config_path(i), tmp_path / f"node{i}.log") for i in addrs]
+    add: subprocess.Popen | None = None
+    try:
+        creds = client_credentials(load_cluster_config(cluster_path))
+        wait_for(lambda: leader_of(addrs, cid, creds), 60, "a leader")
+        with Client.from_cluster_file(str(cluster_path), timeout=30) as c:
+            for i in range(20):
+                c.put(f"before{i}", "v")
+        node_dir = tmp_path / "mine"
+        node_dir.mkdir()
+        key = node_dir / "node.key_secret"
+        address = f"tcp://127.0.0.1:{free_port_block(1)}"
+        add = subprocess.Popen([sys.executable, "-m", "josefine.launch.cli", "member", "add",
+                                "4", "--address", address, "--node-key", str(key),
+                                "--cluster", str(cluster_path), "--timeout", "90"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The CLI made the key and put it into the cluster file: now start the node.
+        wait_for(lambda: add.poll() is not None
+                 or (key.exists() and 4 in load_cluster_config(cluster_path).nodes),
+                 60, "the key pair and node 4's entry in cluster.toml")
+        assert add.poll() is None, add.communicate()
+        cfg = NodeConfig(node_id=4, cluster_id=cid, address=address, peers=addrs,
+                         data_dir=str(node_dir / "data"), join=True,
+                         secret_key_file=str(key), cluster_file=str(cluster_path),
+                         fsync=False)
+        (node_dir / "node.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        procs.append(_start_node(node_dir / "node.toml", node_dir / "node.log"))
+        out, err = add.communicate(timeout=120)
+        assert add.returncode == 0, (out, err)
+        assert f"node 4 ({address}) is a voter" in out, out
+        listed = json.loads(_cli("member", "list", "--json", "--cluster",
+                                 str(cluster_path)).stdout)["members"]
+        assert {m["id"]: m["role"] for m in listed} == \
+            {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
+        assert {m["id"]: m["address"] for m in listed}[4] == address
+        creds = client_credentials(load_cluster_config(cluster_path))
+        wait_for(lambda: statuses({4: address}, cid, credentials=creds)[4]
+                 .get("applied", [0, 0])[1] >= 20, 30, "node 4 to apply the writes")
+        with Client.from_cluster_file(str(cluster_path), timeout=30) as c:
+            c.put("after", "4")
+            assert c.get("before19") == "v" and c.get("after") == "4"
+        # The same address again is refused, naming the member that has it.
+        again = _cli("member", "add", "--address", address, "--node-key",
+                     str(node_dir / "other.key"), "--cluster", str(cluster_path))
+        assert again.returncode == 1 and "already node 4's" in again.stderr, again.stderr
+    finally:
+        if add is not None and add.poll() is None:
+            add.kill()
+            add.communicate(timeout=10)
+        _stop(procs)
+
+
+def test_member_add_with_address_is_refused_on_a_launched_cluster(tmp_path):
+    with running_cluster(tmp_path / "c") as rc:
+        r = _cli("member", "add", "4", "--address", f"tcp://127.0.0.1:{free_port_block(1)}",
+                 "--node-key", str(tmp_path / "k.key"), "--cluster",
+                 str(rc.launcher.cluster_path))
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "omit --address" in r.stderr and not (tmp_path / "k.key").exists()
+        assert set(load_cluster_config(rc.launcher.cluster_path).nodes) == {1, 2, 3}
