@@ -285,8 +285,10 @@ class NodeConfig:
     snapshot_blocks: int = 2048
     """Snapshot the state machine once this many blocks were applied since the last
     snapshot (0: never by count). Snapshots bound disk use and restart time (A.14)."""
-    snapshot_bytes: int = 32 * _MIB
-    """... or once the payloads applied since then reach this many bytes (0: never)."""
+    snapshot_bytes: int = 16 * _MIB
+    """... or once the payloads applied since then reach this many bytes (0: never). It
+    bounds what a crash restart replays and the tail a follower fetches after an install:
+    16 MiB is about 450 blocks under full load (measured, bench --snapshots)."""
     snapshot_on_stop_blocks: int = 64
     """On a planned stop (SIGTERM), snapshot first if at least this many blocks were
     applied since the last snapshot (0: never), so the restart replays almost nothing."""
