@@ -266,7 +266,7 @@ class Node:
             self.writer.observe_sync = self.metrics.fsync_seconds.observe
         links.chain = ChainActor.start(self.id, links, fatal, self.writer, self.chain_inbox)
         self._refs.append(links.chain)
-        self.chain_inbox.target = links.chain
+        self.chain_inbox.connect(links.chain)
         policy = SnapshotPolicy(snap_dir, cfg.cluster_id, voters, cfg.snapshot_blocks,
                                 cfg.snapshot_bytes)
         links.fsm = FsmActor.start(self.id, links, fatal, self.applier, self.proposals,
@@ -291,8 +291,8 @@ class Node:
                                      leader_view=self.intake, on_peers=self.zt.set_peers,
                                      addresses=cfg.nodes)
         self._refs.append(links.role)
-        self.proposal_inbox.target = links.role
-        self.peer_inbox.target = links.role
+        self.proposal_inbox.connect(links.role)
+        self.peer_inbox.connect(links.role)
         self.intake.role_ref = links.role
         self.intake.run_here = self._run_role_here
         links.timer = TimerActor.start(self.id, links, fatal, cfg.tick_ms, self.gate)

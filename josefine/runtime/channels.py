@@ -108,14 +108,24 @@ class SideQueue:
         if nudge:
             self.nudge()
 
-    def nudge(self) -> None:
-        """Make sure the consumer will look: at most one Nudge is pending at a time."""
+    def connect(self, target: _Tellable) -> None:
+        """Wire in the consumer. Items put before it existed are not lost: they wait here
+        and this call wakes the consumer for them. (A node's transport starts before its
+        role actor, so a client request can arrive in between; it used to hit an assert on
+        the transport's I/O thread and stop the node.)"""
         with self._lock:
-            if self._nudged:
+            self.target = target
+        if self.items:
+            self.nudge()
+
+    def nudge(self) -> None:
+        """Make sure the consumer will look: at most one Nudge is pending at a time. With no
+        consumer wired in yet, nothing to wake: `connect` nudges for what is waiting."""
+        with self._lock:
+            target = self.target
+            if self._nudged or target is None:
                 return
             self._nudged = True
-        target = self.target
-        assert target is not None, "the consumer is wired in before anything is put"
         try:
             target.tell(Nudge())
         except pykka.ActorDeadError:

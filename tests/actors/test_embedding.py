@@ -299,3 +299,53 @@ def test_a_node_listens_on_bind_and_is_reached_at_its_advertised_address(tmp_pat
             node.stop()
     finally:
         forward.close()
+
+
+def test_a_client_write_arriving_before_the_role_actor_exists_is_served(tmp_path, monkeypatch):
+    """The transport listens before the role actor starts, so on a restart a client's write
+    can reach the intake first. It must wait in the proposals channel and be served once
+    the role actor runs; it used to trip an assert on the I/O thread and stop the node
+    (seen in the power-loss chaos test). Real socket, real I/O thread, real intake: only
+    the role actor's start is held back until the write is queued."""
+    import threading
+    import time
+
+    from josefine.actors import node as node_module
+    from josefine.config import load_cluster_config
+    from josefine.client import Client
+    from josefine.security import client_credentials
+
+    port = free_port_block(1)
+    cfg = _config(tmp_path, port)
+    creds = client_credentials(load_cluster_config(cfg.cluster_file), source=cfg.cluster_file)
+    client = Client({1: cfg.address}, "embed", timeout=20, credentials=creds)
+    outcome: dict = {}
+
+    def write() -> None:
+        try:
+            client.put("early", "bird")
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported by the assert below
+            outcome["error"] = exc
+    writer = threading.Thread(target=write, daemon=True)
+    real_start = node_module.RoleActor.start
+
+    def held_start(node_id, links, fatal, core, gate, proposal_inbox, *a, **kw):  # noqa: ANN001
+        writer.start()
+        deadline = time.monotonic() + 15
+        while len(proposal_inbox) == 0:
+            assert time.monotonic() < deadline, "the client's write never reached the intake"
+            time.sleep(0.01)
+        return real_start(node_id, links, fatal, core, gate, proposal_inbox, *a, **kw)
+
+    monkeypatch.setattr(node_module.RoleActor, "start", held_start)
+    node = Node.start(cfg, KVStateMachine())
+    try:
+        writer.join(30)
+        assert outcome == {"ok": True}
+        assert not node.stopped and node.fatal_error is None
+        assert node.wait_for_leader(10) == 1
+        assert client.get("early") == "bird"
+    finally:
+        client.close()
+        node.stop()
