@@ -13,12 +13,12 @@ cpu_per_node{nodeN: cpu s per s}, peak_rss_mib{nodeN}, errors, timeline[[t, n, p
 rss_timeline{nodeN: [[t, MiB], ...]} (current RSS about once a second).
 
     josefine bench --snapshots [--minutes-at 1,5,10] [--follower-down-minutes 5]
-                   [--catchup-seconds 30] [--on-off-seconds 60] [--snapshot-blocks N]
-                   [--snapshot-bytes N] [--clients 8] [--pipeline 256] [--json]
+                   [--catchup-seconds 30] [--on-off-seconds 60] [--on-off-rounds 1]
+                   [--snapshot-blocks N] [--snapshot-bytes N] [--clients 8] [--pipeline 256] [--json]
 
 measures what issue 11 asks of snapshots (josefine.bench.snapshots says how); its JSON is
 {"version": 1, "kind": "snapshots", "settings", "uptime": [checkpoint...], "follower",
-"on_off": {"on", "off", "throughput_on_over_off"}, "memory", "rss_timeline", "node_pids"}.
+"on_off": {"on", "off", "throughput_on_over_off", "rounds"}, "memory", "rss_timeline", "node_pids"}.
 
     josefine bench --membership [--load-minutes 5] [--window-seconds 10] [--clients 8]
                    [--pipeline 256] [--json]
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--on-off-seconds", type=float, default=60.0, metavar="S",
                       help="measured seconds of each run with snapshots on and off "
                            "(default 60)")
+    snap.add_argument("--on-off-rounds", type=int, default=1, metavar="N",
+                      help="pairs of on and off runs, the order reversed each round; the "
+                           "ratio is of the means (default 1)")
     snap.add_argument("--snapshot-blocks", type=int, default=None, metavar="N",
                       help="node setting snapshot_blocks with snapshots on (default: the "
                            "node's default)")
@@ -360,9 +363,11 @@ def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int
     from josefine.bench.snapshots import Load, format_report, run_snapshot_bench, say_to_stderr
     clients, pipeline = _standalone_load(ap, a, "--snapshots")
     if a.nodes < 1 or clients < 1 or pipeline < 1 or a.payload < 0 or a.on_off_seconds <= 0 \
+            or a.on_off_rounds < 1 \
             or a.follower_down_minutes < 0 or a.catchup_seconds < 0:
         ap.error("--nodes, --clients, --pipeline must be >= 1, --payload >= 0, "
-                 "--on-off-seconds > 0, --follower-down-minutes and --catchup-seconds >= 0")
+                 "--on-off-seconds > 0, --on-off-rounds >= 1, --follower-down-minutes and "
+                 "--catchup-seconds >= 0")
     settings = {k: v for k, v in (("snapshot_blocks", a.snapshot_blocks),
                                   ("snapshot_bytes", a.snapshot_bytes)) if v is not None}
     warm = a.warmup if a.warmup is not None else min(2.0, a.on_off_seconds / 2)
@@ -370,7 +375,8 @@ def run_snapshots_cli(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int
                              a.follower_down_minutes, a.catchup_seconds, a.on_off_seconds,
                              warm, not a.no_fsync, settings,
                              say=say_to_stderr(not a.no_progress),
-                             workdir=None if a.workdir is None else Path(a.workdir))
+                             workdir=None if a.workdir is None else Path(a.workdir),
+                             on_off_rounds=a.on_off_rounds)
     print(json.dumps(doc, indent=1) if a.json else format_report(doc))
     return 0
 

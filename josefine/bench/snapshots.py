@@ -11,8 +11,9 @@ Four measurements:
    again while the load goes on; timed until it has applied the commit the leader reported
    when it was started, and its log is searched for "installed snapshot".
 3. **on_off**: two fresh clusters, the same load for the same time, snapshots at the given
-   (default: the node's) thresholds and snapshots off; writes/s of both and their ratio.
-   From the "on" run, the latency of writes that completed within `AROUND_S` of a snapshot
+   (default: the node's) thresholds and snapshots off; writes/s of both and their ratio
+   (with `rounds` > 1, that many pairs, the order alternating, and the ratio of the means).
+   From the first "on" run, the latency of writes that completed within `AROUND_S` of a snapshot
    being written on any node (the nodes log "snapshot of ... written in X s": the window is
    [end - X - AROUND_S, end + AROUND_S]) against all the other writes.
 4. **memory**: every node's RSS about once a second over the uptime run (the bench's
@@ -423,36 +424,61 @@ def cluster_dir(prefix: str, workdir: Path | None) -> ContextManager[str]:
 
 def measure_on_off(nodes: int, load: Load, seconds: float, warmup: float, fsync: bool,
                    on_settings: dict[str, Any], say: Callable[[str], None],
-                   pids: set[int], workdir: Path | None = None) -> dict[str, Any]:
-    """Part 3: the same load on two fresh clusters, snapshots on and off."""
+                   pids: set[int], workdir: Path | None = None,
+                   rounds: int = 1) -> dict[str, Any]:
+    """Part 3: the same load on fresh clusters, snapshots on and off, `rounds` pairs.
+
+    Why rounds: one on-then-off pair is at the mercy of the machine's drift (measured here:
+    writes/s of identical runs moved 45k -> 53k over half an hour, more than snapshots
+    cost). Each round reverses the order of the one before (on, off, off, on, ...), and the
+    ratio is of the means over all rounds. "on" and "off" keep the first round's details."""
     out: dict[str, Any] = {}
     off = {"snapshot_blocks": 0, "snapshot_bytes": 0, "snapshot_on_stop_blocks": 0}
-    for mode, settings in (("on", on_settings), ("off", off)):
-        say(f"on/off: {seconds:g} s with snapshots {mode}")
-        with cluster_dir(f"josefine-snap-{mode}-", workdir) as d:
-            cluster = Cluster(nodes, Path(d), fsync, settings)
-            try:
-                cluster.launch()
-                cluster.wait_leader()
-                run = run_load(cluster, load, seconds, warmup)
-                sizes = {f"node{i}": data_dir_sizes(cluster.data_dir(i)) for i in cluster.ids}
-                windows: list[tuple[float, float]] = []
-                for i in cluster.ids:
-                    windows += snapshot_windows(
-                        cluster.launcher.log_path(i).read_text(errors="replace"))
-            finally:
-                cluster.stop()
-                pids |= cluster.pids_seen
-        res = BenchResult("josefine", f"snapshots-{mode}", nodes, load.clients, load.pipeline,
-                          load.payload, seconds, fsync, errors=run.errors)
-        summarize(res, run.done_t, run.lat_us, run.t_start)
-        res.rss_timeline = run.rss
-        inside = [w for w in windows if w[1] >= run.t_start and w[0] <= run.t_end]
-        out[mode] = {"result": res.to_dict(), "nodes": sizes, "snapshots_written": len(inside),
-                     "around_snapshot": split_around(run.done_t, run.lat_us, inside)}
-    on, off = out["on"]["result"]["writes_per_s"], out["off"]["result"]["writes_per_s"]
-    out["throughput_on_over_off"] = round(on / off, 3) if off else None
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        pair = (("on", on_settings), ("off", off))
+        got: dict[str, float] = {}
+        for mode, settings in (pair if r % 2 == 0 else pair[::-1]):
+            got[mode] = _on_off_run(nodes, load, seconds, warmup, fsync, mode, settings, say,
+                                    pids, workdir, out if r == 0 else None)
+        per_round.append({"on_writes_per_s": got["on"], "off_writes_per_s": got["off"],
+                          "ratio": round(got["on"] / got["off"], 3) if got["off"] else None})
+    on = sum(x["on_writes_per_s"] for x in per_round) / rounds
+    off_mean = sum(x["off_writes_per_s"] for x in per_round) / rounds
+    out["throughput_on_over_off"] = round(on / off_mean, 3) if off_mean else None
+    out["rounds"] = per_round
     return out
+
+
+def _on_off_run(nodes: int, load: Load, seconds: float, warmup: float, fsync: bool, mode: str,
+                settings: dict[str, Any], say: Callable[[str], None], pids: set[int],
+                workdir: Path | None, out: dict[str, Any] | None) -> float:
+    """One fresh cluster under load; its details into out[mode] if `out`; its writes/s."""
+    say(f"on/off: {seconds:g} s with snapshots {mode}")
+    with cluster_dir(f"josefine-snap-{mode}-", workdir) as d:
+        cluster = Cluster(nodes, Path(d), fsync, settings)
+        try:
+            cluster.launch()
+            cluster.wait_leader()
+            run = run_load(cluster, load, seconds, warmup)
+            sizes = {f"node{i}": data_dir_sizes(cluster.data_dir(i)) for i in cluster.ids}
+            windows: list[tuple[float, float]] = []
+            for i in cluster.ids:
+                windows += snapshot_windows(
+                    cluster.launcher.log_path(i).read_text(errors="replace"))
+        finally:
+            cluster.stop()
+            pids |= cluster.pids_seen
+    res = BenchResult("josefine", f"snapshots-{mode}", nodes, load.clients, load.pipeline,
+                      load.payload, seconds, fsync, errors=run.errors)
+    summarize(res, run.done_t, run.lat_us, run.t_start)
+    res.rss_timeline = run.rss
+    inside = [w for w in windows if w[1] >= run.t_start and w[0] <= run.t_end]
+    if out is not None:
+        out[mode] = {"result": res.to_dict(), "nodes": sizes,
+                     "snapshots_written": len(inside),
+                     "around_snapshot": split_around(run.done_t, run.lat_us, inside)}
+    return float(res.to_dict()["writes_per_s"])
 
 
 def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
@@ -460,7 +486,7 @@ def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
                        catchup_s: float = 30, on_off_s: float = 60, warmup: float = 2,
                        fsync: bool = True, settings: dict[str, Any] | None = None,
                        say: Callable[[str], None] = lambda _: None,
-                       workdir: Path | None = None) -> dict[str, Any]:
+                       workdir: Path | None = None, on_off_rounds: int = 1) -> dict[str, Any]:
     """All four measurements; `settings` are NodeConfig keys for every cluster with snapshots
     on (e.g. snapshot_blocks), the node defaults if None; `workdir`: keep the clusters'
     directories there. The JSON `--snapshots --json` prints."""
@@ -476,7 +502,8 @@ def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
         finally:
             cluster.stop()
             pids |= cluster.pids_seen
-    on_off = measure_on_off(nodes, load, on_off_s, warmup, fsync, settings, say, pids, workdir)
+    on_off = measure_on_off(nodes, load, on_off_s, warmup, fsync, settings, say, pids, workdir,
+                            on_off_rounds)
     # the last relaunch has no samples after it (part 2 is not sampled): not a segment
     memory = {name: {**memory_stats(tl, relaunched_at[:-1]), "samples": len(tl)}
               for name, tl in sorted(rss.items())}
@@ -484,7 +511,8 @@ def run_snapshot_bench(nodes: int = 3, load: Load | None = None,
             "settings": {"nodes": nodes, "clients": load.clients, "pipeline": load.pipeline,
                          "payload": load.payload, "fsync": fsync, "minutes_at": list(minutes_at),
                          "follower_down_minutes": follower_down, "catchup_s": catchup_s,
-                         "on_off_s": on_off_s, "node_settings": settings,
+                         "on_off_s": on_off_s, "on_off_rounds": on_off_rounds,
+                         "node_settings": settings,
                          "around_s": AROUND_S},
             "uptime": checkpoints, "follower": follower, "on_off": on_off,
             "memory": memory, "rss_timeline": rss, "node_pids": sorted(pids)}
@@ -529,7 +557,11 @@ def format_report(doc: dict[str, Any]) -> str:
         lines.append(f"  {mode:3} {r['writes_per_s']:9.0f} w/s  p50 {lat['p50']:7.2f} p99 "
                      f"{lat['p99']:7.2f} p99.9 {lat['p99.9']:7.2f} ms  snapshots written "
                      f"{oo[mode]['snapshots_written']}  data MiB [{disk}]")
-    lines.append(f"  throughput on/off: {oo['throughput_on_over_off']}")
+    rounds = oo.get("rounds") or []
+    per = ", ".join(f"{x['ratio']}" for x in rounds)
+    lines.append(f"  throughput on/off: {oo['throughput_on_over_off']}"
+                 + (f" (mean of {len(rounds)} rounds, order alternating; per round: {per})"
+                    if len(rounds) > 1 else ""))
     a = oo["on"]["around_snapshot"]
     lines.append(f"  p99.9 within {s['around_s']:g} s of a snapshot: {a['around_p99.9_ms']} ms "
                  f"({a['around_writes']} writes); elsewhere: {a['other_p99.9_ms']} ms "

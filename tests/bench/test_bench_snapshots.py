@@ -84,11 +84,12 @@ def test_help_lists_the_snapshot_options_and_bad_ones_are_refused():
     out = subprocess.run(CLI + ["--help"], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0
     for opt in ("--snapshots", "--minutes-at", "--follower-down-minutes", "--catchup-seconds",
-                "--on-off-seconds", "--snapshot-blocks", "--snapshot-bytes"):
+                "--on-off-seconds", "--on-off-rounds", "--snapshot-blocks", "--snapshot-bytes"):
         assert opt in out.stdout, opt
     for bad, word in ((["--minutes-at", "5,1"], "--minutes-at"),
                       (["--compare", "pysyncobj"], "--compare"),
-                      (["--on-off-seconds", "0"], "--on-off-seconds")):
+                      (["--on-off-seconds", "0"], "--on-off-seconds"),
+                      (["--on-off-rounds", "0"], "--on-off-rounds")):
         out = subprocess.run(CLI + ["--snapshots", *bad], capture_output=True, text=True,
                              timeout=50)
         assert out.returncode == 2 and word in out.stderr, (bad, out.stderr)
@@ -107,7 +108,7 @@ def _alive(pid: int) -> bool:
 def test_tiny_snapshot_bench_measures_every_part():
     out = subprocess.run(
         CLI + ["--snapshots", "--minutes-at", "0.05,0.1", "--follower-down-minutes", "0.05",
-               "--catchup-seconds", "2", "--on-off-seconds", "3", "--warmup", "0.5",
+               "--catchup-seconds", "2", "--on-off-seconds", "3", "--on-off-rounds", "2", "--warmup", "0.5",
                "--snapshot-blocks", "50", "--clients", "2", "--pipeline", "32", "--json",
                "--no-progress"], capture_output=True, text=True, timeout=580)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -145,8 +146,16 @@ def test_tiny_snapshot_bench_measures_every_part():
         r = oo[mode]["result"]
         assert r["writes"] > 0 and r["writes_per_s"] > 0 and r["mode"] == f"snapshots-{mode}"
         assert set(oo[mode]["nodes"]) == nodes
+    # two rounds, the second in reverse order; the first keeps its details, the ratio is of
+    # the means over both
+    rounds = oo["rounds"]
+    assert len(rounds) == 2 and doc["settings"]["on_off_rounds"] == 2
+    assert rounds[0]["on_writes_per_s"] == oo["on"]["result"]["writes_per_s"]
+    assert rounds[0]["off_writes_per_s"] == oo["off"]["result"]["writes_per_s"]
+    assert all(x["on_writes_per_s"] > 0 and x["off_writes_per_s"] > 0 for x in rounds)
     assert oo["throughput_on_over_off"] == pytest.approx(
-        oo["on"]["result"]["writes_per_s"] / oo["off"]["result"]["writes_per_s"], abs=0.001)
+        sum(x["on_writes_per_s"] for x in rounds) / sum(x["off_writes_per_s"] for x in rounds),
+        abs=0.001)
     assert oo["off"]["snapshots_written"] == 0
     assert oo["on"]["snapshots_written"] > 0
     a = oo["on"]["around_snapshot"]
